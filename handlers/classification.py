@@ -1,0 +1,27 @@
+"""Encoding classifier outputs: labels and top-k probabilities, shared by the classifiers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+LABELS_FILE = "labels.txt"
+
+
+def load_labels(model_dir: Path, num_classes: int | None = None) -> list[str]:
+    """Class names, one per line in labels.txt; class indices as names when there is no file."""
+    path = model_dir / LABELS_FILE
+    if path.exists():
+        return path.read_text(encoding="utf-8").splitlines()
+    if num_classes is None:
+        raise FileNotFoundError(f"{path} is missing and the number of classes is unknown")
+    return [str(i) for i in range(num_classes)]
+
+
+def top_k(logits: torch.Tensor, labels: list[str], k: int) -> list[dict]:
+    """One row of logits -> the k most probable classes, most probable first."""
+    probabilities = torch.softmax(logits.float(), dim=-1)
+    values, indices = probabilities.topk(min(k, probabilities.numel()))
+    return [{"index": int(i), "label": labels[int(i)], "probability": round(float(p), 6)}
+            for p, i in zip(values, indices)]

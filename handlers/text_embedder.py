@@ -1,0 +1,77 @@
+"""Sentences in, L2-normalised sentence embeddings out.
+
+Body: `{"texts": ["...", ...]}`, `{"text": "..."}`, or a text/plain body holding one sentence.
+Answer: `{"embeddings": [[...], ...], "dimensions": D}`, one row per sentence, in order.
+The exported model does the mean pooling over the attention mask and the normalisation, so
+padding a sentence to a longer bucket does not change its embedding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from handlers.base import ModelHandler, Payload, unprocessable
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class TextEmbedder(ModelHandler):
+    settings_defaults = {"max_tokens": 256, "sequence_buckets": [16, 32, 64, 128, 256],
+                         "pad_token_id": 0}
+
+    def load_resources(self, model_dir: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER_FILE))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=int(self.settings["max_tokens"]))
+        self.buckets = sorted(int(b) for b in self.settings["sequence_buckets"])
+
+    def texts(self, payload: Payload) -> list[str]:
+        if payload.content_type.startswith("text/"):
+            return [payload.text()]
+        body = payload.json()
+        if isinstance(body, dict) and "texts" in body:
+            texts = body["texts"]
+        elif isinstance(body, dict) and "text" in body:
+            texts = [body["text"]]
+        elif isinstance(body, str):
+            texts = [body]
+        else:
+            raise unprocessable("missing_field", 'send {"texts": ["...", ...]} or {"text": "..."}')
+        if not isinstance(texts, list):
+            raise unprocessable("wrong_type", '"texts" must be a list of strings')
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise unprocessable("wrong_type", f"texts[{i}] is {type(text).__name__}, not a string")
+            if not text.strip():
+                raise unprocessable("empty_text", f"texts[{i}] is empty")
+        return texts
+
+    def decode(self, payload: Payload) -> list[list[int]]:
+        texts = self.texts(payload)
+        self.enforce_limit("max_items_per_request", len(texts), "the number of texts")
+        for text in texts:
+            self.enforce_limit("max_text_chars", len(text), "a text's length in characters")
+        return [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
+
+    def collate(self, items: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        longest = max(len(ids) for ids in items)
+        length = next((b for b in self.buckets if b >= longest), longest)
+        input_ids = torch.full((len(items), length), int(self.settings["pad_token_id"]))
+        attention_mask = torch.zeros((len(items), length), dtype=torch.long)
+        for row, ids in enumerate(items):
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+            attention_mask[row, :len(ids)] = 1
+        return input_ids, attention_mask
+
+    def encode(self, outputs: torch.Tensor) -> dict:
+        return {"embeddings": [[round(v, 6) for v in row] for row in outputs.tolist()],
+                "dimensions": outputs.shape[-1]}
+
+    def warmup_items(self) -> list[list[int]]:
+        """One item per sequence bucket, each exactly that many tokens long."""
+        ids = self.tokenizer.encode("the " * self.buckets[-1]).ids  # [CLS] the the ... [SEP]
+        return [ids[:length - 1] + ids[-1:] for length in self.buckets]

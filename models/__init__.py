@@ -1,0 +1,63 @@
+"""The models this service ships, one folder each.
+
+A model folder holds `model.py` (where the model comes from and how it is checked before export),
+`model-config.yaml` (its TorchServe serving config, `handler:` section included) and whatever files
+its handler needs at serve time. `model.py` exposes one `SPEC`. Adding a model means adding a folder
+and its name to `NAMES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+MODELS_DIR = Path(__file__).resolve().parent
+
+NAMES = ("digits", "efficientnet_lite0", "minilm")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far the exported model may drift from the eager one on real inputs."""
+
+    max_abs_diff: float
+    min_top1_agreement: float | None = None  # only for classifiers
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    handler: str  # module name in handlers/
+    # Builds the eager reference model, in eval mode. `work_dir` is a scratch folder it may cache in.
+    load_eager: Callable[[Path], torch.nn.Module]
+    # Inputs the model is traced with: a tuple of tensors, as the handler will feed it.
+    example_inputs: Callable[[], tuple[torch.Tensor, ...]]
+    # Real inputs for the parity gate: a list of input tuples.
+    parity_inputs: Callable[[], list[tuple[torch.Tensor, ...]]]
+    tolerance: Tolerance
+    # Files the handler needs at serve time, copied into the archive: name in archive -> source.
+    extra_files: Callable[[], dict[str, Path]] = lambda: {}
+    # Packages whose versions decide what the build produces (weights, tokenizer).
+    source_packages: Sequence[str] = ()
+    # Extra quality figures measured on the exported model (e.g. held-out accuracy); may raise.
+    evaluate: Callable[[torch.nn.Module], dict] | None = None
+    # A file in the model folder that serves as an example request body, and its content type.
+    example_request: tuple[str, str] = field(default=("example.json", "application/json"))
+
+    @property
+    def folder(self) -> Path:
+        return MODELS_DIR / self.name
+
+    @property
+    def config_file(self) -> Path:
+        return self.folder / "model-config.yaml"
+
+
+def load(name: str) -> ModelSpec:
+    if name not in NAMES:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(NAMES)}")
+    return importlib.import_module(f"models.{name}.model").SPEC

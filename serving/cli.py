@@ -1,0 +1,130 @@
+"""python -m serving {build,up,down,ready}: the commands behind `make up` and `make down`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import models
+from serving.build import build_all
+from serving.paths import ROOT
+from serving.torchserve import Instance, ServeError
+
+
+def curl_example(instance: Instance, name: str) -> str:
+    file, content_type = models.load(name).example_request
+    path = (models.MODELS_DIR / name / file).relative_to(ROOT)
+    return (f"curl -s {instance.inference_url}/predictions/{name} "
+            f"-H 'Content-Type: {content_type}' --data-binary @{path}")
+
+
+def cmd_build(args) -> int:
+    build_all(args.models, force=args.force)
+    return 0
+
+
+def cmd_up(args) -> int:
+    instance = Instance.from_config()
+    names = args.models or list(models.NAMES)
+    if instance.process():
+        print(f"TorchServe already runs (pid {instance.process().pid}); `make down` stops it.")
+    else:
+        if not args.no_build:
+            build_all(names)
+        started = time.monotonic()
+        pid = instance.start(names)
+        print(f"TorchServe started (pid {pid}); waiting for every model to have a READY worker...",
+              flush=True)
+        instance.wait_ready(names, timeout=args.timeout)
+        print(f"All {len(names)} models READY in {time.monotonic() - started:.1f}s.")
+    print(f"\nInference API   {instance.inference_url}\n"
+          f"Management API  {instance.management_url}  (read-only: model API off)\n"
+          f"Metrics         {instance.metrics_url}/metrics\n"
+          f"Logs            {instance.log_dir.relative_to(ROOT)}/\n")
+    for name in names:
+        print(f"{name}:\n  {curl_example(instance, name)}")
+    return 0
+
+
+def cmd_down(args) -> int:
+    instance = Instance.from_config()
+    print("TorchServe stopped." if instance.stop() else "TorchServe was not running.")
+    return 0
+
+
+def cmd_ready(args) -> int:
+    """Exit 0 when every named model (default: all) has a live READY worker; for health checks."""
+    instance = Instance.from_config()
+    names = args.models or list(models.NAMES)
+    status = {name: instance.model_ready(name) for name in names}
+    for name, ready in status.items():
+        workers = ", ".join(f"{w.get('pid')}:{w.get('status')}" for w in instance.workers(name))
+        print(f"{name:20s} {'READY' if ready else 'NOT READY':10s} workers [{workers}]")
+    return 0 if all(status.values()) else 1
+
+
+def cmd_latency(args) -> int:
+    """Sequential single requests with each model's example body: no batching, no queueing."""
+    import statistics
+
+    import requests
+
+    instance = Instance.from_config()
+    names = args.models or list(models.NAMES)
+    print(f"{'model':20s} {'n':>4s} {'median ms':>10s} {'p90 ms':>8s} {'p99 ms':>8s} {'min ms':>8s}")
+    with requests.Session() as session:
+        for name in names:
+            file, content_type = models.load(name).example_request
+            body = (models.MODELS_DIR / name / file).read_bytes()
+            url = f"{instance.inference_url}/predictions/{name}"
+            timings = []
+            for i in range(args.requests + 5):
+                started = time.perf_counter()
+                response = session.post(url, data=body, headers={"Content-Type": content_type})
+                elapsed = (time.perf_counter() - started) * 1000
+                if response.status_code != 200:
+                    raise ServeError(f"{name}: HTTP {response.status_code} {response.text[:200]}")
+                if i >= 5:  # the first few warm the connection
+                    timings.append(elapsed)
+            q = statistics.quantiles(timings, n=100)
+            print(f"{name:20s} {len(timings):4d} {statistics.median(timings):10.1f} "
+                  f"{q[89]:8.1f} {q[98]:8.1f} {min(timings):8.1f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="export, check and archive models (skips up-to-date ones)")
+    p.add_argument("models", nargs="*", metavar="MODEL", help=f"default: {' '.join(models.NAMES)}")
+    p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("up", help="build what is missing, start TorchServe, wait until READY")
+    p.add_argument("models", nargs="*", metavar="MODEL", help=f"default: {' '.join(models.NAMES)}")
+    p.add_argument("--no-build", action="store_true", help="serve the archives as they are")
+    p.add_argument("--timeout", type=float, default=300, help="seconds to wait for READY")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop the TorchServe that `up` started")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("ready", help="per-model readiness; exit 1 when a model has no live worker")
+    p.add_argument("models", nargs="*", metavar="MODEL")
+    p.set_defaults(func=cmd_ready)
+
+    p = sub.add_parser("latency", help="single-request latency per model (service must be up)")
+    p.add_argument("models", nargs="*", metavar="MODEL")
+    p.add_argument("--requests", type=int, default=50)
+    p.set_defaults(func=cmd_latency)
+
+    args = parser.parse_args(argv)
+    unknown = [m for m in getattr(args, "models", []) if m not in models.NAMES]
+    if unknown:
+        parser.error(f"unknown models {unknown}; known: {' '.join(models.NAMES)}")
+    try:
+        return args.func(args)
+    except ServeError as e:
+        print(f"error: {e}")
+        return 1

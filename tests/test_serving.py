@@ -1,0 +1,202 @@
+"""The three models served by a real TorchServe, checked over HTTP."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from models.digits.model import split
+from models.minilm.model import source_dir
+from models.photos import encoded
+from serving.torchserve import Instance, port_in_use
+
+CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def predict(server: Instance, model: str, data, content_type: str = "application/json",
+            **kwargs) -> requests.Response:
+    if not isinstance(data, (bytes, str)):
+        data = json.dumps(data)
+    return requests.post(f"{server.inference_url}/predictions/{model}", data=data,
+                         headers={"Content-Type": content_type}, timeout=60, **kwargs)
+
+
+def test_digits_accuracy_over_http_equals_the_offline_accuracy(server, build_info):
+    _, _, x_test, y_test = split()
+
+    def label(grid):
+        response = predict(server, "digits", {"pixels": grid.int().tolist()})
+        assert response.status_code == 200, response.text
+        return int(response.json()["predictions"][0]["label"])
+
+    with ThreadPoolExecutor(8) as pool:
+        served = list(pool.map(label, x_test))
+    right = sum(int(p == y) for p, y in zip(served, y_test.tolist()))
+    offline = build_info["digits"]["evaluation"]
+    assert right / len(y_test) >= 0.95
+    assert (right, len(y_test)) == (offline["held_out_correct"], offline["held_out_size"])
+
+
+@pytest.mark.parametrize("photo", ["chelsea", "cat"])
+def test_a_cat_photo_has_a_cat_class_in_its_top5(server, photo):
+    response = predict(server, "efficientnet_lite0", encoded(photo, "JPEG"), "image/jpeg")
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 5
+    assert any(p["index"] in CAT_CLASSES for p in predictions), predictions
+    assert predictions[0]["index"] in CAT_CLASSES
+    assert sum(p["probability"] for p in predictions) <= 1.0 + 1e-6
+
+
+def test_an_image_as_a_multipart_upload(server):
+    response = requests.post(f"{server.inference_url}/predictions/efficientnet_lite0",
+                             files={"data": ("coffee.png", encoded("coffee"), "image/png")}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["label"] == "espresso"
+
+
+def embed(server: Instance, texts: list[str]) -> torch.Tensor:
+    response = predict(server, "minilm", {"texts": texts})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["dimensions"] == 384 and len(body["embeddings"]) == len(texts)
+    return torch.tensor(body["embeddings"])
+
+
+def test_related_sentences_are_closer_than_unrelated_ones(server):
+    a, b, c = embed(server, ["A man is playing a guitar.", "Someone plays an acoustic guitar.",
+                             "The stock market fell sharply on Monday."])
+    assert float(a @ b) > float(a @ c) + 0.3
+    assert torch.allclose(torch.stack([a, b, c]).norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_embeddings_of_mixed_lengths_match_sentence_transformers(server):
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["Hi", "A much longer sentence, with several clauses, that needs many more tokens "
+             "than the first one does, so the batch is padded.", "Medium length sentence here."]
+    served = embed(server, texts)
+    reference = SentenceTransformer(str(source_dir()), device="cpu")
+    for text, row in zip(texts, served):  # each alone: no padding in the reference
+        expected = torch.tensor(reference.encode([text], normalize_embeddings=True)[0])
+        assert float((row - expected).abs().max()) < 1e-5
+
+
+def test_concurrent_requests_are_batched(server):
+    photo = encoded("chelsea", "JPEG")
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(
+            lambda _: predict(server, "efficientnet_lite0", photo, "image/jpeg"), range(24)))
+    assert all(r.status_code == 200 for r in responses)
+    sizes = [int(r.headers["x-batch-size"]) for r in responses]
+    assert max(sizes) > 1, sizes
+    assert len({json.dumps(r.json()) for r in responses}) == 1  # batching changes no answer
+
+
+GRID = [[0] * 8] * 8
+
+BAD_REQUESTS = [
+    # model, body, content type, status, error
+    ("efficientnet_lite0", b"definitely not an image", "image/jpeg", 400, "not_an_image"),
+    ("efficientnet_lite0", None, "image/jpeg", 400, "corrupt_image"),  # truncated JPEG, below
+    ("efficientnet_lite0", b"", "image/jpeg", 400, "empty_body"),
+    ("efficientnet_lite0", None, "image/png", 413, "too_large"),       # decompression bomb, below
+    ("efficientnet_lite0", b"\0" * (9 * 1024 * 1024), "image/png", 413, "too_large"),
+    ("digits", b'{"pixels": [[0, 1', "application/json", 400, "malformed_json"),
+    ("digits", b"", "application/json", 400, "empty_body"),
+    ("digits", json.dumps({"pixels": [[1, 2], [3, 4]]}), "application/json", 422, "wrong_shape"),
+    ("digits", json.dumps({"pixels": [[99] * 8] * 8}), "application/json", 422, "out_of_range"),
+    ("digits", json.dumps({"image": GRID}), "application/json", 422, "missing_field"),
+    ("minilm", b"{not json", "application/json", 400, "malformed_json"),
+    ("minilm", json.dumps({"texts": [42]}), "application/json", 422, "wrong_type"),
+    ("minilm", json.dumps({"texts": []}), "application/json", 422, "no_input"),
+    ("minilm", json.dumps({"text": "x" * 20_000}), "application/json", 413, "too_large"),
+    ("minilm", b"\xff\xfe\xfd", "text/plain", 400, "not_utf8"),
+]
+
+
+def bad_body(model: str, body, status: int) -> bytes | str:
+    if body is not None:
+        return body
+    if status == 413:
+        buffer = io.BytesIO()
+        Image.new("L", (6000, 6000)).save(buffer, "PNG")  # 36 Mpixels in ~35 KB
+        return buffer.getvalue()
+    return encoded("chelsea", "JPEG")[:5000]
+
+
+@pytest.mark.parametrize("model, body, content_type, status, error", BAD_REQUESTS,
+                         ids=[f"{r[0]}-{r[4]}-{i}" for i, r in enumerate(BAD_REQUESTS)])
+def test_bad_input_gets_a_json_4xx_and_the_server_keeps_serving(server, model, body, content_type,
+                                                                  status, error):
+    response = predict(server, model, bad_body(model, body, status), content_type)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["error"] == error and response.json()["detail"]
+    good = {"digits": ({"pixels": GRID}, "application/json"),
+            "minilm": ({"text": "still here"}, "application/json"),
+            "efficientnet_lite0": (encoded("coffee", "JPEG"), "image/jpeg")}[model]
+    assert predict(server, model, *good).status_code == 200
+
+
+def test_bad_and_good_requests_together_each_get_their_own_answer(server):
+    good = json.dumps({"pixels": GRID})
+    bodies = [good if i % 2 == 0 else '{"pixels": "nope"}' for i in range(32)]
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda b: predict(server, "digits", b), bodies))
+    assert [r.status_code for r in responses] == [200 if i % 2 == 0 else 422 for i in range(32)]
+
+
+def test_readiness_follows_the_workers(server):
+    assert server.model_ready("digits")
+    scale = f"{server.management_url}/models/digits?synchronous=true"
+    assert requests.put(f"{scale}&min_worker=0&max_worker=0", timeout=60).status_code == 200
+    try:
+        assert not server.model_ready("digits")
+        assert server.model_ready("minilm")  # the others are unaffected
+    finally:
+        assert requests.put(f"{scale}&min_worker=1&max_worker=1", timeout=120).status_code == 200
+    assert server.model_ready("digits")
+    assert predict(server, "digits", {"pixels": GRID}).status_code == 200
+
+
+def test_a_killed_worker_is_seen_and_replaced(server):
+    import psutil
+
+    [worker] = server.workers("efficientnet_lite0")
+    psutil.Process(worker["pid"]).kill()
+    seen_down = False
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        ready = server.model_ready("efficientnet_lite0")
+        seen_down |= not ready
+        if seen_down and ready:
+            break
+        time.sleep(0.05)
+    assert seen_down, "readiness never turned false after the worker was killed"
+    assert server.model_ready("efficientnet_lite0")
+    [replacement] = server.workers("efficientnet_lite0")
+    assert replacement["pid"] != worker["pid"]
+    response = predict(server, "efficientnet_lite0", encoded("chelsea", "JPEG"), "image/jpeg")
+    assert response.status_code == 200
+
+
+def test_stopping_another_instance_leaves_this_one_running(server, tmp_path):
+    other = Instance.on_free_ports(run_dir=tmp_path / "other")
+    other.start(["digits"])
+    try:
+        other.wait_ready(["digits"], timeout=120)
+        assert predict(other, "digits", {"pixels": GRID}).status_code == 200
+    finally:
+        assert other.stop()
+    assert other.process() is None
+    assert not port_in_use(other.ports["inference"])
+    assert server.process() is not None
+    assert predict(server, "digits", {"pixels": GRID}).status_code == 200
