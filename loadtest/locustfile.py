@@ -1,0 +1,140 @@
+"""Locust users, one per model, sending real payloads; client metrics for Prometheus; SLO gates.
+
+Run through `python -m loadtest run` (which adds the shape, the report and the paths), or directly:
+    locust -f loadtest/locustfile.py --headless -u 8 -r 8 -t 60s -H http://127.0.0.1:8080
+Pick users by class name (DigitsUser ImageUser TextUser); a shape by adding its file to -f
+(loadtest/shapes/step_ramp.py or spike.py).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import gevent
+from locust import FastHttpUser, constant, events, task
+from locust.runners import WorkerRunner
+
+from loadtest import exporter, slo
+from loadtest.payloads import digit_bodies, image_bodies, text_bodies
+
+SLO_FILE = "loadtest/slo.yaml"
+
+
+@events.init_command_line_parser.add_listener
+def add_arguments(parser) -> None:
+    group = parser.add_argument_group("model serving")
+    group.add_argument("--metrics-port", type=int, default=exporter_port(),
+                       help="port of the client-side metrics for Prometheus (127.0.0.1)")
+    group.add_argument("--metrics-linger", type=float, default=6.0,
+                       help="seconds the metrics stay up after the test, for a last scrape")
+    group.add_argument("--slo-file", default=SLO_FILE, help="objectives per model (YAML)")
+    group.add_argument("--slo-p95-ms", type=float, help="p95 latency limit for every model")
+    group.add_argument("--slo-p99-ms", type=float, help="p99 latency limit for every model")
+    group.add_argument("--slo-max-error-rate", type=float, help="error-rate limit for every model")
+    group.add_argument("--slo-min-rps", type=float, help="minimum requests/s for every model")
+    group.add_argument("--slo-report", default="", help="write the SLO check to this JSON file")
+    group.add_argument("--steps", type=int, default=4, help="steps of the step_ramp shape")
+
+
+def exporter_port() -> int:
+    from serving.prometheus import LOADTEST_METRICS_PORT
+
+    return LOADTEST_METRICS_PORT
+
+
+@events.init.add_listener
+def start_metrics(environment, **_) -> None:
+    if not isinstance(environment.runner, WorkerRunner):  # workers report to the master
+        exporter.serve(environment, environment.parsed_options.metrics_port)
+
+
+@events.quitting.add_listener
+def check_objectives(environment, **_) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    options = environment.parsed_options
+    config = slo.load(options.slo_file, {
+        "p95_ms": options.slo_p95_ms, "p99_ms": options.slo_p99_ms,
+        "max_error_rate": options.slo_max_error_rate, "min_rps": options.slo_min_rps})
+    measured = [slo.Measured(model=e.name, requests=e.num_requests, failures=e.num_failures,
+                             p95_ms=e.get_response_time_percentile(0.95),
+                             p99_ms=e.get_response_time_percentile(0.99), rps=e.total_rps)
+                for e in environment.stats.entries.values() if e.num_requests]
+    rows = slo.check(config, measured)
+    broken = [r for r in rows if not r["ok"]]
+    print("\nService-level objectives:")
+    for r in rows:
+        print(f"  {'ok    ' if r['ok'] else 'BROKEN'} {r['model']:20s} {r['objective']:15s} "
+              f"measured {r['measured']:10.3f}  limit {r['limit']}")
+    if not rows:
+        print("  no requests were made: nothing to check")
+    if options.slo_report:
+        with open(options.slo_report, "w") as f:
+            json.dump({"rows": rows, "broken": len(broken)}, f, indent=2)
+    environment.process_exit_code = 1 if broken or not rows else 0
+
+
+@events.test_stop.add_listener
+def linger_for_last_scrape(environment, **_) -> None:
+    """Keeps the test's final figures up until Prometheus has scraped them (and, on a master,
+    until the workers' last reports are in)."""
+    if not isinstance(environment.runner, WorkerRunner):
+        gevent.sleep(environment.parsed_options.metrics_linger)
+
+
+class ModelUser(FastHttpUser):
+    """A client that sends one model request after another (closed loop, no think time)."""
+
+    abstract = True
+    wait_time = constant(0)
+
+    def post(self, model: str, body: bytes, content_type: str, expect: str) -> None:
+        with self.client.post(f"/predictions/{model}", data=body, name=model, catch_response=True,
+                              headers={"Content-Type": content_type}) as response:
+            if response.status_code == 0:
+                response.failure(f"no answer: {response.error}")
+            elif response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}")
+            elif expect not in response.json():
+                response.failure(f"answer without {expect!r}")
+
+
+class DigitsUser(ModelUser):
+    def on_start(self) -> None:
+        self.grids = digit_bodies()
+
+    @task
+    def classify_digit(self) -> None:
+        self.post("digits", random.choice(self.grids), "application/json", "predictions")
+
+
+class ImageUser(ModelUser):
+    def on_start(self) -> None:
+        self.photos = image_bodies()
+
+    @task
+    def classify_photo(self) -> None:
+        self.post("efficientnet_lite0", random.choice(self.photos), "image/jpeg", "predictions")
+
+
+class TextUser(ModelUser):
+    def on_start(self) -> None:
+        self.requests = text_bodies()
+
+    @task
+    def embed_sentences(self) -> None:
+        self.post("minilm", random.choice(self.requests), "application/json", "embeddings")
+
+
+class PingUser(FastHttpUser):
+    """The cheapest request there is, for measuring the load generator's own ceiling
+    (`python -m loadtest ceiling`); never part of a model load test."""
+
+    wait_time = constant(0)
+
+    @task
+    def ping(self) -> None:
+        with self.client.get("/ping", name="ping", catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}")
