@@ -48,13 +48,16 @@ class Window:
         self.end = start + self.seconds
 
     def delta(self, metric: str) -> str:
-        """Increase of a counter over the window, exact at its ends: end minus start; or the end
-        value where there is no fresh start value (a new series, or one Prometheus last saw
-        before a restart of TorchServe) or the counter was reset in the window."""
+        """Increase of a counter over the window, exact at its ends: last value minus the value at
+        the start; or the last value where there is no fresh start value (a new series, or one
+        Prometheus last saw before a restart of TorchServe) or the counter was reset in the window.
+        The last value, not the value at the end: once the load generator exits, its series go
+        stale at the next scrape."""
         w, m = f"{self.seconds}s", metric
+        last = f"last_over_time({m}[{w}])"
         fresh = self.start - 3 * self.scrape
-        return (f"((({m} - ({m} offset {w})) and (timestamp({m} offset {w}) > {fresh:.3f})"
-                f" unless (resets({m}[{w}]) > 0)) or {m})")
+        return (f"((({last} - ({m} offset {w})) and (timestamp({m} offset {w}) > {fresh:.3f})"
+                f" unless (resets({m}[{w}]) > 0)) or {last})")
 
     def vector(self, expr: str) -> dict[tuple, float]:
         out = {}
