@@ -25,12 +25,13 @@ from typing import Any, Sequence
 
 import torch
 
-from handlers import WORKERS_ENV
+from handlers import WORKERS_ENV, artifacts
 from handlers.metrics import HandlerMetrics
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+BUILD_INFO = "build-info.json"  # written by the build into every archive: what the artifact is
 
 # Field names a request body may arrive under: raw POST bodies are "body"; multipart uploads use the
 # form field's name, for which "data" and "file" are the usual ones.
@@ -136,7 +137,8 @@ class ModelHandler:
     def __init__(self) -> None:
         self.settings: dict[str, Any] = {}
         self.configure({})
-        self.model: torch.jit.ScriptModule | None = None
+        self.model = None  # the loaded artifact: a callable from tensors to a tensor
+        self.build_info: dict = {}
         self.device = torch.device("cpu")
         self.batch_buckets: list[int] = [1]
         self.metrics = HandlerMetrics(None, "")
@@ -190,13 +192,16 @@ class ModelHandler:
         if gpu_id is not None and torch.cuda.is_available():
             self.device = torch.device(f"cuda:{gpu_id}")
 
+        self.build_info = json.loads((model_dir / BUILD_INFO).read_text())
         serialized = context.manifest["model"]["serializedFile"]
-        self.model = torch.jit.load(str(model_dir / serialized), map_location=self.device).eval()
+        self.model = artifacts.load(model_dir, serialized, self.build_info, self.device)
+        self.device = artifacts.artifact_device(self.build_info, self.device)
         self.load_resources(model_dir)
         self.warm_up()
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name)
         self.initialized = True
-        log.info("%s ready on %s with %d threads, batch buckets %s, in %.1fs", context.model_name,
+        log.info("%s ready: %s/%s on %s with %d threads, batch buckets %s, in %.1fs",
+                 context.model_name, self.build_info["target"], self.build_info["precision"],
                  self.device, torch.get_num_threads(), self.batch_buckets,
                  time.perf_counter() - started)
 

@@ -22,30 +22,30 @@ NAMES = ("digits", "efficientnet_lite0", "minilm")
 
 
 @dataclass(frozen=True)
-class Tolerance:
-    """How far the exported model may drift from the eager one on real inputs."""
-
-    max_abs_diff: float
-    min_top1_agreement: float | None = None  # only for classifiers
-
-
-@dataclass(frozen=True)
 class ModelSpec:
     name: str
     handler: str  # module name in handlers/
+    kind: str     # "classifier" or "embedder": which parity gate applies to low precisions
     # Builds the eager reference model, in eval mode. `work_dir` is a scratch folder it may cache in.
-    load_eager: Callable[[Path], torch.nn.Module]
-    # Inputs the model is traced with: a tuple of tensors, as the handler will feed it.
-    example_inputs: Callable[[], tuple[torch.Tensor, ...]]
+    load_eager: Callable[[Path], "torch.nn.Module"]
+    # Inputs as the handler feeds them, for a batch of the given size: a tuple of tensors.
+    example_inputs: Callable[[int], tuple["torch.Tensor", ...]]
     # Real inputs for the parity gate: a list of input tuples.
-    parity_inputs: Callable[[], list[tuple[torch.Tensor, ...]]]
-    tolerance: Tolerance
+    parity_inputs: Callable[[], list[tuple["torch.Tensor", ...]]]
+    # The name of each dimension of each input that varies at serving time (None: fixed), and
+    # the range of each named dimension, for torch.export's dynamic shapes.
+    dims: tuple[tuple[str | None, ...], ...] = (("batch",),)
+    dim_ranges: dict[str, tuple[int, int]] = field(default_factory=lambda: {"batch": (1, 1024)})
+    # Image models: run in channels-last memory format (oneDNN's fast layout for convolutions).
+    channels_last: bool = False
+    # Targets the build tries when none is named; it ships the fastest that passes its gate.
+    targets: Sequence[str] = ("eager", "torchscript", "inductor")
     # Files the handler needs at serve time, copied into the archive: name in archive -> source.
     extra_files: Callable[[], dict[str, Path]] = lambda: {}
     # Packages whose versions decide what the build produces (weights, tokenizer).
     source_packages: Sequence[str] = ()
     # Extra quality figures measured on the exported model (e.g. held-out accuracy); may raise.
-    evaluate: Callable[[torch.nn.Module], dict] | None = None
+    evaluate: Callable[["torch.nn.Module"], dict] | None = None
     # A file in the model folder that serves as an example request body, and its content type.
     example_request: tuple[str, str] = field(default=("example.json", "application/json"))
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import models
+from handlers import PRECISIONS, TARGETS
 from serving.paths import ROOT
 from serving.prometheus import Prometheus, PrometheusError
 from serving.torchserve import Instance, ServeError
@@ -29,7 +31,23 @@ def build_all(*args, **kwargs):
 
 
 def cmd_build(args) -> int:
-    build_all(args.models, force=args.force)
+    from serving.build import BuildError
+    from serving.targets import NeuronOptions
+
+    try:
+        neuron = None
+        if args.target == "neuron" or args.neuron_batch_size is not None or \
+                args.neuron_cores is not None:
+            neuron = NeuronOptions(batch_size=args.neuron_batch_size,
+                                   sequence_length=args.neuron_sequence_length,
+                                   compiler_args=tuple(args.neuron_compiler_args.split()),
+                                   dynamic_batch=args.neuron_dynamic_batch,
+                                   cores=2 if args.neuron_cores is None else args.neuron_cores)
+        build_all(args.models, force=args.force, target=args.target, precision=args.precision,
+                  device=args.device, neuron=neuron)
+    except (BuildError, ValueError) as e:
+        print(f"error: {e}")
+        return 1
     return 0
 
 
@@ -109,12 +127,34 @@ def cmd_latency(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser, shared with its child processes
+        from serving import bench
+
+        return bench.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build", help="export, check and archive models (skips up-to-date ones)")
     p.add_argument("models", nargs="*", metavar="MODEL", help=f"default: {' '.join(models.NAMES)}")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    p.add_argument("--target", choices=TARGETS, help="build this target only (default: try "
+                   "the model's candidates and ship the fastest that passes its parity gate)")
+    p.add_argument("--precision", choices=PRECISIONS, help="default: fp32, and bf16 where the "
+                   "CPU has it (shipped only if it passes its gate and is >10%% faster)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="compile for this device (cuda: for TorchServe's deviceType gpu)")
+    neuron = p.add_argument_group("neuron target (Inferentia2 / Trainium, needs torch-neuronx)")
+    neuron.add_argument("--neuron-batch-size", type=int, help="traced batch size "
+                        "(default: the model's batchSize); partial batches are padded to it")
+    neuron.add_argument("--neuron-sequence-length", type=int, default=128,
+                        help="text models: the traced token length")
+    neuron.add_argument("--neuron-compiler-args", default="--auto-cast matmult --auto-cast-type bf16",
+                        help="passed to neuronx-cc")
+    neuron.add_argument("--neuron-dynamic-batch", action="store_true",
+                        help="torch_neuronx.dynamic_batch: run any batch size in traced chunks")
+    neuron.add_argument("--neuron-cores", type=int, help="NeuronCores on the instance "
+                        "(inf2.xlarge/8xlarge: 2); workers are capped at this (default 2)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("up", help="build what is missing, start TorchServe, wait until READY")
@@ -129,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("ready", help="per-model readiness; exit 1 when a model has no live worker")
     p.add_argument("models", nargs="*", metavar="MODEL")
     p.set_defaults(func=cmd_ready)
+
+    sub.add_parser("bench", help="every model x target x precision x batch size, in-process "
+                   "(python -m serving bench --help)")
 
     p = sub.add_parser("latency", help="single-request latency per model (service must be up)")
     p.add_argument("models", nargs="*", metavar="MODEL")

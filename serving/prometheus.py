@@ -86,6 +86,10 @@ class Prometheus:
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, cwd=self.run_dir)
         self.pid_file.write_text(str(proc.pid))
+        # Until the child has exec'd, its command line is still ours and process() cannot know it.
+        deadline = time.monotonic() + 10
+        while self.process() is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         return proc.pid
 
     def stop(self) -> bool:

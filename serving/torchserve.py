@@ -26,6 +26,7 @@ import yaml
 
 from handlers import WORKERS_ENV
 
+from serving.cpu import worker_environment
 from serving.paths import CONFIG_PROPERTIES, MODEL_STORE, RUN_DIR
 from serving.process import owned_process, stop_tree
 
@@ -197,9 +198,11 @@ class Instance:
         for folder in (self.tmp_dir, self.log_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.pid_file.unlink(missing_ok=True)
+        workers = sum(self.workers_in(m) for m in models)
         env = {
             **os.environ,
-            WORKERS_ENV: str(sum(self.workers_in(m) for m in models)),
+            **worker_environment(workers=workers),
+            WORKERS_ENV: str(workers),
             "JAVA_HOME": java_home(),
             "TEMP": str(self.tmp_dir),    # java.io.tmpdir: worker sockets
             "TMPDIR": str(self.tmp_dir),  # Python's tempfile: the pid file, unpacked archives

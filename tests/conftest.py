@@ -20,11 +20,12 @@ def build_info() -> dict[str, dict]:
     return build_all()
 
 
-def start_on_free_ports(tmp_path_factory, models_to_serve: list[str], attempts: int = 2) -> Instance:
+def start_on_free_ports(tmp_path_factory, models_to_serve: list[str], attempts: int = 2,
+                        **instance_options) -> Instance:
     """Free ports are only free when picked: another process may take one before TorchServe
     binds it, so a failed start is retried once on new ports (the log of each try is kept)."""
     for attempt in range(1, attempts + 1):
-        instance = Instance.on_free_ports(run_dir=tmp_path_factory.mktemp("ts"))
+        instance = Instance.on_free_ports(run_dir=tmp_path_factory.mktemp("ts"), **instance_options)
         try:
             instance.start(models_to_serve)
             instance.wait_ready(models_to_serve, timeout=300)

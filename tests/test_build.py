@@ -1,4 +1,5 @@
-"""The build pipeline: the parity gate, skipping unchanged builds, and what an archive holds."""
+"""The build pipeline: parity gates, the choice among candidates, skipping unchanged builds, and
+what an archive holds."""
 
 from __future__ import annotations
 
@@ -8,46 +9,84 @@ import zipfile
 import pytest
 import torch
 
+import models
 import serving.build
-from models import Tolerance
-from serving.build import ParityError, build, check_parity
+from handlers import TARGETS
+from serving.build import ParityError, build, candidates, check_parity, choose
 
 
-def linear(seed: int) -> torch.nn.Module:
+def linear(seed: int, out: int = 10) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Linear(16, 10).eval()
+    return torch.nn.Linear(16, out).eval()
 
 
-def test_parity_passes_for_an_identical_export():
-    model = linear(0)
-    exported = torch.jit.freeze(torch.jit.trace(model, torch.randn(2, 16)).eval())
-    result = check_parity("m", model, exported, [(torch.randn(32, 16),)],
-                          Tolerance(max_abs_diff=1e-5, min_top1_agreement=1.0))
-    assert result["top1_agreement"] == 1.0 and result["max_abs_diff"] <= 1e-5
-
-
-def test_parity_fails_past_the_tolerance():
-    drifted = linear(0)
+def nudged(model: torch.nn.Module, by: float) -> torch.nn.Module:
+    copy = linear(0, model.out_features)
+    copy.load_state_dict(model.state_dict())
     with torch.no_grad():
-        drifted.weight.add_(1e-2)
-    with pytest.raises(ParityError, match="max \\|diff\\|"):
-        check_parity("m", linear(0), drifted, [(torch.randn(32, 16),)], Tolerance(max_abs_diff=1e-4))
+        copy.weight.add_(by)
+    return copy
 
 
-def test_parity_fails_on_top1_disagreement():
+INPUTS = [(torch.randn(64, 16, generator=torch.Generator().manual_seed(1)),)]
+
+
+def test_fp32_passes_within_a_relative_error_of_1e_4():
+    model = linear(0)
+    result = check_parity("m", "classifier", "fp32", model, nudged(model, 1e-7), INPUTS)
+    assert result["relative_error"] <= 1e-4 and result["top1_agreement"] == 1.0
+
+
+def test_fp32_fails_past_a_relative_error_of_1e_4():
+    model = linear(0)
+    with pytest.raises(ParityError, match="relative error <= 0.0001"):
+        check_parity("m", "classifier", "fp32", model, nudged(model, 1e-2), INPUTS)
+
+
+def test_bf16_classifier_gate_is_top1_agreement():
+    model = linear(0)
+    bf16 = lambda x: model.to(torch.bfloat16)(x.to(torch.bfloat16)).float()  # noqa: E731
+    result = check_parity("m", "classifier", "bf16", linear(0), bf16, INPUTS)
+    assert result["top1_agreement"] >= 0.99
     with pytest.raises(ParityError, match="top-1 agreement"):
-        check_parity("m", linear(0), linear(1), [(torch.randn(64, 16),)],
-                     Tolerance(max_abs_diff=100.0, min_top1_agreement=0.99))
+        check_parity("m", "classifier", "bf16", linear(0), linear(1), INPUTS)
+
+
+def test_embedder_gate_is_direction_and_nearest_neighbours():
+    model = linear(0, out=32)
+    result = check_parity("m", "embedder", "bf16", model, nudged(model, 1e-4), INPUTS)
+    assert result["min_cosine"] > 0.999 and result["neighbour_agreement"] == 1.0
+    with pytest.raises(ParityError, match="min cosine"):
+        check_parity("m", "embedder", "bf16", model, linear(1, out=32), INPUTS)
+
+
+def test_the_fastest_passing_candidate_is_chosen_fp32_unless_lower_is_clearly_faster():
+    fp32 = {"target": "inductor", "precision": "fp32", "speedup": 2.0}
+    slightly = {"target": "inductor", "precision": "bf16", "speedup": 2.1}
+    clearly = {"target": "inductor", "precision": "bf16", "speedup": 4.0}
+    slower = {"target": "torchscript", "precision": "fp32", "speedup": 1.2}
+    assert choose([slower, fp32, slightly]) is fp32
+    assert choose([slower, fp32, clearly]) is clearly
+    assert choose([slower, slightly]) is slightly  # 2.1x is >10% faster than fp32's 1.2x
+
+
+def test_candidates_named_and_default():
+    spec = models.load("digits")
+    assert candidates(spec, "torchscript", "fp32", "cpu") == [("torchscript", "fp32")]
+    assert candidates(spec, "neuron", None, "cpu") == [("neuron", "fp32")]
+    default = candidates(spec, None, None, "cpu")
+    assert {t for t, _ in default} == set(spec.targets) and ("inductor", "fp32") in default
 
 
 def test_an_unchanged_build_is_skipped_and_a_changed_one_rebuilds(tmp_path, monkeypatch):
     store, work = tmp_path / "store", tmp_path / "work"
-    first = build("digits", model_store=store, work_root=work)
+    options = {"model_store": store, "work_root": work, "target": "torchscript", "precision": "fp32"}
+    first = build("digits", **options)
     mar = store / "digits.mar"
     built_at = mar.stat().st_mtime_ns
     assert first["evaluation"]["held_out_accuracy"] >= 0.95
 
-    again = build("digits", model_store=store, work_root=work)
+    again = build("digits", **options)
     assert mar.stat().st_mtime_ns == built_at and again == first
 
     # An input file of the build changes. The file list is widened here (instead of editing a file
@@ -56,14 +95,17 @@ def test_an_unchanged_build_is_skipped_and_a_changed_one_rebuilds(tmp_path, monk
     scratch.write_text("A = 1\n")
     files = serving.build.source_files
     monkeypatch.setattr(serving.build, "source_files", lambda spec: files(spec) + [scratch])
-    build("digits", model_store=store, work_root=work)
+    build("digits", **options)
     rebuilt_at = mar.stat().st_mtime_ns
     assert rebuilt_at != built_at
-    build("digits", model_store=store, work_root=work)
+    build("digits", **options)
     assert mar.stat().st_mtime_ns == rebuilt_at
     scratch.write_text("A = 2\n")
-    build("digits", model_store=store, work_root=work)
+    build("digits", **options)
     assert mar.stat().st_mtime_ns != rebuilt_at
+    # Asking for another target is another build, too.
+    build("digits", **{**options, "target": "eager"})
+    assert json.loads((work / "digits" / "build-info.json").read_text())["target"] == "eager"
 
 
 @pytest.mark.parametrize("name, files", [
@@ -77,8 +119,12 @@ def test_an_archive_holds_everything_its_handler_needs(build_info, name, files):
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
         info = json.loads(mar.read("build-info.json"))
     handler = manifest["model"]["handler"]
-    assert {"model.pt", "model-config.yaml", "build-info.json", handler, "handlers/base.py",
-            "handlers/__init__.py", *files} <= names
-    assert info["target"] == "torchscript" and info["torch"] == torch.__version__
-    assert info["parity"]["max_abs_diff"] <= info["parity"]["tolerance_max_abs_diff"]
+    assert {manifest["model"]["serializedFile"], "model-config.yaml", "build-info.json", handler,
+            "handlers/base.py", "handlers/artifacts.py", "handlers/__init__.py", *files} <= names
+    assert info["target"] in TARGETS and info["torch"] == torch.__version__
+    assert info["arch"] and info["precision"] in ("fp32", "bf16")
     assert info["inputs_sha256"] == build_info[name]["inputs_sha256"]
+    # The build says what it tried and why it shipped what it shipped.
+    tried = {(c["target"], c["precision"]): c for c in info["candidates"]}
+    assert tried[(info["target"], info["precision"])]["status"] == "passed"
+    assert all(c["status"] == "passed" or c.get("reason") for c in info["candidates"])

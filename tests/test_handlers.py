@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -223,14 +224,18 @@ class Doubler(torch.nn.Module):
         return torch.nn.functional.one_hot(x[:, 0, 0].long() % 10, 10).float() * 2
 
 
-def make_context(tmp_path, batch_size: int = 4) -> Context:
-    model = torch.jit.trace(Doubler(), torch.zeros(2, 8, 8))
+def make_context(tmp_path, batch_size: int = 4, module: torch.nn.Module | None = None,
+                 info: dict | None = None, **handler_settings) -> Context:
+    model = torch.jit.freeze(torch.jit.trace(module or Doubler(), torch.zeros(2, 8, 8)).eval())
     torch.jit.save(model, str(tmp_path / "model.pt"))
+    (tmp_path / "build-info.json").write_text(json.dumps(info or {
+        "target": "torchscript", "precision": "fp32", "device": "cpu",
+        "torch": torch.__version__, "arch": platform.machine()}))
     manifest = {"model": {"serializedFile": "model.pt"}}
     return Context("digits", str(tmp_path), manifest, batch_size, None, "0.12.0",
                    model_yaml_config={"minWorkers": 1, "handler": {
                        "input_key": "pixels", "input_shape": [8, 8], "value_range": [0, 16],
-                       "num_classes": 10}})
+                       "num_classes": 10, **handler_settings}})
 
 
 def run_batch(handler, context, bodies: list[bytes]) -> list[tuple[int, dict]]:
@@ -285,3 +290,43 @@ def test_a_failing_model_answers_500_json_and_the_handler_keeps_serving(tmp_path
     handler.model = working_model
     [(status, body)] = run_batch(handler, make_context(tmp_path), [good])
     assert status == 200 and body["predictions"][0]["label"] == "1"
+
+
+class BatchSizeReporter(torch.nn.Module):
+    """Answers, for every row, the class equal to the number of rows it was run with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = torch.ones(x.shape[0], dtype=torch.long) * x.shape[0]
+        return torch.nn.functional.one_hot(rows % 10, 10).float()
+
+
+def test_a_partial_batch_is_padded_to_the_fixed_size_and_sliced_back(tmp_path):
+    # As for a Neuron artifact traced at batch 4: batch_buckets [4] pads 3 requests to 4 rows.
+    context = make_context(tmp_path, batch_size=4, module=BatchSizeReporter(), batch_buckets=[4])
+    handler = ArrayClassifier()
+    handler.initialize(context)
+    assert handler.batch_buckets == [4]
+    bodies = [json.dumps({"pixels": [[v] * 8] * 8}).encode() for v in (1, 2, 3)]
+    results = run_batch(handler, context, bodies)
+    assert [status for status, _ in results] == [200, 200, 200]
+    assert [body["predictions"][0]["label"] for _, body in results] == ["4", "4", "4"]
+
+
+@pytest.mark.parametrize("info, message", [
+    ({"target": "inductor", "arch": "aarch64"}, "compiled for aarch64"),
+    ({"target": "inductor", "torch": "2.9.1"}, "compiled with torch 2.9.1"),
+    ({"target": "torchscript", "torch": "2.4.0"}, "saved with torch 2.4.0"),
+    ({"target": "inductor", "device": "cuda"}, "compiled for CUDA"),
+    ({"target": "neuron"}, "pip install torch-neuronx"),
+    ({"target": "tensorrt"}, "unknown target"),
+])
+def test_a_worker_refuses_an_artifact_built_for_another_machine(tmp_path, info, message):
+    from handlers.artifacts import IncompatibleArtifact
+
+    here = {"precision": "fp32", "device": "cpu", "torch": torch.__version__,
+            "arch": platform.machine()}
+    context = make_context(tmp_path, info={**here, **info})
+    with pytest.raises(IncompatibleArtifact, match=message) as caught:
+        ArrayClassifier().initialize(context)
+    assert "rebuild" in str(caught.value) or "pip install" in str(caught.value) or \
+        "unknown" in str(caught.value)

@@ -77,7 +77,7 @@ def test_related_sentences_are_closer_than_unrelated_ones(server):
     assert torch.allclose(torch.stack([a, b, c]).norm(dim=1), torch.ones(3), atol=1e-5)
 
 
-def test_embeddings_of_mixed_lengths_match_sentence_transformers(server):
+def test_embeddings_of_mixed_lengths_match_sentence_transformers(server, build_info):
     from sentence_transformers import SentenceTransformer
 
     texts = ["Hi", "A much longer sentence, with several clauses, that needs many more tokens "
@@ -86,7 +86,10 @@ def test_embeddings_of_mixed_lengths_match_sentence_transformers(server):
     reference = SentenceTransformer(str(source_dir()), device="cpu")
     for text, row in zip(texts, served):  # each alone: no padding in the reference
         expected = torch.tensor(reference.encode([text], normalize_embeddings=True)[0])
-        assert float((row - expected).abs().max()) < 1e-5
+        if build_info["minilm"]["precision"] == "fp32":
+            assert float((row - expected).abs().max()) < 1e-5
+        else:  # the build shipped a lower precision, under its cosine gate
+            assert float(row @ expected) > 0.99
 
 
 def test_concurrent_requests_are_batched(server):

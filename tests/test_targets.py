@@ -1,0 +1,151 @@
+"""Serving targets: each one that runs here built, checked, loaded in the handler and served over
+HTTP by TorchServe; Neuron's arguments, shapes and refusal; the CPU environment decisions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import requests
+import torch
+
+from handlers.artifacts import NEURON_MISSING
+from models.digits.model import split
+from serving.build import BuildError, build
+from serving.cpu import cpu_flags, has_bf16, worker_environment
+from serving.paths import ROOT
+from serving.targets import FixedShape, NeuronOptions, fit_sequence, neuron_serving_config
+
+GRAVITON3 = "processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 " \
+            "sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop sha3 sm3 sm4 " \
+            "asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs paca pacg dcpodp svei8mm " \
+            "svebf16 i8mm bf16 dgh rng\n"
+GRAVITON2 = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics " \
+            "fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs\n"
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu vme sse2 avx2 avx512f avx512_bf16 amx_bf16\n"
+
+
+# -- CPU decisions ---------------------------------------------------------------------------------
+
+def test_bf16_is_read_from_cpuinfo_on_both_architectures():
+    assert has_bf16(cpu_flags(GRAVITON3)) and has_bf16(cpu_flags(SAPPHIRE_RAPIDS))
+    assert not has_bf16(cpu_flags(GRAVITON2))
+
+
+def test_graviton3_workers_get_the_aws_recommended_environment():
+    env = worker_environment("aarch64", cpu_flags(GRAVITON3), cores=8, workers=3)
+    assert env == {"OMP_NUM_THREADS": "2", "LRU_CACHE_CAPACITY": "1024",
+                   "THP_MEM_ALLOC_ENABLE": "1", "DNNL_DEFAULT_FPMATH_MODE": "BF16"}
+
+
+def test_graviton2_gets_no_bf16_fast_math():
+    env = worker_environment("aarch64", cpu_flags(GRAVITON2), cores=4, workers=2)
+    assert "DNNL_DEFAULT_FPMATH_MODE" not in env and env["OMP_NUM_THREADS"] == "2"
+
+
+def test_x86_workers_get_thread_sizing_only():
+    assert worker_environment("x86_64", cpu_flags(SAPPHIRE_RAPIDS), cores=2, workers=3) == \
+        {"OMP_NUM_THREADS": "1"}
+
+
+# -- Neuron, without Neuron hardware ---------------------------------------------------------------
+
+def test_asking_for_neuron_fails_at_once_naming_the_package(tmp_path):
+    with pytest.raises(BuildError) as caught:
+        build("digits", target="neuron", model_store=tmp_path, work_root=tmp_path)
+    assert "torch-neuronx" in str(caught.value) and "pip install" in str(caught.value)
+    assert not list(tmp_path.iterdir())  # nothing was loaded or written
+
+
+def test_neuron_command_line_arguments():
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "serving", "build", "digits", "--target", "neuron", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    missing = run("--neuron-batch-size", "4", "--neuron-cores", "2")
+    assert missing.returncode == 1 and NEURON_MISSING in missing.stdout
+    assert "at least one NeuronCore" in run("--neuron-cores", "0").stdout
+    assert "batch size must be at least 1" in run("--neuron-batch-size", "0").stdout
+
+
+def test_a_neuron_archive_caps_workers_at_the_cores_and_fixes_shapes():
+    config = {"minWorkers": 4, "maxWorkers": 8, "batchSize": 8,
+              "handler": {"max_tokens": 256, "sequence_buckets": [16, 32, 64, 128, 256]}}
+    fixed = neuron_serving_config(config, NeuronOptions(batch_size=4, cores=2, sequence_length=128),
+                                  text=True)
+    assert (fixed["minWorkers"], fixed["maxWorkers"], fixed["batchSize"]) == (2, 2, 4)
+    assert fixed["handler"]["batch_buckets"] == [4]
+    assert fixed["handler"]["sequence_buckets"] == [128] and fixed["handler"]["max_tokens"] == 128
+    dynamic = neuron_serving_config(config, NeuronOptions(dynamic_batch=True, cores=12), text=False)
+    assert "batch_buckets" not in dynamic["handler"] and dynamic["maxWorkers"] == 8
+    assert config["minWorkers"] == 4  # the model's own config is left as it was
+
+
+def test_fixed_shape_pads_partial_batches_and_slices_back():
+    seen = []
+
+    def traced_at_4x8(ids, mask):  # stands for a Neuron module: it only takes (4, 8)
+        assert ids.shape == mask.shape == (4, 8)
+        seen.append(ids.shape[0])
+        return ids.float().sum(1, keepdim=True)
+
+    fixed = FixedShape(traced_at_4x8, (("batch", "seq"), ("batch", "seq")), batch=4, length=8)
+    ids = torch.arange(1, 31).reshape(6, 5)
+    out = fixed(ids, torch.ones_like(ids))
+    assert out.shape == (6, 1) and seen == [4, 4]
+    assert torch.equal(out[:, 0], ids.sum(1).float())  # zero padding tokens change no row
+
+
+def test_fit_sequence_pads_and_cuts_only_sequence_dimensions():
+    ids = torch.ones(2, 5, dtype=torch.long)
+    images = torch.ones(2, 3)
+    padded, untouched = fit_sequence((ids, images), (("batch", "seq"), ("batch", None)), 8)
+    assert padded.shape == (2, 8) and padded[:, 5:].eq(0).all() and untouched.shape == (2, 3)
+    (cut,) = fit_sequence((ids,), (("batch", "seq"),), 3)
+    assert cut.shape == (2, 3)
+
+
+def test_neuron_options_defaults_follow_the_notes():
+    options = NeuronOptions()
+    assert "--auto-cast" in options.compiler_args and options.cores == 2
+
+
+# -- every target that runs here, for real -------------------------------------------------------
+
+HERE_TARGETS = ("eager", "torchscript", "inductor")
+
+
+@pytest.fixture(scope="module")
+def per_target(tmp_path_factory):
+    """digits built once per target, archived as digits_<target>, served by one TorchServe."""
+    from tests.conftest import start_on_free_ports
+
+    store = tmp_path_factory.mktemp("store")
+    infos = {t: build("digits", target=t, precision="fp32", model_store=store,
+                      work_root=tmp_path_factory.mktemp("work"), archive_name=f"digits_{t}")
+             for t in HERE_TARGETS}
+    server = start_on_free_ports(tmp_path_factory, [f"digits_{t}" for t in HERE_TARGETS],
+                                 model_store=store)
+    try:
+        yield infos, server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("target", HERE_TARGETS)
+def test_each_target_is_built_checked_and_served(per_target, target):
+    infos, server = per_target
+    info = infos[target]
+    assert (info["target"], info["precision"]) == (target, "fp32")
+    assert info["parity"]["relative_error"] <= 1e-4
+    _, _, x_test, y_test = split()
+    url = f"{server.inference_url}/predictions/digits_{target}"
+    right = 0
+    with requests.Session() as session:
+        for grid, label in zip(x_test, y_test.tolist()):
+            response = session.post(url, data=json.dumps({"pixels": grid.int().tolist()}),
+                                    headers={"Content-Type": "application/json"}, timeout=30)
+            assert response.status_code == 200, response.text
+            right += int(response.json()["predictions"][0]["label"]) == label
+    assert right == info["evaluation"]["held_out_correct"]
