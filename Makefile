@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup prometheus build up down ready latency loadtest test clean
+.PHONY: setup prometheus build up down ready latency loadtest bench test clean
 
 # A virtual environment with the pinned dependencies; redone when requirements.txt changes.
 $(STAMP): requirements.txt
@@ -29,7 +29,7 @@ prometheus:
 			--no-install-recommends prometheus >/dev/null; }
 
 build: setup             ## export, check and archive every model into model_store/
-	$(PY) -m serving build
+	$(PY) -m serving build $(ARGS)
 
 up: setup                ## build what is missing, start TorchServe, wait until every model is READY
 	$(PY) -m serving up
@@ -45,6 +45,9 @@ latency: setup           ## single-request latency of each model against the run
 
 loadtest: setup          ## Locust against the running service, then a report from Prometheus
 	$(PY) -m loadtest run $(ARGS)
+
+bench: setup             ## every model x target x precision x batch size, in-process (minutes)
+	$(PY) -m serving bench $(ARGS)
 
 test: setup              ## unit and integration tests (starts its own TorchServe on free ports)
 	$(PY) -m pytest -ra

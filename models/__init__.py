@@ -38,6 +38,9 @@ class ModelSpec:
     dim_ranges: dict[str, tuple[int, int]] = field(default_factory=lambda: {"batch": (1, 1024)})
     # Image models: run in channels-last memory format (oneDNN's fast layout for convolutions).
     channels_last: bool = False
+    # Rewrites of the eager model before export that keep its answers (e.g. folding batch norms
+    # into convolutions); the parity gate compares the export with the model as loaded.
+    prepare_export: Callable[["torch.nn.Module"], "torch.nn.Module"] | None = None
     # Targets the build tries when none is named; it ships the fastest that passes its gate.
     targets: Sequence[str] = ("eager", "torchscript", "inductor")
     # Files the handler needs at serve time, copied into the archive: name in archive -> source.

@@ -52,6 +52,8 @@ def child_export(args) -> dict:
     work = BUILD_DIR / "bench" / args.model
     eager = spec.load_eager(BUILD_DIR / args.model).eval()
     started = time.perf_counter()
+    if spec.prepare_export:
+        eager = spec.prepare_export(eager)
     path = targets.export(args.target, eager, args.precision, spec.example_inputs(2), spec.dims,
                           spec.dim_ranges, work / f"{args.target}-{args.precision}", args.device,
                           channels_last=spec.channels_last)

@@ -98,30 +98,33 @@ def cmd_ready(args) -> int:
 
 
 def cmd_latency(args) -> int:
-    """Sequential single requests with each model's example body: no batching, no queueing."""
+    """Sequential single requests with each model's example body: no batching, no queueing.
+    "first" is this run's first request (right after `make up`: the first after start)."""
     import statistics
 
     import requests
 
     instance = Instance.from_config()
     names = args.models or list(models.NAMES)
-    print(f"{'model':20s} {'n':>4s} {'median ms':>10s} {'p90 ms':>8s} {'p99 ms':>8s} {'min ms':>8s}")
+    print(f"{'model':20s} {'first ms':>9s} {'n':>4s} {'median ms':>10s} {'p90 ms':>8s} "
+          f"{'p99 ms':>8s} {'min ms':>8s}")
     with requests.Session() as session:
         for name in names:
             file, content_type = models.load(name).example_request
             body = (models.MODELS_DIR / name / file).read_bytes()
             url = f"{instance.inference_url}/predictions/{name}"
-            timings = []
+            timings, first = [], None
             for i in range(args.requests + 5):
                 started = time.perf_counter()
                 response = session.post(url, data=body, headers={"Content-Type": content_type})
                 elapsed = (time.perf_counter() - started) * 1000
                 if response.status_code != 200:
                     raise ServeError(f"{name}: HTTP {response.status_code} {response.text[:200]}")
+                first = elapsed if first is None else first
                 if i >= 5:  # the first few warm the connection
                     timings.append(elapsed)
             q = statistics.quantiles(timings, n=100)
-            print(f"{name:20s} {len(timings):4d} {statistics.median(timings):10.1f} "
+            print(f"{name:20s} {first:9.1f} {len(timings):4d} {statistics.median(timings):10.1f} "
                   f"{q[89]:8.1f} {q[98]:8.1f} {min(timings):8.1f}")
     return 0
 

@@ -149,3 +149,23 @@ def test_each_target_is_built_checked_and_served(per_target, target):
             assert response.status_code == 200, response.text
             right += int(response.json()["predictions"][0]["label"]) == label
     assert right == info["evaluation"]["held_out_correct"]
+
+
+def test_the_benchmark_prints_a_table_and_writes_json_and_a_plot(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "serving", "bench", "digits", "--targets", "eager", "torchscript",
+         "neuron", "--precisions", "fp32", "--batches", "1", "4", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "bench.json").read_text())["results"]
+    measured = {r["target"]: r for r in results if r["status"] == "measured"}
+    assert set(measured) == {"eager", "torchscript"}
+    for r in measured.values():
+        assert [row["batch"] for row in r["rows"]] == [1, 4]
+        assert all(row["median_ms"] > 0 and row["items_per_s"] > 0 for row in r["rows"])
+        assert r["peak_rss_mb"] > 100 and r["first_call_ms"] > 0
+    assert "speedup" in measured["torchscript"]["rows"][0]
+    [neuron] = [r for r in results if r["target"] == "neuron"]
+    assert neuron["status"] == "unavailable" and "torch-neuronx" in neuron["reason"]
+    assert (tmp_path / "throughput.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| digits | torchscript | fp32 | 4 |" in done.stdout
