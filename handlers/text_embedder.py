@@ -68,6 +68,8 @@ class TextEmbedder(ModelHandler):
         return input_ids, attention_mask
 
     def encode(self, outputs: torch.Tensor) -> dict:
+        # Normalised again in fp32: a bf16 model's own normalisation leaves norms 1 +- 0.003.
+        outputs = torch.nn.functional.normalize(outputs.float(), p=2.0, dim=-1)
         return {"embeddings": [[round(v, 6) for v in row] for row in outputs.tolist()],
                 "dimensions": outputs.shape[-1]}
 

@@ -70,6 +70,14 @@ def test_the_fastest_passing_candidate_is_chosen_fp32_unless_lower_is_clearly_fa
     assert choose([slower, slightly]) is slightly  # 2.1x is >10% faster than fp32's 1.2x
 
 
+def test_among_equally_fast_candidates_the_most_ahead_of_time_target_wins():
+    script = {"target": "torchscript", "precision": "bf16", "speedup": 3.0}
+    compiled = {"target": "inductor", "precision": "bf16", "speedup": 2.8}
+    far = {"target": "inductor", "precision": "bf16", "speedup": 2.5}
+    assert choose([script, compiled]) is compiled
+    assert choose([script, far]) is script
+
+
 def test_candidates_named_and_default():
     spec = models.load("digits")
     assert candidates(spec, "torchscript", "fp32", "cpu") == [("torchscript", "fp32")]
