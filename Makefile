@@ -2,12 +2,12 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | sha256sum | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-serve.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup prometheus build up down ready latency loadtest bench test clean
+.PHONY: setup prometheus build up down ready latency loadtest bench compose-up compose-down test clean
 
 # A virtual environment with the pinned dependencies; redone when requirements.txt changes.
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-serve.txt
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else \
 		"Python 3.11 is required (TorchServe 0.12 and the pinned torch wheel); got %d.%d" % v)'
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ loadtest: setup          ## Locust against the running service, then a report fr
 
 bench: setup             ## every model x target x precision x batch size, in-process (minutes)
 	$(PY) -m serving bench $(ARGS)
+
+compose-up: setup        ## docker compose up on a machine with no registry or bridge networks (see README)
+	docker/compose.sh up -d --build
+
+compose-down: setup      ## stop and remove what compose-up started, volumes too
+	docker/compose.sh down -v
 
 test: setup              ## unit and integration tests (starts its own TorchServe on free ports)
 	$(PY) -m pytest -ra

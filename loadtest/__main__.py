@@ -28,16 +28,23 @@ SHAPES = {"constant": None, "step_ramp": HERE / "shapes" / "step_ramp.py",
 
 def locust(out: Path, host: str, users: int, spawn_rate: float, duration: str, classes: list[str],
            shape: str = "constant", processes: int = 0, metrics_port: int = LOADTEST_METRICS_PORT,
-           extra: list[str] = ()) -> int:
+           extra: list[str] = (), metrics_host: str = "127.0.0.1") -> int:
     files = [str(HERE / "locustfile.py")] + ([str(SHAPES[shape])] if SHAPES[shape] else [])
     command = [sys.executable, "-m", "locust", "-f", ",".join(files), "--headless",
                "-u", str(users), "-r", str(spawn_rate), "-t", duration, "-H", host,
                "--csv", str(out / "locust"), "--html", str(out / "locust.html"),
                "--slo-report", str(out / "slo.json"), "--metrics-port", str(metrics_port),
+               "--metrics-host", metrics_host,
                "--stop-timeout", "10", *(["--processes", str(processes)] if processes else []),
                *extra, *classes]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     return subprocess.call(command, cwd=ROOT, env=env)
+
+
+def prometheus_of(args) -> Prometheus:
+    if args.prometheus_url:
+        return Prometheus.at(args.prometheus_url)
+    return Prometheus(port=args.prometheus_port)
 
 
 def seconds(duration: str) -> float:
@@ -69,9 +76,9 @@ def cmd_run(args) -> int:
     from loadtest import report
 
     host = args.host or Instance.from_config().inference_url
-    prom = Prometheus(port=args.prometheus_port)
+    prom = prometheus_of(args)
     try:
-        prom.wait_ready(timeout=5) if prom.process() else prom.query("up")
+        prom.query("up")
     except Exception as e:  # noqa: BLE001
         print(f"error: no Prometheus at {prom.url} ({e}); start the service with `make up`")
         return 2
@@ -91,7 +98,7 @@ def cmd_run(args) -> int:
     started = time.time()
     code = locust(out, host, args.users, args.spawn_rate or args.users, args.duration,
                   [USER_CLASSES[m] for m in models], args.shape, args.processes,
-                  args.metrics_port, extra + args.locust_args)
+                  args.metrics_port, extra + args.locust_args, args.metrics_host)
     ended = time.time()
     meta = {"shape": args.shape, "users": args.users, "duration": args.duration,
             "generator processes": args.processes or 1, "host": host,
@@ -104,7 +111,7 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from loadtest import report
 
-    path = report.write(Prometheus(port=args.prometheus_port), args.start, args.end, Path(args.out))
+    path = report.write(prometheus_of(args), args.start, args.end, Path(args.out))
     print(f"Report: {path}")
     return 0
 
@@ -134,10 +141,13 @@ def cmd_ceiling(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prometheus-port", type=int, default=9090)
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--prometheus-port", type=int, default=9090,
+                       help="the Prometheus on 127.0.0.1 that `make up` started")
+    where.add_argument("--prometheus-url", help="a Prometheus elsewhere, e.g. http://prometheus:9090")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="a load test, then its report")
+    p = sub.add_parser("run", help="a load test, then its report", parents=[where])
     p.add_argument("models", nargs="*", metavar="MODEL", help=f"default: {' '.join(USER_CLASSES)}")
     p.add_argument("-u", "--users", type=int, default=12)
     p.add_argument("-r", "--spawn-rate", type=float, help="users started per second (default: all at once)")
@@ -146,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--processes", type=int, default=0, help="Locust worker processes (0: one process)")
     p.add_argument("--host", help="inference URL (default: from config.properties)")
     p.add_argument("--metrics-port", type=int, default=LOADTEST_METRICS_PORT)
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="where the client metrics listen (0.0.0.0 in a container Prometheus scrapes)")
     p.add_argument("--out", help="output folder (default: run/loadtest/<UTC time>)")
     p.add_argument("--slo-file", default=str(HERE / "slo.yaml"))
     p.add_argument("--slo-p95-ms", type=float)
@@ -156,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="anything after this goes to locust as is")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("report", help="the report for a past window")
+    p = sub.add_parser("report", help="the report for a past window", parents=[where])
     p.add_argument("--start", type=float, required=True, help="UNIX time")
     p.add_argument("--end", type=float, required=True, help="UNIX time")
     p.add_argument("--out", required=True)

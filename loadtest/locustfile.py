@@ -25,7 +25,9 @@ SLO_FILE = "loadtest/slo.yaml"
 def add_arguments(parser) -> None:
     group = parser.add_argument_group("model serving")
     group.add_argument("--metrics-port", type=int, default=exporter_port(),
-                       help="port of the client-side metrics for Prometheus (127.0.0.1)")
+                       help="port of the client-side metrics for Prometheus")
+    group.add_argument("--metrics-host", default="127.0.0.1",
+                       help="address the client-side metrics listen on")
     group.add_argument("--metrics-linger", type=float, default=6.0,
                        help="seconds the metrics stay up after the test, for a last scrape")
     group.add_argument("--slo-file", default=SLO_FILE, help="objectives per model (YAML)")
@@ -46,7 +48,8 @@ def exporter_port() -> int:
 @events.init.add_listener
 def start_metrics(environment, **_) -> None:
     if not isinstance(environment.runner, WorkerRunner):  # workers report to the master
-        exporter.serve(environment, environment.parsed_options.metrics_port)
+        options = environment.parsed_options
+        exporter.serve(environment, options.metrics_port, options.metrics_host)
 
 
 @events.quitting.add_listener

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -77,6 +78,38 @@ def cmd_up(args) -> int:
     for name in names:
         print(f"{name}:\n  {curl_example(instance, name)}")
     return 0
+
+
+def cmd_serve(args) -> int:
+    """TorchServe in the foreground, for containers: start it, wait until every model is READY,
+    then run until it exits (exit 1) or a SIGTERM/SIGINT stops it (exit 0). No Prometheus: in
+    docker compose that is a service of its own."""
+    import signal
+
+    instance = Instance.from_config(bind=os.environ.get("SERVING_BIND", "127.0.0.1"))
+    names = args.models or list(models.NAMES)
+    if not args.no_build:
+        build_all(names)
+    stopping = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stopping.append(signum))
+    instance.start(names)
+    print(f"TorchServe started; listening on {instance.bind}; waiting for READY...", flush=True)
+    instance.wait_ready(names, timeout=args.timeout)
+    print(f"All {len(names)} models READY: {instance.inference_url}", flush=True)
+    while not stopping and instance.process() is not None:
+        time.sleep(1)
+        try:  # as a container's first process, reap what TorchServe leaves behind
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+    if stopping:
+        print("Stopping TorchServe...", flush=True)
+        instance.stop()
+        return 0
+    print("TorchServe exited; see its logs in " + str(instance.log_dir), flush=True)
+    return 1
 
 
 def cmd_down(args) -> int:
@@ -165,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-build", action="store_true", help="serve the archives as they are")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for READY")
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("serve", help="TorchServe in the foreground (containers); no Prometheus")
+    p.add_argument("models", nargs="*", metavar="MODEL")
+    p.add_argument("--no-build", action="store_true", help="serve the archives as they are")
+    p.add_argument("--timeout", type=float, default=300, help="seconds to wait for READY")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("down", help="stop the TorchServe that `up` started")
     p.set_defaults(func=cmd_down)

@@ -39,13 +39,22 @@ class Prometheus:
 
     run_dir: Path = RUN_DIR / "prometheus"
     port: int = DEFAULT_PORT
+    address: str = "127.0.0.1"  # where it listens (and is reached)
     torchserve_metrics: str = "127.0.0.1:8082"
     loadtest_metrics: str = f"127.0.0.1:{LOADTEST_METRICS_PORT}"
     scrape_interval: str | None = None  # None: as prometheus/prometheus.yml says
 
+    @classmethod
+    def at(cls, url: str) -> "Prometheus":
+        """A Prometheus that runs elsewhere (another container), for queries only."""
+        from urllib.parse import urlparse
+
+        parsed = urlparse(url)
+        return cls(address=parsed.hostname or "127.0.0.1", port=parsed.port or DEFAULT_PORT)
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}:{self.port}"
 
     @property
     def config_file(self) -> Path:
@@ -78,7 +87,7 @@ class Prometheus:
             binary(),
             f"--config.file={self.render_config()}",
             f"--storage.tsdb.path={self.run_dir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
+            f"--web.listen-address={self.address}:{self.port}",
             "--storage.tsdb.retention.time=7d",
             "--web.enable-lifecycle",
         ]

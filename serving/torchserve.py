@@ -94,7 +94,8 @@ class Instance:
     run_dir: Path = RUN_DIR / "torchserve"
     model_store: Path = MODEL_STORE
     base_config: Path = CONFIG_PROPERTIES
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # where this machine reaches the instance
+    bind: str = "127.0.0.1"  # where the instance listens (0.0.0.0 inside a container)
     ports: dict[str, int] = field(default_factory=dict)
 
     PORT_KEYS = ("inference", "management", "metrics", "grpc_inference", "grpc_management",
@@ -155,9 +156,11 @@ class Instance:
     def render_config(self) -> Path:
         """config.properties with this instance's addresses and model store."""
         overrides = {
-            "inference_address": self.inference_url,
-            "management_address": self.management_url,
-            "metrics_address": self.metrics_url,
+            "inference_address": f"http://{self.bind}:{self.ports['inference']}",
+            "management_address": f"http://{self.bind}:{self.ports['management']}",
+            "metrics_address": f"http://{self.bind}:{self.ports['metrics']}",
+            "grpc_inference_address": self.bind,
+            "grpc_management_address": self.bind,
             "grpc_inference_port": str(self.ports["grpc_inference"]),
             "grpc_management_port": str(self.ports["grpc_management"]),
             "initial_worker_port": str(self.ports["worker"]),
