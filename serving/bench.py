@@ -28,16 +28,10 @@ from serving.paths import BUILD_DIR, ROOT, RUN_DIR
 BATCHES = (1, 8, 32)
 
 
-def measure_batch(model, inputs: tuple, budget: float = 3.0, min_runs: int = 5) -> dict:
-    with torch.inference_mode():
-        for _ in range(2):
-            model(*inputs)
-        times: list[float] = []
-        while len(times) < min_runs or (sum(times) < budget and len(times) < 200):
-            started = time.perf_counter()
-            model(*inputs)
-            times.append(time.perf_counter() - started)
-    times.sort()
+def measure_batch(model, inputs: tuple) -> dict:
+    from serving.build import call_times
+
+    times = sorted(call_times(model, inputs, min_runs=5, budget=3.0, max_runs=200))
     median = statistics.median(times)
     p99 = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))]
     batch = inputs[0].shape[0]

@@ -161,17 +161,22 @@ def paired_speedup(reference, candidate, inputs: tuple, rounds: int = 3,
     return statistics.median(candidate_times), statistics.median(ratios)
 
 
-def median_seconds(model, inputs: tuple, min_runs: int = 10, budget: float = 1.0) -> float:
-    """Median time of a call, after two warm-up calls: at least min_runs, more while under budget."""
+def call_times(model, inputs: tuple, min_runs: int = 10, budget: float = 1.0,
+               max_runs: int = 1000) -> list[float]:
+    """Seconds per call, after two warm-up calls: at least min_runs, more while under budget."""
     with torch.inference_mode():
         for _ in range(2):
             model(*inputs)
         times: list[float] = []
-        while len(times) < min_runs or (sum(times) < budget and len(times) < 1000):
+        while len(times) < min_runs or (sum(times) < budget and len(times) < max_runs):
             started = time.perf_counter()
             model(*inputs)
             times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(model, inputs: tuple) -> float:
+    return statistics.median(call_times(model, inputs))
 
 
 # Candidates within this factor of the fastest count as equally fast (timings on a shared machine
