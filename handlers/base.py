@@ -142,7 +142,6 @@ class ModelHandler:
         self.device = torch.device("cpu")
         self.batch_buckets: list[int] = [1]
         self.metrics = HandlerMetrics(None, "")
-        self.initialized = False
 
     # -- subclass hooks -------------------------------------------------------------------------
 
@@ -199,15 +198,15 @@ class ModelHandler:
         self.load_resources(model_dir)
         self.warm_up()
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name)
-        self.initialized = True
         log.info("%s ready: %s/%s on %s with %d threads, batch buckets %s, in %.1fs",
                  context.model_name, self.build_info["target"], self.build_info["precision"],
                  self.device, torch.get_num_threads(), self.batch_buckets,
                  time.perf_counter() - started)
 
     def warm_up(self) -> None:
-        """Runs every batch size and input shape once, so live traffic never pays for the first
-        call of a shape (TorchScript profiles and specialises per shape)."""
+        """Runs every batch size and input shape twice, so live traffic never pays for the first
+        call of a shape (TorchScript profiles and specialises per shape; compiled code and oneDNN
+        set up per shape too)."""
         for item in self.warmup_items():
             for size in self.batch_buckets:
                 for _ in range(2):

@@ -27,21 +27,9 @@ HTTP_STATUS = re.compile(r"^HTTP (\d{3})\b")
 
 def cumulative_buckets(response_times_ms: dict[int, int]) -> list[tuple[str, int]]:
     """Locust's {rounded ms: count} -> Prometheus's cumulative (upper bound, count) pairs."""
-    bounds = [(bound, 0) for bound in BUCKETS]
-    counts = [0] * len(BUCKETS)
-    total = 0
-    for millis, count in response_times_ms.items():
-        total += count
-        for i, (bound, _) in enumerate(bounds):
-            if millis / 1000 <= bound:
-                counts[i] += count
-                break
-    running, out = 0, []
-    for (bound, _), count in zip(bounds, counts):
-        running += count
-        out.append((repr(bound), running))
-    out.append(("+Inf", total))
-    return out
+    total = sum(response_times_ms.values())
+    return [(repr(bound), sum(n for ms, n in response_times_ms.items() if ms / 1000 <= bound))
+            for bound in BUCKETS] + [("+Inf", total)]
 
 
 def status_counts(entries, errors) -> dict[tuple[str, str], int]:
