@@ -15,6 +15,8 @@ import torch
 from handlers.base import ModelHandler, Payload, unprocessable
 from handlers.classification import load_labels, top_k
 
+FLOAT32_MAX = 3.4028234663852886e38
+
 
 def shape_of(value, path: str = "input") -> list[int]:
     """The shape of a nested list of numbers; refuses ragged lists and non-numbers."""
@@ -27,8 +29,8 @@ def shape_of(value, path: str = "input") -> list[int]:
         return [len(value), *shapes[0]]
     if isinstance(value, bool) or not isinstance(value, Real):
         raise unprocessable("wrong_type", f"{path} is {type(value).__name__}, not a number")
-    if not math.isfinite(value):
-        raise unprocessable("out_of_range", f"{path} is {value}, not a finite number")
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+        raise unprocessable("out_of_range", f"{path} is not a finite 32-bit float")
     return []
 
 

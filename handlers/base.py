@@ -39,6 +39,8 @@ PAYLOAD_FIELDS = ("data", "body", "file")
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "max_request_bytes": 8 * 1024 * 1024,
+    "max_json_depth": 32,  # nesting of arrays/objects in a JSON body
+    "max_json_number_chars": 40,  # digits of one JSON number: int() of 4,300+ digits raises
     "max_image_pixels": 24_000_000,  # decompression bombs: checked before pixels are decoded
     "max_text_chars": 10_000,
     "max_items_per_request": 64,
@@ -73,9 +75,11 @@ class Payload:
 
     data: bytes | str | dict | list
     content_type: str = ""
+    max_json_depth: int = DEFAULT_SETTINGS["max_json_depth"]
+    max_json_number_chars: int = DEFAULT_SETTINGS["max_json_number_chars"]
 
     @classmethod
-    def from_row(cls, row: dict, headers: dict | None = None) -> "Payload":
+    def from_row(cls, row: dict, headers: dict | None = None, **limits) -> "Payload":
         """Picks the body out of a TorchServe request row (`{"body": ...}`, `{"data": ...}`, ...)."""
         fields = {k: v for k, v in row.items() if v is not None}
         name = next((f for f in PAYLOAD_FIELDS if f in fields), None)
@@ -91,7 +95,7 @@ class Payload:
         data = fields[name]
         if isinstance(data, bytearray):
             data = bytes(data)
-        return cls(data, content_type.split(";")[0].strip().lower())
+        return cls(data, content_type.split(";")[0].strip().lower(), **limits)
 
     def size(self) -> int:
         if isinstance(self.data, bytes):
@@ -111,12 +115,28 @@ class Payload:
         raise bad_request("wrong_content", "expected a binary body, got JSON")
 
     def json(self) -> Any:
+        """The body as JSON, within the depth and number-length limits, decided while parsing:
+        a 4,300-digit integer or a 100,000-deep array never reaches the handler's own code."""
         if isinstance(self.data, (dict, list)):
-            return self.data  # TorchServe already parsed it
-        try:
-            return json.loads(self.data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise bad_request("malformed_json", f"the body is not valid JSON: {e}") from None
+            value = self.data  # TorchServe already parsed it
+        else:
+            def number(text: str, convert=float):
+                if len(text) > self.max_json_number_chars:
+                    raise bad_request("number_too_long", f"a JSON number has {len(text):,} "
+                                      f"characters; the limit is {self.max_json_number_chars}")
+                return convert(text)
+
+            try:
+                value = json.loads(self.data, parse_int=lambda t: number(t, int),
+                                   parse_float=number)
+            except RecursionError:
+                raise bad_request("too_deep", "the JSON body is nested too deeply") from None
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise bad_request("malformed_json", f"the body is not valid JSON: {e}") from None
+        if json_depth(value, self.max_json_depth) > self.max_json_depth:
+            raise bad_request("too_deep", f"the JSON body nests deeper than "
+                              f"{self.max_json_depth} levels")
+        return value
 
     def text(self) -> str:
         if isinstance(self.data, str):
@@ -127,6 +147,52 @@ class Payload:
             except UnicodeDecodeError as e:
                 raise bad_request("not_utf8", f"the body is not UTF-8 text: {e}") from None
         raise bad_request("wrong_content", "expected text, got JSON")
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """How deep arrays and objects nest in a parsed JSON value; stops counting past `limit`.
+    Iterative: a recursive walk would itself hit Python's recursion limit."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (list, dict)):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+            stack.extend((child, depth + 1) for child in
+                         (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def failure_answer(error: BaseException, stage: str) -> RequestError:
+    """What one request is answered when reading or answering it raised `error`.
+
+    A RequestError says so itself. Exceptions that parsing and converting untrusted input raise
+    (bad values, bad Unicode, nesting too deep) are the input's fault: 400. Memory exhausted by
+    one request: 413. Anything else is a bug in the handler: 500, with the traceback logged.
+    """
+    if isinstance(error, RequestError):
+        return error
+    if isinstance(error, MemoryError):
+        return RequestError(413, "too_large", "the request needs more memory than the worker has")
+    if isinstance(error, RecursionError):
+        return bad_request("too_deep", "the input is nested too deeply")
+    if stage == "read" and isinstance(error, INPUT_ERRORS):
+        return bad_request("invalid_input", f"{type(error).__name__}: {str(error)[:300]}")
+    log.error("handler error while %s a request", "reading" if stage == "read" else "answering",
+              exc_info=error)
+    return RequestError(500, "handler_error", "the handler failed on this request; the worker log "
+                        "has the traceback")
+
+
+# Raised by parsing and converting what a client sent; anything else from decode() is a bug.
+INPUT_ERRORS = (ValueError, OverflowError, UnicodeError, EOFError)
+
+
+def is_fatal(error: BaseException) -> bool:
+    """Exceptions that must stop the worker rather than be answered. Everything else derived from
+    BaseException is answered, e.g. a Rust extension's panic (pyo3's PanicException)."""
+    return isinstance(error, (KeyboardInterrupt, SystemExit, GeneratorExit))
 
 
 class ModelHandler:
@@ -220,7 +286,9 @@ class ModelHandler:
             raise RequestError(413, "too_large", f"{what} is {value:,}; the limit is {limit:,}")
 
     def read(self, row: dict, headers: dict | None) -> list[Any]:
-        payload = Payload.from_row(row, headers)
+        payload = Payload.from_row(row, headers,
+                                   max_json_depth=int(self.settings["max_json_depth"]),
+                                   max_json_number_chars=int(self.settings["max_json_number_chars"]))
         self.enforce_limit("max_request_bytes", payload.size(), "the request body in bytes")
         if payload.is_empty():
             raise bad_request("empty_body", "the request body is empty")
@@ -233,60 +301,115 @@ class ModelHandler:
     def bucket(self, n: int) -> int:
         return next(b for b in self.batch_buckets if b >= n)
 
+    def run_order(self, items: Sequence[Any]) -> list[int]:
+        """The order items run in; a subclass groups similar items so less padding is run."""
+        return list(range(len(items)))
+
     def infer(self, items: Sequence[Any]) -> torch.Tensor:
-        """Runs the model over any number of items, in batches of the warmed-up sizes."""
+        """Runs the model over any number of items, in batches of the warmed-up sizes; the rows
+        come back in the items' order."""
+        order = self.run_order(items)
         outputs = []
         largest = self.batch_buckets[-1]
-        for start in range(0, len(items), largest):
-            chunk = list(items[start:start + largest])
+        for start in range(0, len(order), largest):
+            chunk = [items[i] for i in order[start:start + largest]]
             n = len(chunk)
             chunk += [chunk[-1]] * (self.bucket(n) - n)  # padding rows are dropped below
             inputs = tuple(t.to(self.device, non_blocking=True) for t in self.collate(chunk))
             with torch.inference_mode():
                 out = self.model(*inputs)
             outputs.append(out[:n].float().cpu())
-        return torch.cat(outputs)
+        rows = torch.cat(outputs)
+        return rows[torch.argsort(torch.tensor(order))] if order != sorted(order) else rows
 
     def handle(self, data: list[dict], context) -> list[Any]:
+        """One answer per request, whatever happens: TorchServe fails the whole batch (503) when
+        anything leaves this method, so nothing does."""
         started = time.perf_counter()
         responses: list[Any] = [None] * len(data)
         statuses: list[int] = [200] * len(data)
-        accepted: list[tuple[int, list[Any]]] = []
-        for idx, row in enumerate(data):
-            try:
-                accepted.append((idx, self.read(row, self.request_headers(context, idx))))
-            except RequestError as e:
-                responses[idx] = self.reply(context, idx, e.status, e.body())
-                statuses[idx] = e.status
-        stages = {"preprocess": time.perf_counter() - started}
+        stages: dict[str, float] = {}
 
-        if accepted:
-            items = [item for _, request_items in accepted for item in request_items]
-            try:
-                step = time.perf_counter()
-                outputs = self.infer(items)
-                stages["inference"] = time.perf_counter() - step
-            except Exception as e:  # noqa: BLE001 - one failed batch must not kill the worker
-                log.exception("inference failed")
-                status, error = (507, "out_of_memory") if isinstance(e, MemoryError) else \
-                    (500, "inference_failed")
-                for idx, _ in accepted:
-                    statuses[idx] = status
-                    responses[idx] = self.reply(context, idx, status, {
-                        "error": error, "detail": "the model failed on this batch; see the worker log"})
-            else:
-                step = time.perf_counter()
-                offset = 0
-                for idx, request_items in accepted:
-                    answer = self.encode(outputs[offset:offset + len(request_items)])
-                    offset += len(request_items)
-                    responses[idx] = self.reply(context, idx, 200, answer)
-                stages["postprocess"] = time.perf_counter() - step
+        def refuse(idx: int, error: RequestError) -> None:
+            statuses[idx] = error.status
+            responses[idx] = self.reply(context, idx, error.status, error.body())
+
+        try:
+            accepted: list[tuple[int, list[Any]]] = []
+            for idx, row in enumerate(data):
+                try:
+                    accepted.append((idx, self.read(row, self.request_headers(context, idx))))
+                except BaseException as e:  # noqa: BLE001 - answered per request, see failure_answer
+                    if is_fatal(e):
+                        raise
+                    refuse(idx, failure_answer(e, "read"))
+            stages["preprocess"] = time.perf_counter() - started
+
+            step = time.perf_counter()
+            outputs = self.infer_requests(accepted)
+            stages["inference"] = time.perf_counter() - step
+
+            step = time.perf_counter()
+            for idx, request_items in accepted:
+                output = outputs[idx]
+                if isinstance(output, RequestError):
+                    refuse(idx, output)
+                    continue
+                try:
+                    responses[idx] = self.reply(context, idx, 200, self.encode(output))
+                except BaseException as e:  # noqa: BLE001
+                    if is_fatal(e):
+                        raise
+                    refuse(idx, failure_answer(e, "encode"))
+            stages["postprocess"] = time.perf_counter() - step
+        except BaseException as e:  # noqa: BLE001 - a bug here must still answer each request
+            if is_fatal(e):
+                raise
+            log.exception("handler error outside any one request")
+            for idx in range(len(data)):
+                if responses[idx] is None:
+                    refuse(idx, RequestError(500, "handler_error", "the handler failed on this "
+                                             "batch; the worker log has the traceback"))
 
         for idx in range(len(data)):
             context.set_response_header(idx, "x-batch-size", str(len(data)))
-        self.metrics.record(stages, len(data), statuses)
+        try:
+            self.metrics.record(stages, len(data), statuses)
+        except Exception:  # noqa: BLE001 - metrics must never cost an answer
+            log.exception("recording handler metrics failed")
         return responses
+
+    def infer_requests(self, accepted: list[tuple[int, list[Any]]]) -> dict[int, Any]:
+        """Runs the model over every accepted request's items at once; if that fails, runs each
+        request alone, so one request that breaks the model fails alone. Returns each request's
+        output rows, or the RequestError it is answered with."""
+        if not accepted:
+            return {}
+        items = [item for _, request_items in accepted for item in request_items]
+        try:
+            outputs = self.infer(items)
+        except BaseException as e:  # noqa: BLE001
+            if is_fatal(e):
+                raise
+            log.exception("inference failed on a batch of %d requests%s", len(accepted),
+                          "; retrying each alone" if len(accepted) > 1 else "")
+            if len(accepted) == 1:
+                return {accepted[0][0]: inference_failure(e)}
+            return {idx: self.infer_alone(request_items) for idx, request_items in accepted}
+        answers, offset = {}, 0
+        for idx, request_items in accepted:
+            answers[idx] = outputs[offset:offset + len(request_items)]
+            offset += len(request_items)
+        return answers
+
+    def infer_alone(self, items: list[Any]) -> Any:
+        try:
+            return self.infer(items)
+        except BaseException as e:  # noqa: BLE001
+            if is_fatal(e):
+                raise
+            log.exception("inference failed on a request alone")
+            return inference_failure(e)
 
     @staticmethod
     def request_headers(context, idx: int) -> dict | None:
@@ -301,3 +424,10 @@ class ModelHandler:
             context.set_response_status(status, body.get("error", ""), idx)
         context.set_response_content_type(idx, JSON)
         return json.dumps(body)
+
+
+def inference_failure(error: BaseException) -> RequestError:
+    if isinstance(error, MemoryError):
+        return RequestError(507, "out_of_memory", "the model ran out of memory on this request")
+    return RequestError(500, "inference_failed", "the model failed on this request; see the "
+                        "worker log")

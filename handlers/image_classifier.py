@@ -9,54 +9,75 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from handlers.base import ModelHandler, Payload, RequestError, bad_request
+from handlers.base import ModelHandler, Payload, RequestError, bad_request, unprocessable
 from handlers.classification import load_labels, top_k
 
+FORMATS = "JPEG, PNG, GIF, BMP, TIFF, WebP"
 
-def open_rgb(data: bytes, max_pixels: int | None = None, target: int | None = None) -> Image.Image:
-    """Decodes an image, refusing decompression bombs before their pixels are decoded."""
+
+def open_rgb(data: bytes, max_pixels: int | None = None, target: int | None = None,
+             max_aspect_ratio: float | None = None) -> Image.Image:
+    """Decodes an image, refusing decompression bombs and extreme shapes before their pixels are
+    decoded. Pillow is a parser of untrusted bytes: whatever it raises on them (OSError,
+    SyntaxError, ValueError, but also IndexError, KeyError, struct.error from broken metadata)
+    is a corrupt image, answered 400."""
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise bad_request("not_an_image", "the body is not an image format this server reads "
-                          "(JPEG, PNG, GIF, BMP, TIFF, WebP)") from None
+                          f"({FORMATS})") from None
     except Image.DecompressionBombError as e:
         raise RequestError(413, "too_large", str(e)) from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        raise bad_request("corrupt_image", f"the image header could not be read: {e}") from None
     width, height = image.size
+    if width < 1 or height < 1:
+        raise bad_request("corrupt_image", f"the image is {width}x{height} pixels")
     if max_pixels is not None and width * height > max_pixels:
         raise RequestError(413, "too_large", f"the image has {width}x{height} = "
                            f"{width * height:,} pixels; the limit is {max_pixels:,}")
-    if target:
-        image.draft("RGB", (target, target))  # JPEG: decode at a reduced scale when it is enough
+    if max_aspect_ratio is not None and max(width, height) > max_aspect_ratio * min(width, height):
+        raise unprocessable("wrong_shape", f"the image is {width}x{height}: its aspect ratio is "
+                            f"over the limit of {max_aspect_ratio:g}:1")
     try:
+        if target:
+            image.draft("RGB", (target, target))  # JPEG: decode at a reduced scale when enough
         image.load()
-    except (OSError, SyntaxError, ValueError) as e:
-        raise bad_request("corrupt_image", f"the image could not be decoded: {e}") from None
-    return ImageOps.exif_transpose(image).convert("RGB")
+        return ImageOps.exif_transpose(image).convert("RGB")
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        raise bad_request("corrupt_image", f"the image could not be decoded: "
+                          f"{type(e).__name__}: {str(e)[:200]}") from None
 
 
 def to_tensor(image: Image.Image, resize_size: int, crop_size: int) -> torch.Tensor:
     """Shorter side to `resize_size`, centre crop `crop_size`: (3, crop, crop) float in 0..255.
-    Normalisation belongs to the exported model, which knows the statistics it was trained on."""
+
+    The crop is resampled straight from its box in the source image, so the work is that of a
+    crop_size x crop_size output whatever the image's size or shape (resizing the whole image
+    first made a 1 x 50,000 image a 256 x 12,800,000 one). Normalisation belongs to the exported
+    model, which knows the statistics it was trained on."""
     width, height = image.size
-    scale = resize_size / min(width, height)
-    image = image.resize((max(crop_size, round(width * scale)), max(crop_size, round(height * scale))),
-                         Image.BILINEAR)
-    width, height = image.size
-    left, top = (width - crop_size) // 2, (height - crop_size) // 2
-    image = image.crop((left, top, left + crop_size, top + crop_size))
+    side = min(width, height) * min(1.0, crop_size / resize_size)  # the crop, in source pixels
+    left, top = (width - side) / 2, (height - side) / 2
+    image = image.resize((crop_size, crop_size), Image.BILINEAR,
+                         box=(left, top, left + side, top + side))
     return torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
 
 
 class ImageClassifier(ModelHandler):
-    settings_defaults = {"resize_size": 256, "crop_size": 224, "top_k": 5}
+    settings_defaults = {"resize_size": 256, "crop_size": 224, "top_k": 5,
+                         "max_aspect_ratio": 20}
 
     def load_resources(self, model_dir: Path) -> None:
         self.labels = load_labels(model_dir)
 
     def decode(self, payload: Payload) -> list[torch.Tensor]:
         image = open_rgb(payload.bytes(), self.settings["max_image_pixels"],
-                         self.settings["resize_size"])
+                         self.settings["resize_size"], self.settings["max_aspect_ratio"])
         return [to_tensor(image, self.settings["resize_size"], self.settings["crop_size"])]
 
     def encode(self, outputs: torch.Tensor) -> dict:

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
-from handlers.base import ModelHandler, Payload, unprocessable
+from handlers.base import ModelHandler, Payload, bad_request, unprocessable
 
 TOKENIZER_FILE = "tokenizer.json"
 
 
 class TextEmbedder(ModelHandler):
     settings_defaults = {"max_tokens": 256, "sequence_buckets": [16, 32, 64, 128, 256],
-                         "pad_token_id": 0}
+                         "pad_token_id": 0, "max_tokens_per_request": 2048}
 
     def load_resources(self, model_dir: Path) -> None:
         from tokenizers import Tokenizer
@@ -48,6 +48,10 @@ class TextEmbedder(ModelHandler):
                 raise unprocessable("wrong_type", f"texts[{i}] is {type(text).__name__}, not a string")
             if not text.strip():
                 raise unprocessable("empty_text", f"texts[{i}] is empty")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate, e.g. "\ud800" in JSON
+                raise bad_request("not_utf8", f"texts[{i}] is not valid Unicode") from None
         return texts
 
     def decode(self, payload: Payload) -> list[list[int]]:
@@ -55,11 +59,22 @@ class TextEmbedder(ModelHandler):
         self.enforce_limit("max_items_per_request", len(texts), "the number of texts")
         for text in texts:
             self.enforce_limit("max_text_chars", len(text), "a text's length in characters")
-        return [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
+        ids = [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
+        # The model's work is the padded tokens: bounded per request, so a full batch of the
+        # worst requests still finishes well inside responseTimeout (`make worst-case`).
+        self.enforce_limit("max_tokens_per_request", sum(self.padded_length(len(i)) for i in ids),
+                           "the number of tokens (each text padded to its length bucket)")
+        return ids
+
+    def padded_length(self, tokens: int) -> int:
+        return next((b for b in self.buckets if b >= tokens), tokens)
+
+    def run_order(self, items: list[list[int]]) -> list[int]:
+        """Shortest first: each chunk is padded only to its own longest text."""
+        return sorted(range(len(items)), key=lambda i: len(items[i]))
 
     def collate(self, items: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        longest = max(len(ids) for ids in items)
-        length = next((b for b in self.buckets if b >= longest), longest)
+        length = self.padded_length(max(len(ids) for ids in items))
         input_ids = torch.full((len(items), length), int(self.settings["pad_token_id"]))
         attention_mask = torch.zeros((len(items), length), dtype=torch.long)
         for row, ids in enumerate(items):

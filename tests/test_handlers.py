@@ -226,7 +226,9 @@ class Doubler(torch.nn.Module):
 
 def make_context(tmp_path, batch_size: int = 4, module: torch.nn.Module | None = None,
                  info: dict | None = None, **handler_settings) -> Context:
-    model = torch.jit.freeze(torch.jit.trace(module or Doubler(), torch.zeros(2, 8, 8)).eval())
+    if not isinstance(module, torch.jit.ScriptModule):
+        module = torch.jit.trace(module or Doubler(), torch.zeros(2, 8, 8))
+    model = torch.jit.freeze(module.eval())
     torch.jit.save(model, str(tmp_path / "model.pt"))
     (tmp_path / "build-info.json").write_text(json.dumps(info or {
         "target": "torchscript", "precision": "fp32", "device": "cpu",
@@ -330,3 +332,174 @@ def test_a_worker_refuses_an_artifact_built_for_another_machine(tmp_path, info, 
         ArrayClassifier().initialize(context)
     assert "rebuild" in str(caught.value) or "pip install" in str(caught.value) or \
         "unknown" in str(caught.value)
+
+
+# -- isolation: whatever one request does, the others in its batch get their answers -------------
+
+def grid_body(value) -> bytes:
+    return json.dumps({"pixels": [[value] * 8] * 8}).encode()
+
+
+@pytest.fixture
+def digits_batch(tmp_path):
+    context = make_context(tmp_path)
+    handler = ArrayClassifier()
+    handler.initialize(context)
+    return handler, context
+
+
+@pytest.mark.parametrize("poison, status, error", [
+    (b"[" * 100_000, 400, "too_deep"),                       # the C parser's recursion limit
+    (b'{"pixels": ' + b"[" * 40 + b"]" * 40 + b"}", 400, "too_deep"),  # under it, over ours
+    (b'{"pixels": [[' + b"9" * 5000 + b"]]}", 400, "number_too_long"),  # int() refuses 4,300+
+    (b'{"pixels": [[1e999, 0, 0, 0, 0, 0, 0, 0]]}', 422, "out_of_range"),
+    (json.dumps({"pixels": [[10 ** 39] * 8] * 8}).encode(), 422, "out_of_range"),  # > float32
+    (b'{"pixels": "\\ud800"}', 422, "wrong_type"),
+])
+def test_a_hostile_json_body_fails_alone(digits_batch, poison, status, error):
+    handler, context = digits_batch
+    results = run_batch(handler, context, [grid_body(3), poison, grid_body(7)])
+    assert [s for s, _ in results] == [200, status, 200]
+    assert results[1][1]["error"] == error
+    assert [r[1]["predictions"][0]["label"] for r in (results[0], results[2])] == ["3", "7"]
+
+
+def test_an_exception_in_decode_is_answered_for_that_request_alone(digits_batch, caplog):
+    handler, context = digits_batch
+    decode = handler.decode
+
+    def flaky(payload):
+        text = payload.bytes()
+        if b"value-error" in text:
+            raise ValueError("cannot convert")       # input the decoder could not convert
+        if b"bug" in text:
+            raise KeyError("a bug in the handler")   # not the input's fault
+        return decode(payload)
+
+    handler.decode = flaky
+    results = run_batch(handler, context, [grid_body(1), b'"value-error"', b'"bug"', grid_body(2)])
+    assert [s for s, _ in results] == [200, 400, 500, 200]
+    assert results[1][1]["error"] == "invalid_input"
+    assert results[2][1]["error"] == "handler_error"
+    assert "a bug in the handler" in caplog.text  # the traceback is logged
+
+
+def test_an_exception_in_encode_fails_only_that_request(digits_batch):
+    handler, context = digits_batch
+    encode = handler.encode
+
+    def fragile(outputs):
+        if int(outputs[0].argmax()) == 5:
+            raise RuntimeError("cannot encode a five")
+        return encode(outputs)
+
+    handler.encode = fragile
+    results = run_batch(handler, context, [grid_body(4), grid_body(5), grid_body(6)])
+    assert [s for s, _ in results] == [200, 500, 200]
+    assert results[1][1]["error"] == "handler_error"
+
+
+class FailsOnThirteen(torch.nn.Module):
+    """Like Doubler, but raises when any row's first value is 13: a model one input breaks."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x[:, 0, 0] == 13).any()):
+            raise RuntimeError("thirteen")
+        return torch.nn.functional.one_hot(x[:, 0, 0].long() % 10, 10).float() * 2
+
+
+def test_a_batch_the_model_fails_on_is_retried_request_by_request(tmp_path):
+    context = make_context(tmp_path, module=torch.jit.script(FailsOnThirteen()))
+    handler = ArrayClassifier()
+    handler.initialize(context)
+    results = run_batch(handler, context, [grid_body(2), grid_body(13), grid_body(8)])
+    assert [s for s, _ in results] == [200, 500, 200]
+    assert results[1][1]["error"] == "inference_failed"
+    assert [results[0][1]["predictions"][0]["label"], results[2][1]["predictions"][0]["label"]] \
+        == ["2", "8"]
+
+
+def test_memory_exhausted_by_one_request_is_413_for_it_alone(digits_batch):
+    handler, context = digits_batch
+    decode = handler.decode
+
+    def hungry(payload):
+        if payload.bytes() == b'"huge"':
+            raise MemoryError()
+        return decode(payload)
+
+    handler.decode = hungry
+    results = run_batch(handler, context, [grid_body(1), b'"huge"'])
+    assert [s for s, _ in results] == [200, 413]
+
+
+def test_a_bug_outside_any_request_still_answers_every_request(digits_batch):
+    handler, context = digits_batch
+    handler.infer_requests = lambda accepted: 1 / 0  # a bug in the batch path itself
+    results = run_batch(handler, context, [grid_body(1), grid_body(2)])
+    assert [(s, b["error"]) for s, b in results] == [(500, "handler_error")] * 2
+
+
+# -- bounded work per request --------------------------------------------------------------------
+
+@pytest.mark.parametrize("width, height", [(1, 50_000), (50_000, 1), (3, 20_000)])
+def test_an_extreme_aspect_ratio_is_refused_before_decoding(width, height):
+    e = refused(image_handler(), Payload(png(width, height, "L")))
+    assert (e.status, e.error) == (422, "wrong_shape")
+
+
+@pytest.mark.parametrize("width, height", [(1, 50_000), (4000, 1)])
+def test_resizing_work_does_not_grow_with_the_image_shape(width, height):
+    import time
+
+    handler = image_handler(max_aspect_ratio=None)
+    started = time.perf_counter()
+    [tensor] = handler.read({"body": png(width, height, "L")}, None)
+    assert tensor.shape == (3, 224, 224)
+    assert time.perf_counter() - started < 2.0  # resizing the whole image first took minutes
+
+
+def test_a_tiny_image_is_scaled_up_to_the_crop():
+    [tensor] = image_handler().read({"body": png(1, 1)}, None)
+    assert tensor.shape == (3, 224, 224) and tensor[:, 0, 0].tolist() == [10.0, 20.0, 30.0]
+
+
+def exif_image(orientation) -> bytes:
+    image = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [6, 0, 9, 65535])
+def test_any_exif_orientation_is_answered_without_a_5xx(orientation):
+    try:
+        [tensor] = image_handler().read({"body": exif_image(orientation)}, None)
+        assert tensor.shape == (3, 224, 224)
+    except RequestError as e:
+        assert 400 <= e.status < 500
+
+
+def test_text_with_a_lone_surrogate_is_400(text_handler):
+    e = refused(text_handler, Payload(b'{"text": "ok \\ud800 then"}', "application/json"))
+    assert (e.status, e.error) == (400, "not_utf8")
+
+
+def test_tokens_per_request_are_bounded(text_handler):
+    e = refused(text_handler, json_payload({"texts": ["word " * 300] * 9}))  # 9 x 256 > 2048
+    assert (e.status, e.error) == (413, "too_large")
+    assert len(text_handler.decode(json_payload({"texts": ["word " * 300] * 8}))) == 8
+
+
+def test_texts_run_shortest_first_and_answer_in_request_order(text_handler):
+    text_handler.batch_buckets = [1, 2]
+    lengths = [30, 3, 200, 3, 17]
+    text_handler.model = lambda ids, mask: mask.sum(1, keepdim=True).float()  # its own length
+    seen = []
+    collate = text_handler.collate
+    text_handler.collate = lambda chunk: seen.append(len(max(chunk, key=len))) or collate(chunk)
+    out = text_handler.infer([[7] * n for n in lengths])
+    assert out[:, 0].tolist() == lengths
+    assert seen == [3, 30, 200]  # chunks of two: (3, 3), (17, 30), (200)
