@@ -20,6 +20,8 @@ from serving.paths import ROOT, RUN_DIR
 from serving.prometheus import LOADTEST_METRICS_PORT, Prometheus
 from serving.torchserve import Instance
 
+from loadtest import KEY_ENV
+
 HERE = Path(__file__).resolve().parent
 USER_CLASSES = {"digits": "DigitsUser", "efficientnet_lite0": "ImageUser", "minilm": "TextUser"}
 SHAPES = {"constant": None, "step_ramp": HERE / "shapes" / "step_ramp.py",
@@ -28,7 +30,8 @@ SHAPES = {"constant": None, "step_ramp": HERE / "shapes" / "step_ramp.py",
 
 def locust(out: Path, host: str, users: int, spawn_rate: float, duration: str, classes: list[str],
            shape: str = "constant", processes: int = 0, metrics_port: int = LOADTEST_METRICS_PORT,
-           extra: list[str] = (), metrics_host: str = "127.0.0.1") -> int:
+           extra: list[str] = (), metrics_host: str = "127.0.0.1",
+           key_file: str | None = None) -> int:
     files = [str(HERE / "locustfile.py")] + ([str(SHAPES[shape])] if SHAPES[shape] else [])
     command = [sys.executable, "-m", "locust", "-f", ",".join(files), "--headless",
                "-u", str(users), "-r", str(spawn_rate), "-t", duration, "-H", host,
@@ -38,6 +41,8 @@ def locust(out: Path, host: str, users: int, spawn_rate: float, duration: str, c
                "--stop-timeout", "10", *(["--processes", str(processes)] if processes else []),
                *extra, *classes]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    if key_file:  # the server's inference key, for every Locust process
+        env[KEY_ENV] = Instance(run_dir=Path(key_file).parent).keys().get("inference", "")
     return subprocess.call(command, cwd=ROOT, env=env)
 
 
@@ -98,7 +103,7 @@ def cmd_run(args) -> int:
     started = time.time()
     code = locust(out, host, args.users, args.spawn_rate or args.users, args.duration,
                   [USER_CLASSES[m] for m in models], args.shape, args.processes,
-                  args.metrics_port, extra + args.locust_args, args.metrics_host)
+                  args.metrics_port, extra + args.locust_args, args.metrics_host, args.key_file)
     ended = time.time()
     meta = {"shape": args.shape, "users": args.users, "duration": args.duration,
             "generator processes": args.processes or 1, "host": host,
@@ -126,7 +131,8 @@ def cmd_ceiling(args) -> int:
         locust(out, host, args.users, args.users, args.duration, ["PingUser"],
                processes=processes if processes > 1 else 0,
                extra=["--slo-min-rps=0", "--slo-p95-ms=1e9", "--slo-p99-ms=1e9",
-                      "--slo-max-error-rate=1", "--metrics-linger=0", "--only-summary"])
+                      "--slo-max-error-rate=1", "--metrics-linger=0", "--only-summary"],
+               key_file=args.key_file)
         with open(out / "locust_stats.csv") as f:
             total = next(row for row in csv.DictReader(f) if row["Name"] == "Aggregated")
         results.append((processes, float(total["Requests/s"]), float(total["50%"]),
@@ -155,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shape", choices=list(SHAPES), default="constant")
     p.add_argument("--processes", type=int, default=0, help="Locust worker processes (0: one process)")
     p.add_argument("--host", help="inference URL (default: from config.properties)")
+    p.add_argument("--key-file", help="the server's key_file.json (default: that of `make up`)")
     p.add_argument("--metrics-port", type=int, default=LOADTEST_METRICS_PORT)
     p.add_argument("--metrics-host", default="127.0.0.1",
                    help="where the client metrics listen (0.0.0.0 in a container Prometheus scrapes)")
@@ -176,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("ceiling", help="the load generator's own ceiling on this machine")
     p.add_argument("--host")
+    p.add_argument("--key-file", help="the server's key_file.json (default: that of `make up`)")
     p.add_argument("-u", "--users", type=int, default=32)
     p.add_argument("-t", "--duration", default="15s")
     p.add_argument("--processes", type=int, nargs="+", default=[1, 2])

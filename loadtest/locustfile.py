@@ -9,16 +9,28 @@ Pick users by class name (DigitsUser ImageUser TextUser); a shape by adding its 
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import gevent
 from locust import FastHttpUser, constant, events, task
 from locust.runners import WorkerRunner
 
-from loadtest import exporter, slo
+from loadtest import KEY_ENV, exporter, slo
 from loadtest.payloads import digit_bodies, image_bodies, text_bodies
 
 SLO_FILE = "loadtest/slo.yaml"
+
+
+def auth_header() -> dict[str, str]:
+    """The inference key (token authorization is on): `python -m loadtest` passes the server's in
+    the environment; a bare `locust` run reads the key file of `make up`'s server."""
+    key = os.environ.get(KEY_ENV)
+    if key is None:
+        from serving.torchserve import Instance
+
+        key = Instance.from_config().keys().get("inference")
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 @events.init_command_line_parser.add_listener
@@ -92,9 +104,12 @@ class ModelUser(FastHttpUser):
     abstract = True
     wait_time = constant(0)
 
+    def on_start(self) -> None:
+        self.auth = auth_header()
+
     def post(self, model: str, body: bytes, content_type: str, expect: str) -> None:
         with self.client.post(f"/predictions/{model}", data=body, name=model, catch_response=True,
-                              headers={"Content-Type": content_type}) as response:
+                              headers={"Content-Type": content_type, **self.auth}) as response:
             if response.status_code == 0:
                 response.failure(f"no answer: {response.error}")
             elif response.status_code != 200:
@@ -105,6 +120,7 @@ class ModelUser(FastHttpUser):
 
 class DigitsUser(ModelUser):
     def on_start(self) -> None:
+        super().on_start()
         self.grids = digit_bodies()
 
     @task
@@ -114,6 +130,7 @@ class DigitsUser(ModelUser):
 
 class ImageUser(ModelUser):
     def on_start(self) -> None:
+        super().on_start()
         self.photos = image_bodies()
 
     @task
@@ -123,6 +140,7 @@ class ImageUser(ModelUser):
 
 class TextUser(ModelUser):
     def on_start(self) -> None:
+        super().on_start()
         self.requests = text_bodies()
 
     @task
@@ -136,8 +154,12 @@ class PingUser(FastHttpUser):
 
     wait_time = constant(0)
 
+    def on_start(self) -> None:
+        self.auth = auth_header()
+
     @task
     def ping(self) -> None:
-        with self.client.get("/ping", name="ping", catch_response=True) as response:
+        with self.client.get("/ping", name="ping", catch_response=True,
+                             headers=self.auth) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}")

@@ -17,7 +17,7 @@ from serving.torchserve import Instance, ServeError
 def curl_example(instance: Instance, name: str) -> str:
     file, content_type = models.load(name).example_request
     path = (models.MODELS_DIR / name / file).relative_to(ROOT)
-    return (f"curl -s {instance.inference_url}/predictions/{name} "
+    return (f"curl -s {instance.inference_url}/predictions/{name} -H \"$AUTH\" "
             f"-H 'Content-Type: {content_type}' --data-binary @{path}")
 
 
@@ -71,12 +71,25 @@ def cmd_up(args) -> int:
         prometheus.start()
         prometheus.wait_ready()
     print(f"\nInference API   {instance.inference_url}\n"
-          f"Management API  {instance.management_url}  (read-only: model API off)\n"
+          f"Management API  {instance.management_url}  (model API off; keys in "
+          f"{instance.key_file.relative_to(ROOT)})\n"
           f"Metrics         {instance.metrics_url}/metrics\n"
           f"Prometheus      {prometheus.url}  (scrapes TorchServe and load tests; rules in prometheus/)\n"
           f"Logs            {instance.log_dir.relative_to(ROOT)}/\n")
+    print("Every call needs a key (token authorization):\n"
+          "  AUTH=\"Authorization: Bearer $(.venv/bin/python -m serving key)\"")
     for name in names:
         print(f"{name}:\n  {curl_example(instance, name)}")
+    return 0
+
+
+def cmd_key(args) -> int:
+    """Prints the running server's key for one API, for scripts and curl."""
+    key = Instance.from_config().keys().get(args.api)
+    if not key:
+        print(f"no {args.api} key: is the server running (make up)?", file=sys.stderr)
+        return 1
+    print(key)
     return 0
 
 
@@ -149,7 +162,8 @@ def cmd_latency(args) -> int:
             timings, first = [], None
             for i in range(args.requests + 5):
                 started = time.perf_counter()
-                response = session.post(url, data=body, headers={"Content-Type": content_type})
+                response = session.post(url, data=body, headers={
+                    "Content-Type": content_type, **instance.auth("inference")})
                 elapsed = (time.perf_counter() - started) * 1000
                 if response.status_code != 200:
                     raise ServeError(f"{name}: HTTP {response.status_code} {response.text[:200]}")
@@ -207,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("down", help="stop the TorchServe that `up` started")
     p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("key", help="the running server's key for an API (token authorization)")
+    p.add_argument("api", nargs="?", default="inference", choices=("inference", "management", "API"))
+    p.set_defaults(func=cmd_key)
 
     p = sub.add_parser("ready", help="per-model readiness; exit 1 when a model has no live worker")
     p.add_argument("models", nargs="*", metavar="MODEL")

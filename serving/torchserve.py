@@ -8,6 +8,7 @@ checks the process is the one started with this instance's config before it sign
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -150,6 +151,25 @@ class Instance:
         return self.run_dir / "config.properties"
 
     @property
+    def key_file(self) -> Path:
+        """TorchServe writes its keys to key_file.json in its working directory, at each start."""
+        return self.run_dir / "key_file.json"
+
+    def keys(self) -> dict[str, str]:
+        """The current keys by API ("inference", "management", "API"); {} when token
+        authorization is off or the server has not written them yet."""
+        try:
+            return {api: entry["key"] for api, entry in
+                    json.loads(self.key_file.read_text()).items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
+    def auth(self, api: str) -> dict[str, str]:
+        """The Authorization header for calls to `api` ("inference" or "management")."""
+        key = self.keys().get(api)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    @property
     def pid_file(self) -> Path:
         return self.tmp_dir / ".model_server.pid"  # where TorchServe writes it, in its temp dir
 
@@ -165,6 +185,10 @@ class Instance:
             "grpc_management_port": str(self.ports["grpc_management"]),
             "initial_worker_port": str(self.ports["worker"]),
             "model_store": str(self.model_store),
+            # Nothing but this instance's own model store can be registered from, by model or
+            # workflow URL (TorchServe admits any http(s):// or file:// URL when this is unset).
+            "allowed_urls": f"file://{self.model_store.resolve()}/[^/]+[.]mar",
+            "workflow_store": str(self.run_dir / "no-workflows"),
         }
         lines = []
         for line in self.base_config.read_text().splitlines():
@@ -201,6 +225,8 @@ class Instance:
         for folder in (self.tmp_dir, self.log_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.pid_file.unlink(missing_ok=True)
+        self.key_file.unlink(missing_ok=True)
+        (self.run_dir / "no-workflows").mkdir(exist_ok=True)
         workers = sum(self.workers_in(m) for m in models)
         env = {
             **os.environ,
@@ -249,7 +275,8 @@ class Instance:
     def workers(self, model: str) -> list[dict]:
         """The model's workers as the management API reports them ([] when it is unreachable)."""
         try:
-            response = requests.get(f"{self.management_url}/models/{model}", timeout=5)
+            response = requests.get(f"{self.management_url}/models/{model}",
+                                    headers=self.auth("management"), timeout=5)
         except requests.RequestException:
             return []
         if response.status_code != 200:

@@ -90,7 +90,7 @@ def prometheus(server, tmp_path_factory):
 def run_load_test(server, prometheus, out, *args, timeout: float = 90) -> tuple[int, float, float]:
     metrics_port = prometheus.loadtest_metrics.rsplit(":", 1)[1]
     command = [sys.executable, "-m", "loadtest", "run", "--prometheus-port", str(prometheus.port),
-               "--host", server.inference_url, "--metrics-port", metrics_port,
+               "--host", server.inference_url, "--key-file", str(server.key_file), "--metrics-port", metrics_port,
                "--out", str(out), *args]
     started = time.time()
     code = subprocess.run(command, cwd=ROOT, timeout=timeout).returncode

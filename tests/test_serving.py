@@ -25,7 +25,8 @@ def predict(server: Instance, model: str, data, content_type: str = "application
     if not isinstance(data, (bytes, str)):
         data = json.dumps(data)
     return requests.post(f"{server.inference_url}/predictions/{model}", data=data,
-                         headers={"Content-Type": content_type}, timeout=60, **kwargs)
+                         headers={"Content-Type": content_type, **server.auth("inference")},
+                         timeout=60, **kwargs)
 
 
 def test_digits_accuracy_over_http_equals_the_offline_accuracy(server, build_info):
@@ -57,7 +58,8 @@ def test_a_cat_photo_has_a_cat_class_in_its_top5(server, photo):
 
 def test_an_image_as_a_multipart_upload(server):
     response = requests.post(f"{server.inference_url}/predictions/efficientnet_lite0",
-                             files={"data": ("coffee.png", encoded("coffee"), "image/png")}, timeout=60)
+                             files={"data": ("coffee.png", encoded("coffee"), "image/png")},
+                             headers=server.auth("inference"), timeout=60)
     assert response.status_code == 200, response.text
     assert response.json()["predictions"][0]["label"] == "espresso"
 
@@ -160,12 +162,14 @@ def test_bad_and_good_requests_together_each_get_their_own_answer(server):
 def test_readiness_follows_the_workers(server):
     assert server.model_ready("digits")
     scale = f"{server.management_url}/models/digits?synchronous=true"
-    assert requests.put(f"{scale}&min_worker=0&max_worker=0", timeout=60).status_code == 200
+    key = server.auth("management")
+    assert requests.put(f"{scale}&min_worker=0&max_worker=0", headers=key, timeout=60).status_code == 200
     try:
         assert not server.model_ready("digits")
         assert server.model_ready("minilm")  # the others are unaffected
     finally:
-        assert requests.put(f"{scale}&min_worker=1&max_worker=1", timeout=120).status_code == 200
+        assert requests.put(f"{scale}&min_worker=1&max_worker=1", headers=key,
+                            timeout=120).status_code == 200
     assert server.model_ready("digits")
     assert predict(server, "digits", {"pixels": GRID}).status_code == 200
 

@@ -1,0 +1,122 @@
+"""Fuzzing each model's real handler, initialised from its real archive, without a server.
+
+Each example is one batch: a good request, a hostile one (tests/fuzz_inputs.py), the good one
+again. Invariants: one answer per request; the hostile one gets 2xx or 4xx, never 5xx; both good
+ones get their normal answer; each call's time and memory stay bounded. FUZZ_EXAMPLES sets the
+examples per model (CI: a bounded run; `make fuzz`: a long one). Every crasher found stays below
+as a regression case (REGRESSIONS) and, through Hypothesis' database, is replayed first.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import models
+from serving.inprocess import Answer, LoadedModel
+from tests.fuzz_inputs import HOSTILE, declare_size, nested
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "120"))
+CALL_SECONDS = 10.0      # a batch of three; the worst legitimate one takes well under a second
+CALL_MEMORY_MB = 1024    # RSS growth over the worker's size after warm-up, at any call
+
+# Inputs that once failed a batch or took a worker down, before the fix that answers them.
+REGRESSIONS = {
+    "digits": [
+        (nested(100_000), "application/json"),                        # RecursionError -> 503
+        (b'{"pixels": [[' + b"9" * 5000 + b"]]}", "application/json"),  # int() digit limit -> 503
+        (b'{"pixels": [[1' + b"0" * 39 + b"]]}", "application/json"),   # float32 overflow -> 503
+    ],
+    "efficientnet_lite0": [
+        (None, "image/png"),  # 1 x 50,000 PNG: resized to 256 x 12.8M first: worker killed
+        (declare_size(b"", 0, 0), "image/png"),
+    ],
+    "minilm": [
+        (b'{"texts": ["\\ud800"]}', "application/json"),  # lone surrogate
+        (b'{"texts": [' + b",".join([b'"' + b"word " * 300 + b'"'] * 64) + b"]}",
+         "application/json"),  # 64 x 256 tokens: minutes on a slow CPU, past responseTimeout
+    ],
+}
+
+
+def thin_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (1, 50_000)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def good_request(name: str) -> tuple[bytes, str]:
+    file, content_type = models.load(name).example_request
+    return (models.MODELS_DIR / name / file).read_bytes(), content_type
+
+
+def same_answer(a: Answer, b: Answer) -> bool:
+    """Equal up to float noise between batch compositions (compiled kernels differ by size)."""
+    if a.status != b.status or a.body.keys() != b.body.keys():
+        return False
+    if "predictions" in a.body:
+        pa, pb = a.body["predictions"], b.body["predictions"]
+        return [p["index"] for p in pa[:1]] == [p["index"] for p in pb[:1]] and all(
+            abs(x["probability"] - y["probability"]) < 2e-3 for x, y in zip(pa, pb))
+    ea, eb = a.body["embeddings"], b.body["embeddings"]
+    return len(ea) == len(eb) and all(
+        sum(x * y for x, y in zip(ra, rb)) > 0.999 for ra, rb in zip(ea, eb))
+
+
+class Fuzzer:
+    def __init__(self, name: str, work_dir) -> None:
+        self.model = LoadedModel(name, work_dir)
+        self.good = good_request(name)
+        [self.expected] = self.model.handle([self.good])
+        assert self.expected.status == 200, self.expected
+        self.process = psutil.Process()
+        self.baseline_mb = self.process.memory_info().rss / 2 ** 20
+        self.calls, self.statuses, self.slowest = 0, {}, 0.0
+
+    def check(self, body: bytes, content_type: str) -> None:
+        started = time.perf_counter()
+        answers = self.model.handle([self.good, (body, content_type), self.good])
+        elapsed = time.perf_counter() - started
+        self.calls += 1
+        self.slowest = max(self.slowest, elapsed)
+        first, hostile, last = answers
+        self.statuses[hostile.status] = self.statuses.get(hostile.status, 0) + 1
+        assert hostile.status == 200 or 400 <= hostile.status < 500, (hostile, body[:200])
+        if hostile.status != 200:
+            assert hostile.body.get("error") and hostile.body.get("detail"), hostile
+        for good in (first, last):
+            assert same_answer(good, self.expected), (good, self.expected, body[:200])
+        assert elapsed < CALL_SECONDS, f"{elapsed:.1f}s for {body[:100]!r}"
+        grown = self.process.memory_info().rss / 2 ** 20 - self.baseline_mb
+        assert grown < CALL_MEMORY_MB, f"RSS grew {grown:.0f} MB"
+
+
+@pytest.fixture(scope="module", params=models.NAMES)
+def fuzzer(request, build_info, tmp_path_factory):
+    fuzzer = Fuzzer(request.param, tmp_path_factory.mktemp(request.param))
+    yield fuzzer
+    print(f"\n[fuzz] {request.param}: {fuzzer.calls} batches, hostile answers by status "
+          f"{dict(sorted(fuzzer.statuses.items()))}, slowest batch {fuzzer.slowest * 1000:.0f} ms")
+
+
+def test_regressions_are_answered_alone(fuzzer):
+    for body, content_type in REGRESSIONS[fuzzer.model.name]:
+        fuzzer.check(thin_png() if body is None else body, content_type)
+
+
+def test_hostile_requests_fail_alone(fuzzer):
+    @settings(max_examples=EXAMPLES, deadline=None, print_blob=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(HOSTILE[fuzzer.model.name])
+    def run(request):
+        fuzzer.check(*request)
+
+    run()

@@ -1,0 +1,118 @@
+"""Hostile clients against a real TorchServe: the management plane is closed, and no request can
+fail another or take a worker down."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+
+import models
+from tests.fuzz_inputs import HOSTILE
+from tests.test_fuzz import REGRESSIONS, good_request, thin_png
+
+
+@pytest.fixture
+def url_server():
+    """A local HTTP server that records every request: a URL TorchServe must never fetch."""
+    fetched = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            fetched.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"PK\x03\x04 not really an archive")
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}", fetched
+    httpd.shutdown()
+
+
+def test_management_calls_without_the_key_are_refused(server, url_server):
+    base, fetched = url_server
+    m = server.management_url
+    calls = [("GET", f"{m}/models"), ("GET", f"{m}/models/digits"),
+             ("PUT", f"{m}/models/digits?min_worker=0&max_worker=0"),
+             ("POST", f"{m}/models?url={base}/evil.mar"),
+             ("POST", f"{m}/workflows?url={base}/evil.war"),
+             ("DELETE", f"{m}/models/digits"),
+             ("GET", f"{server.inference_url}/ping"),
+             ("POST", f"{server.inference_url}/predictions/digits")]
+    for method, url in calls:
+        for headers in ({}, {"Authorization": "Bearer wrong"},
+                        server.auth("inference") if url.startswith(m) else {}):
+            response = requests.request(method, url, headers=headers, timeout=10)
+            assert response.status_code in (400, 401, 403), (method, url, response.status_code)
+    assert fetched == []
+    assert server.model_ready("digits") and len(server.workers("digits")) == 1
+
+
+def test_with_the_management_key_no_url_is_fetched_or_registered(server, url_server):
+    base, fetched = url_server
+    key = server.auth("management")
+    register = requests.post(f"{server.management_url}/models?url={base}/evil.mar", headers=key,
+                             timeout=10)
+    workflow = requests.post(f"{server.management_url}/workflows?url={base}/evil.war",
+                             headers=key, timeout=10)
+    assert register.status_code >= 400 and workflow.status_code >= 400, (register.text, workflow.text)
+    assert fetched == []
+    listed = requests.get(f"{server.management_url}/models", headers=key, timeout=10).json()
+    assert sorted(m["modelName"] for m in listed["models"]) == sorted(models.NAMES)
+    assert requests.get(f"{server.management_url}/workflows", headers=key,
+                        timeout=10).json().get("workflows", []) == []
+
+
+def post(server, model: str, body: bytes, content_type: str) -> requests.Response:
+    return requests.post(f"{server.inference_url}/predictions/{model}", data=body, timeout=60,
+                         headers={"Content-Type": content_type, **server.auth("inference")})
+
+
+def worker_pid(server, model: str) -> int:
+    [worker] = server.workers(model)
+    return worker["pid"]
+
+
+@pytest.mark.parametrize("model", models.NAMES)
+def test_one_poisoned_request_among_concurrent_good_ones_fails_alone(server, model):
+    pid = worker_pid(server, model)
+    good = good_request(model)
+    expected = post(server, model, *good).json()
+    poisons = [(thin_png() if body is None else body, ctype) for body, ctype in REGRESSIONS[model]]
+    for poison in poisons:
+        batch = [good] * 8
+        batch.insert(4, poison)
+        with ThreadPoolExecutor(len(batch)) as pool:
+            responses = list(pool.map(lambda r: post(server, model, *r), batch))
+        statuses = [r.status_code for r in responses]
+        assert statuses[:4] + statuses[5:] == [200] * 8, statuses
+        assert 400 <= statuses[4] < 500 and responses[4].json()["error"], responses[4].text
+        first = [r.json() for r in responses if r.status_code == 200][0]
+        top = "predictions" if "predictions" in expected else "embeddings"
+        assert len(first[top]) == len(expected[top])
+    assert worker_pid(server, model) == pid
+
+
+@pytest.mark.parametrize("model", models.NAMES)
+def test_no_input_of_the_fuzz_corpus_restarts_a_worker(server, model):
+    pid = worker_pid(server, model)
+
+    @settings(max_examples=40, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(HOSTILE[model])
+    def replay(request):
+        response = post(server, model, *request)
+        assert response.status_code == 200 or 400 <= response.status_code < 500, response.text
+        assert response.headers["content-type"].startswith("application/json")
+
+    replay()
+    assert worker_pid(server, model) == pid and server.model_ready(model)
