@@ -41,7 +41,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "max_request_bytes": 8 * 1024 * 1024,
     "max_json_depth": 32,  # nesting of arrays/objects in a JSON body
     "max_json_number_chars": 40,  # digits of one JSON number: int() of 4,300+ digits raises
-    "max_image_pixels": 24_000_000,  # decompression bombs: checked before pixels are decoded
+    "max_image_pixels": 12_000_000,  # decompression bombs: checked before pixels are decoded
     "max_text_chars": 10_000,
     "max_items_per_request": 64,
     "batch_buckets": None,  # batch sizes the model runs at; default: every size up to batchSize

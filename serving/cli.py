@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         from serving import bench
 
         return bench.main(argv[1:])
+    if argv[:1] == ["worst-case"]:
+        from serving import worstcase
+
+        return worstcase.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -232,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("bench", help="every model x target x precision x batch size, in-process "
                    "(python -m serving bench --help)")
+
+    sub.add_parser("worst-case", help="each model's costliest request next to a normal full batch "
+                   "(python -m serving worst-case --help)")
 
     p = sub.add_parser("latency", help="single-request latency per model (service must be up)")
     p.add_argument("models", nargs="*", metavar="MODEL")

@@ -27,6 +27,21 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     return flags
 
 
+def cpu_name() -> str:
+    """The CPU's model name and the features that decide speed here, for every reported figure:
+    machines change between sessions and a figure means little without its CPU."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    names = [line.partition(":")[2].strip() for line in cpuinfo.splitlines()
+             if line.startswith("model name")]
+    flags = cpu_flags(cpuinfo)
+    features = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "bf16", "sve") if f in flags]
+    return f"{names[0] if names else platform.machine()}, {os.cpu_count()} cores, " \
+        f"{' '.join(features) or 'no AVX2'}"
+
+
 def has_bf16(flags: set[str] | None = None) -> bool:
     """Native bf16 arithmetic: AVX-512 BF16 or AMX on x86, the BF16 extension on Arm (Graviton3)."""
     flags = cpu_flags() if flags is None else flags

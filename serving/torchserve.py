@@ -96,7 +96,7 @@ class Instance:
     model_store: Path = MODEL_STORE
     base_config: Path = CONFIG_PROPERTIES
     host: str = "127.0.0.1"  # where this machine reaches the instance
-    bind: str = "127.0.0.1"  # where the instance listens (0.0.0.0 inside a container)
+    bind: str = "127.0.0.1"  # where inference and metrics listen (0.0.0.0 inside a container)
     ports: dict[str, int] = field(default_factory=dict)
 
     PORT_KEYS = ("inference", "management", "metrics", "grpc_inference", "grpc_management",
@@ -177,10 +177,12 @@ class Instance:
         """config.properties with this instance's addresses and model store."""
         overrides = {
             "inference_address": f"http://{self.bind}:{self.ports['inference']}",
-            "management_address": f"http://{self.bind}:{self.ports['management']}",
+            # Management and gRPC stay on loopback wherever the instance runs (a container
+            # too): only inference, and metrics for Prometheus, listen on `bind`.
+            "management_address": f"http://127.0.0.1:{self.ports['management']}",
             "metrics_address": f"http://{self.bind}:{self.ports['metrics']}",
-            "grpc_inference_address": self.bind,
-            "grpc_management_address": self.bind,
+            "grpc_inference_address": "127.0.0.1",
+            "grpc_management_address": "127.0.0.1",
             "grpc_inference_port": str(self.ports["grpc_inference"]),
             "grpc_management_port": str(self.ports["grpc_management"]),
             "initial_worker_port": str(self.ports["worker"]),

@@ -70,12 +70,22 @@ def test_the_committed_compose_file_is_valid():
     assert services["prometheus"]["depends_on"]["torchserve"]["condition"] == "service_healthy"
     assert {d: c["condition"] for d, c in services["locust"]["depends_on"].items()} == \
         {"torchserve": "service_healthy", "prometheus": "service_healthy"}
+    assert [p["host_ip"] for p in services["torchserve"]["ports"]] == ["127.0.0.1"]
     mounts = {v["target"]: v for v in services["torchserve"]["volumes"]}
-    assert mounts["/app/config.properties"]["read_only"] and "/app/model_store" in mounts
+    assert mounts["/app/config.properties"]["read_only"] and mounts["/app/model_store"]["read_only"]
+    for name, service in services.items():  # the container hardening, on every service
+        assert service["read_only"] and service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert service["mem_limit"] and service["pids_limit"], name
+    assert not any("lifecycle" in arg or "admin-api" in arg
+                   for arg in services["prometheus"]["command"])
     everything = config("docker-compose.yml", profiles=("distributed", "grafana"))["services"]
     assert {"locust-master", "locust-worker", "grafana"} <= set(everything)
     assert "--master" in everything["locust-master"]["command"]
     assert "--worker" in everything["locust-worker"]["entrypoint"]
+    grafana = everything["grafana"]["environment"]
+    assert grafana["GF_SECURITY_DISABLE_INITIAL_ADMIN_CREATION"] == "true"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana
     host = config("docker-compose.yml", "docker/compose.host.yml",
                   profiles=("distributed", "grafana"))["services"]
     assert {name: s.get("network_mode") for name, s in host.items()} == \
@@ -119,31 +129,59 @@ def stack():
         compose("down", "-v", check=False)
 
 
+def key(api: str = "inference") -> dict[str, str]:
+    """The key TorchServe wrote inside its container, read as a user would."""
+    done = subprocess.run(["docker", "exec", container("torchserve"), "python", "-m", "serving",
+                           "key", api], capture_output=True, text=True, check=True)
+    return {"Authorization": f"Bearer {done.stdout.strip()}"}
+
+
 def test_torchserve_answers_every_model(stack):
     url = "http://127.0.0.1:8080/predictions"
+    auth = key()
     digits = requests.post(f"{url}/digits", data=(ROOT / "models/digits/example.json").read_bytes(),
-                           headers={"Content-Type": "application/json"}, timeout=30)
+                           headers={"Content-Type": "application/json", **auth}, timeout=30)
     assert digits.status_code == 200 and digits.json()["predictions"][0]["label"] == "0"
     cat = requests.post(f"{url}/efficientnet_lite0", data=encoded("chelsea", "JPEG"),
-                        headers={"Content-Type": "image/jpeg"}, timeout=30)
+                        headers={"Content-Type": "image/jpeg", **auth}, timeout=30)
     assert cat.status_code == 200 and cat.json()["predictions"][0]["index"] in range(281, 286)
-    text = requests.post(f"{url}/minilm", json={"texts": ["a cat", "a dog sleeps"]}, timeout=30)
+    text = requests.post(f"{url}/minilm", json={"texts": ["a cat", "a dog sleeps"]}, headers=auth,
+                         timeout=30)
     assert text.status_code == 200 and text.json()["dimensions"] == 384
-    bad = requests.post(f"{url}/digits", data=b"{oops", headers={"Content-Type": "application/json"},
-                        timeout=30)
+    bad = requests.post(f"{url}/digits", data=b"{oops",
+                        headers={"Content-Type": "application/json", **auth}, timeout=30)
     assert bad.status_code == 400 and bad.json()["error"] == "malformed_json"
+    without_key = requests.post(f"{url}/digits", data=b"{}", timeout=30)
+    assert 400 <= without_key.status_code < 500 and without_key.status_code != 404
 
 
-def test_torchserve_runs_as_a_non_root_user(stack):
+def test_torchserve_runs_as_a_non_root_user_on_a_read_only_filesystem(stack):
     done = subprocess.run(["docker", "exec", container("torchserve"), "id", "-u"],
                           capture_output=True, text=True, check=True)
     assert done.stdout.strip() != "0"
+    assert inspect("torchserve", "{{.HostConfig.ReadonlyRootfs}}") == "true"
+    for path in ("/app/model_store/digits.mar", "/app/handlers/base.py", "/app/x"):
+        write = subprocess.run(["docker", "exec", container("torchserve"), "sh", "-c",
+                                f"echo x >> {path}"], capture_output=True, text=True)
+        assert write.returncode != 0, path
+    # Every listening socket of the container, from the kernel's table: management (8081) and
+    # gRPC (7070, 7071) on loopback only, whatever the network mode.
+    table = subprocess.run(["docker", "exec", container("torchserve"), "cat", "/proc/net/tcp",
+                            "/proc/net/tcp6"], capture_output=True, text=True).stdout
+    listening = {}
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A" and ":" in fields[1]:  # 0A: LISTEN
+            address, port = fields[1].rsplit(":", 1)
+            listening.setdefault(int(port, 16), set()).add(address)
+    for port in (8081, 7070, 7071):
+        assert listening.get(port) == {"0100007F"}, (port, listening)
 
 
 def test_the_composed_prometheus_records_torchserve(stack):
     requests.post("http://127.0.0.1:8080/predictions/digits",
                   data=(ROOT / "models/digits/example.json").read_bytes(),
-                  headers={"Content-Type": "application/json"}, timeout=30)
+                  headers={"Content-Type": "application/json", **key()}, timeout=30)
     deadline = time.monotonic() + 60
     while True:
         result = requests.get("http://127.0.0.1:9090/api/v1/query", timeout=10, params={
