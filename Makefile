@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-serve.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup prometheus build up down ready latency loadtest bench compose-up compose-down test clean
+.PHONY: setup prometheus build up down ready latency loadtest bench worst-case fuzz overload soak compose-up compose-down test clean
 
 # A virtual environment with the pinned dependencies; redone when requirements.txt changes.
 $(STAMP): requirements.txt requirements-serve.txt
@@ -48,6 +48,18 @@ loadtest: setup          ## Locust against the running service, then a report fr
 
 bench: setup             ## every model x target x precision x batch size, in-process (minutes)
 	$(PY) -m serving bench $(ARGS)
+
+worst-case: setup       ## each model's costliest request next to a normal full batch, in-process
+	$(PY) -m serving worst-case $(ARGS)
+
+fuzz: setup             ## the handler fuzz test at length (FUZZ_EXAMPLES per model, default 5000)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} $(PY) -m pytest -s -q tests/test_fuzz.py
+
+overload: setup         ## a model at 4x its capacity against the running service (ARGS="minilm")
+	$(PY) -m loadtest overload $(or $(ARGS),efficientnet_lite0)
+
+soak: setup             ## every model at 70% of capacity for 10 minutes against the running service
+	$(PY) -m loadtest soak $(ARGS)
 
 compose-up: setup        ## docker compose up on a machine with no registry or bridge networks (see README)
 	docker/compose.sh up -d --build

@@ -144,6 +144,51 @@ def cmd_ceiling(args) -> int:
     return 0
 
 
+def cmd_overload(args) -> int:
+    from loadtest import overload
+
+    host = args.host or Instance.from_config().inference_url
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or RUN_DIR / "loadtest" / f"overload-{args.model}-{stamp}")
+    result = overload.run(args.model, host, out, args.capacity_users, args.factor, args.duration,
+                          locust, USER_CLASSES[args.model], args.key_file)
+    print("\n" + overload.report(result) + f"\nDetails: {out}")
+    return 0 if result["ok"] else 1
+
+
+def capacity(model: str, host: str, out: Path, users: int, duration: str,
+             key_file: str | None) -> float:
+    """Requests/s the model serves to `users` closed-loop clients."""
+    out.mkdir(parents=True, exist_ok=True)
+    locust(out, host, users, users, duration, [USER_CLASSES[model]], key_file=key_file,
+           extra=["--slo-min-rps=0", "--slo-p95-ms=1e9", "--slo-p99-ms=1e9",
+                  "--slo-max-error-rate=1", "--metrics-linger=0", "--only-summary"])
+    with open(out / "locust_stats.csv") as f:
+        return float(next(r for r in csv.DictReader(f) if r["Name"] == model)["Requests/s"])
+
+
+def cmd_soak(args) -> int:
+    from loadtest import soak
+
+    instance = Instance.from_config() if not args.key_file else \
+        Instance(run_dir=Path(args.key_file).parent)
+    host = args.host or Instance.from_config().inference_url
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or RUN_DIR / "loadtest" / f"soak-{stamp}")
+    names = args.models or list(USER_CLASSES)
+    rates = {}
+    for model in names:
+        alone = capacity(model, host, out / f"capacity-{model}", 8, args.capacity_duration,
+                         args.key_file)
+        # The models share the cores: each gets an equal part of LOAD x the machine.
+        rates[model] = alone * args.load / len(names)
+        print(f"[soak] {model}: capacity {alone:.1f} req/s alone; soaking at {rates[model]:.1f}",
+              flush=True)
+    result = soak.run(host, instance, out, rates, seconds(args.duration), locust, args.key_file)
+    print("\n" + soak.report(result) + f"\nDetails: {out / 'soak.json'}")
+    return 0 if result["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -188,6 +233,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-t", "--duration", default="15s")
     p.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     p.set_defaults(func=cmd_ceiling)
+
+    p = sub.add_parser("overload", help="a model at FACTOR x its capacity: accepted p99, "
+                       "rejection p99, goodput")
+    p.add_argument("model", choices=list(USER_CLASSES))
+    p.add_argument("--host")
+    p.add_argument("--key-file", help="the server's key_file.json (default: that of `make up`)")
+    p.add_argument("--capacity-users", type=int, default=8, help="closed-loop users that "
+                   "saturate the model (default 8: a full batch)")
+    p.add_argument("--factor", type=float, default=4.0)
+    p.add_argument("-t", "--duration", default="30s", help="of each of the two runs")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_overload)
+
+    p = sub.add_parser("soak", help="every model at LOAD x capacity for a long time: RSS, open "
+                       "files, latency drift")
+    p.add_argument("models", nargs="*", metavar="MODEL")
+    p.add_argument("--host")
+    p.add_argument("--key-file", help="the server's key_file.json (default: that of `make up`)")
+    p.add_argument("--load", type=float, default=0.7, help="fraction of the capacity the models "
+                   "share (default 0.7)")
+    p.add_argument("-t", "--duration", default="10m")
+    p.add_argument("--capacity-duration", default="10s")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_soak)
 
     args = parser.parse_args(argv)
     unknown = [m for m in getattr(args, "models", []) if m not in USER_CLASSES]

@@ -13,7 +13,7 @@ import os
 import random
 
 import gevent
-from locust import FastHttpUser, constant, events, task
+from locust import FastHttpUser, constant, constant_throughput, events, task
 from locust.runners import WorkerRunner
 
 from loadtest import KEY_ENV, exporter, slo
@@ -146,6 +146,45 @@ class TextUser(ModelUser):
     @task
     def embed_sentences(self) -> None:
         self.post("minilm", random.choice(self.requests), "application/json", "embeddings")
+
+
+class PacedUser(FastHttpUser):
+    """Open-loop-like arrivals for overload and soak runs (`python -m loadtest overload|soak`):
+    each user sends at most one request a second, so N users offer about N requests/s whatever
+    the server does. $PACED_MODELS ("digits:230,minilm:17") says how many users go to each
+    model. Answers are named by outcome, so Locust's statistics give accepted and rejected
+    latencies apart."""
+
+    wait_time = constant_throughput(1)
+    bodies = {"digits": (digit_bodies, "application/json"),
+              "efficientnet_lite0": (image_bodies, "image/jpeg"),
+              "minilm": (text_bodies, "application/json")}
+    started = 0  # users started in this process: each takes the next slot of the model plan
+
+    def on_start(self) -> None:
+        plan = [model for entry in os.environ.get("PACED_MODELS", "digits:1").split(",")
+                for model, _, count in [entry.partition(":")] for _ in range(int(count or 1))]
+        self.model = plan[PacedUser.started % len(plan)]
+        PacedUser.started += 1
+        make, self.content_type = self.bodies[self.model]
+        self.choices = make()
+        self.auth = auth_header()
+        gevent.sleep(random.random())  # users started together must not send in lockstep
+
+    @task
+    def send(self) -> None:
+        with self.client.post(f"/predictions/{self.model}", data=random.choice(self.choices),
+                              name=self.model, catch_response=True,
+                              headers={"Content-Type": self.content_type, **self.auth}) as response:
+            outcome = {200: "accepted", 503: "rejected"}.get(response.status_code, "error")
+            if outcome == "rejected" and "application/json" not in \
+                    (response.headers.get("content-type") or ""):
+                outcome = "error"  # a rejection must say so in JSON
+            response.request_meta["name"] = f"{self.model} {outcome}"
+            if outcome == "error":
+                response.failure(f"HTTP {response.status_code}")
+            else:
+                response.success()
 
 
 class PingUser(FastHttpUser):

@@ -95,8 +95,9 @@ def cmd_key(args) -> int:
 
 def cmd_serve(args) -> int:
     """TorchServe in the foreground, for containers: start it, wait until every model is READY,
-    then run until it exits (exit 1) or a SIGTERM/SIGINT stops it (exit 0). No Prometheus: in
-    docker compose that is a service of its own."""
+    then run until it exits or a model stays unready past --unready-exit (exit 1: the restart
+    policy starts a fresh container, and the log says why), or a SIGTERM/SIGINT stops it: drain,
+    then stop (exit 0). No Prometheus: in docker compose that is a service of its own."""
     import signal
 
     instance = Instance.from_config(bind=os.environ.get("SERVING_BIND", "127.0.0.1"))
@@ -108,8 +109,13 @@ def cmd_serve(args) -> int:
         signal.signal(sig, lambda signum, frame: stopping.append(signum))
     instance.start(names)
     print(f"TorchServe started; listening on {instance.bind}; waiting for READY...", flush=True)
-    instance.wait_ready(names, timeout=args.timeout)
+    try:
+        instance.wait_ready(names, timeout=args.timeout)
+    except ServeError:
+        instance.stop()
+        raise
     print(f"All {len(names)} models READY: {instance.inference_url}", flush=True)
+    unready_since: dict[str, float] = {}
     while not stopping and instance.process() is not None:
         time.sleep(1)
         try:  # as a container's first process, reap what TorchServe leaves behind
@@ -117,8 +123,22 @@ def cmd_serve(args) -> int:
                 pass
         except ChildProcessError:
             pass
+        now = time.monotonic()
+        for name in names:
+            if instance.model_ready(name):
+                unready_since.pop(name, None)
+            else:
+                unready_since.setdefault(name, now)
+        stuck = sorted(n for n, t in unready_since.items() if now - t > args.unready_exit)
+        if stuck and not stopping:
+            print(f"error: {', '.join(stuck)} not READY for {args.unready_exit:.0f}s (workers "
+                  f"failing to load? see {instance.log_dir / 'model_log.log'}); stopping so that "
+                  "the container is restarted", flush=True)
+            instance.stop()
+            return 1
     if stopping:
-        print("Stopping TorchServe...", flush=True)
+        waited = instance.drain(names, grace=args.drain_grace)
+        print(f"Drained in {waited:.1f}s; stopping TorchServe...", flush=True)
         instance.stop()
         return 0
     print("TorchServe exited; see its logs in " + str(instance.log_dir), flush=True)
@@ -127,8 +147,12 @@ def cmd_serve(args) -> int:
 
 def cmd_down(args) -> int:
     instance = Instance.from_config()
-    print("Prometheus stopped." if prometheus_for(instance).stop() else "Prometheus was not running.")
+    if instance.process():
+        waited = instance.drain(list(models.NAMES), grace=args.drain_grace)
+        print(f"TorchServe drained in {waited:.1f}s (readiness false, queues empty, nothing "
+              "answered for 2 s).")
     print("TorchServe stopped." if instance.stop() else "TorchServe was not running.")
+    print("Prometheus stopped." if prometheus_for(instance).stop() else "Prometheus was not running.")
     return 0
 
 
@@ -221,9 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("models", nargs="*", metavar="MODEL")
     p.add_argument("--no-build", action="store_true", help="serve the archives as they are")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for READY")
+    p.add_argument("--unready-exit", type=float, default=60,
+                   help="exit 1 when a model has been unready this long after start")
+    p.add_argument("--drain-grace", type=float, default=25,
+                   help="on SIGTERM, at most this long to drain before stopping")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("down", help="stop the TorchServe that `up` started")
+    p = sub.add_parser("down", help="drain and stop the TorchServe that `up` started")
+    p.add_argument("--drain-grace", type=float, default=25)
     p.set_defaults(func=cmd_down)
 
     p = sub.add_parser("key", help="the running server's key for an API (token authorization)")

@@ -170,6 +170,11 @@ class Instance:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     @property
+    def drain_file(self) -> Path:
+        """Present while the instance drains: readiness is false from then on."""
+        return self.run_dir / "draining"
+
+    @property
     def pid_file(self) -> Path:
         return self.tmp_dir / ".model_server.pid"  # where TorchServe writes it, in its temp dir
 
@@ -228,6 +233,7 @@ class Instance:
             folder.mkdir(parents=True, exist_ok=True)
         self.pid_file.unlink(missing_ok=True)
         self.key_file.unlink(missing_ok=True)
+        self.drain_file.unlink(missing_ok=True)
         (self.run_dir / "no-workflows").mkdir(exist_ok=True)
         workers = sum(self.workers_in(m) for m in models)
         env = {
@@ -286,12 +292,54 @@ class Instance:
         return [w for entry in response.json() for w in entry.get("workers", [])]
 
     def model_ready(self, model: str) -> bool:
-        """True while at least one worker is READY and its process is alive. TorchServe's /ping
-        stays healthy while workers are dead, for its whole recovery window."""
+        """True while at least one worker is READY and its process is alive, and the instance is
+        not draining. TorchServe's /ping stays healthy while workers are dead, for its whole
+        recovery window."""
+        if self.drain_file.exists():
+            return False
         for worker in self.workers(model):
             if worker.get("status") == "READY" and psutil.pid_exists(int(worker.get("pid") or -1)):
                 return True
         return False
+
+    def pending(self, model: str) -> int:
+        """Requests waiting in the model's job queue (0 when the server does not answer)."""
+        try:
+            response = requests.get(f"{self.management_url}/models/{model}",
+                                    headers=self.auth("management"), timeout=5)
+            return sum(int(entry.get("jobQueueStatus", {}).get("pendingRequests") or 0)
+                       for entry in response.json())
+        except (requests.RequestException, ValueError, TypeError, AttributeError):
+            return 0
+
+    def answered(self) -> float:
+        """Requests the workers have answered so far, all models (TorchServe's own counters,
+        summed from the metrics endpoint): it stops moving when nothing is in flight."""
+        try:
+            text = requests.get(f"{self.metrics_url}/metrics", timeout=5).text
+        except requests.RequestException:
+            return -1.0
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("ts_inference_requests_total"))
+
+    def drain(self, models: list[str], grace: float = 30, quiet: float = 2.0) -> float:
+        """Stops new traffic being routed here (readiness false, for a load balancer or
+        orchestrator to act on), then waits until no model has a queued request and the answer
+        counters have not moved for `quiet` seconds, at most `grace` seconds. TorchServe itself
+        drains nothing on SIGTERM: queued and in-flight requests are dropped. Returns the seconds
+        it waited."""
+        self.drain_file.touch()
+        started = time.monotonic()
+        last, still_since = self.answered(), time.monotonic()
+        while time.monotonic() - started < grace:
+            time.sleep(0.2)
+            now_answered = self.answered()
+            busy = now_answered != last or any(self.pending(m) for m in models)
+            if busy:
+                last, still_since = now_answered, time.monotonic()
+            elif time.monotonic() - still_since >= quiet:
+                break
+        return time.monotonic() - started
 
     def wait_ready(self, models: list[str], timeout: float = 300) -> float:
         """Waits until every model has a READY worker; returns the seconds it took."""

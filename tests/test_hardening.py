@@ -116,3 +116,68 @@ def test_no_input_of_the_fuzz_corpus_restarts_a_worker(server, model):
 
     replay()
     assert worker_pid(server, model) == pid and server.model_ready(model)
+
+
+def test_drain_serves_every_accepted_request_before_stopping(build_info, tmp_path_factory):
+    """Clients that, like a load balancer, send only while the model is ready: after the drain
+    starts no new request is routed, and every request already sent is answered 200 before the
+    server stops. (TorchServe's own stop drops queued and in-flight requests.)"""
+    from tests.conftest import start_on_free_ports
+
+    instance = start_on_free_ports(tmp_path_factory, ["efficientnet_lite0"])
+    photo = good_request("efficientnet_lite0")
+    statuses, sent = [], []
+
+    def client():
+        while instance.model_ready("efficientnet_lite0"):
+            sent.append(1)
+            try:
+                statuses.append(post(instance, "efficientnet_lite0", *photo).status_code)
+            except requests.RequestException as e:
+                statuses.append(repr(e))
+
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            clients = [pool.submit(client) for _ in range(12)]
+            import time
+
+            time.sleep(3)
+            waited = instance.drain(["efficientnet_lite0"], grace=30)
+            stopped = instance.stop()
+            for c in clients:
+                c.result(timeout=60)
+    finally:
+        instance.stop()
+    print(f"\ndrain under load: {len(sent)} requests sent, drained in {waited:.1f}s")
+    assert stopped and len(sent) > 12
+    assert statuses == [200] * len(sent), [s for s in statuses if s != 200][:5]
+    assert waited < 30
+
+
+def test_an_archive_that_cannot_load_leaves_the_model_unready(build_info, tmp_path):
+    """A broken archive: TorchServe keeps retrying its worker; readiness stays false and the wait
+    for it fails with where to look, so `serving serve` exits 1 and the container restarts."""
+    import shutil
+    import zipfile
+
+    from serving.paths import MODEL_STORE
+    from serving.torchserve import Instance, ServeError
+
+    store = tmp_path / "store"
+    store.mkdir()
+    with zipfile.ZipFile(MODEL_STORE / "digits.mar") as good, \
+            zipfile.ZipFile(store / "digits.mar", "w") as broken:
+        for item in good.infolist():
+            data = good.read(item.filename)
+            broken.writestr(item, b"not a model" if item.filename == "model.pt2" else data)
+    instance = Instance.on_free_ports(run_dir=tmp_path / "ts", model_store=store)
+    instance.start(["digits"])
+    try:
+        with pytest.raises(ServeError, match="not READY after .*digits.*model_log"):
+            instance.wait_ready(["digits"], timeout=20)
+        assert not instance.model_ready("digits")
+        log = (instance.log_dir / "model_log.log").read_text()
+        assert "model.pt2" in log or "Error" in log
+    finally:
+        instance.stop()
+        shutil.rmtree(store)

@@ -145,7 +145,8 @@ def test_each_target_is_built_checked_and_served(per_target, target):
     with requests.Session() as session:
         for grid, label in zip(x_test, y_test.tolist()):
             response = session.post(url, data=json.dumps({"pixels": grid.int().tolist()}),
-                                    headers={"Content-Type": "application/json"}, timeout=30)
+                                    headers={"Content-Type": "application/json",
+                                             **server.auth("inference")}, timeout=30)
             assert response.status_code == 200, response.text
             right += int(response.json()["predictions"][0]["label"]) == label
     assert right == info["evaluation"]["held_out_correct"]
