@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 import sys
 import time
 
@@ -101,6 +102,9 @@ def cmd_serve(args) -> int:
     import signal
 
     instance = Instance.from_config(bind=os.environ.get("SERVING_BIND", "127.0.0.1"))
+    if os.environ.get("SERVING_INFERENCE_PORT"):  # behind the compose front door
+        instance = replace(instance, ports={**instance.ports,
+                                            "inference": int(os.environ["SERVING_INFERENCE_PORT"])})
     names = args.models or list(models.NAMES)
     if not args.no_build:
         build_all(names)

@@ -23,7 +23,7 @@ SKIP = os.environ.get("SKIP_DOCKER_TESTS") == "1"
 pytestmark = pytest.mark.skipif(SKIP, reason="SKIP_DOCKER_TESTS=1: the Docker test was skipped on purpose")
 
 PROJECT = "model-serving-test"
-HOST_PORTS = (8080, 8081, 8082, 9090, 9646)  # the compose services' ports on the host network
+HOST_PORTS = (8080, 8081, 8082, 8085, 9090, 9646)  # the compose services' ports on the host network
 COMPOSE = [str(ROOT / "docker" / "compose.sh"), "-p", PROJECT]
 
 
@@ -62,15 +62,15 @@ def config(*files: str, profiles: tuple[str, ...] = ()) -> dict:
 def test_the_committed_compose_file_is_valid():
     base = config("docker-compose.yml")
     services = base["services"]
-    assert set(services) == {"torchserve", "prometheus", "locust"}  # the rest are behind profiles
+    assert set(services) == {"torchserve", "frontdoor", "prometheus", "locust"}  # rest: profiles
     assert "serving" in " ".join(services["torchserve"]["healthcheck"]["test"])
     assert "ready" in services["torchserve"]["healthcheck"]["test"]
     published = {name: [p["published"] for p in s.get("ports", [])] for name, s in services.items()}
-    assert published == {"torchserve": ["8080"], "prometheus": [], "locust": []}
+    assert published == {"frontdoor": ["8080"], "torchserve": [], "prometheus": [], "locust": []}
     assert services["prometheus"]["depends_on"]["torchserve"]["condition"] == "service_healthy"
     assert {d: c["condition"] for d, c in services["locust"]["depends_on"].items()} == \
-        {"torchserve": "service_healthy", "prometheus": "service_healthy"}
-    assert [p["host_ip"] for p in services["torchserve"]["ports"]] == ["127.0.0.1"]
+        {"frontdoor": "service_healthy", "prometheus": "service_healthy"}
+    assert [p["host_ip"] for p in services["frontdoor"]["ports"]] == ["127.0.0.1"]
     mounts = {v["target"]: v for v in services["torchserve"]["volumes"]}
     assert mounts["/app/config.properties"]["read_only"] and mounts["/app/model_store"]["read_only"]
     for name, service in services.items():  # the container hardening, on every service
@@ -153,6 +153,25 @@ def test_torchserve_answers_every_model(stack):
     assert bad.status_code == 400 and bad.json()["error"] == "malformed_json"
     without_key = requests.post(f"{url}/digits", data=b"{}", timeout=30)
     assert 400 <= without_key.status_code < 500 and without_key.status_code != 404
+
+
+def test_the_front_door_refuses_form_floods_and_passes_the_models_inputs(stack):
+    url = "http://127.0.0.1:8080/predictions/efficientnet_lite0"
+    auth = key()
+    started = time.monotonic()
+    flood = requests.post(url, data=b"a=1&" * 2_000_000, timeout=30, headers={
+        "Content-Type": "application/x-www-form-urlencoded", **auth})
+    assert flood.status_code == 415 and flood.json()["error"] == "unsupported_media_type"
+    fields = "".join(f'--b\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\n1\r\n'
+                     for i in range(60_000)) + "--b--\r\n"
+    multipart = requests.post(url, data=fields.encode(), timeout=30, headers={
+        "Content-Type": "multipart/form-data; boundary=b", **auth})
+    assert multipart.status_code == 413 and multipart.json()["error"] == "too_large"
+    assert time.monotonic() - started < 5
+    upload = requests.post(url, files={"data": ("cat.jpg", encoded("chelsea", "JPEG"), "image/jpeg")},
+                           headers=auth, timeout=30)
+    assert upload.status_code == 200 and upload.json()["predictions"][0]["index"] in range(281, 286)
+    assert requests.get("http://127.0.0.1:8080/other", timeout=10).status_code == 404
 
 
 def test_torchserve_runs_as_a_non_root_user_on_a_read_only_filesystem(stack):
