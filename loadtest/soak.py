@@ -4,7 +4,7 @@ the server for leaks and drift.
 Locust offers LOAD x each model's capacity open loop (PacedUser), the capacities measured first
 (closed loop, a short run per model) or given. Every few seconds it samples the TorchServe
 frontend's and workers' RSS and open files; Locust's history gives latency per window. Pass:
-no errors, RSS growth under 10% from the end of warm-up (the first fifth of the run) to the end.
+no errors (a 503 from a full queue counts as one), RSS growth under 10% from the end of warm-up (the first fifth of the run) to the end.
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ def run(host: str, instance, out: Path, rates: dict[str, float], duration_s: flo
     warm = [s for s in samples if s["t"] - samples[0]["t"] >= duration_s / 5] or samples
     first, last = warm[0], samples[-1]
     with open(out / "locust_stats.csv") as f:
-        total_row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+        rows = list(csv.DictReader(f))
+    total_row = next(r for r in rows if r["Name"] == "Aggregated")
+    rejected = sum(int(r["Request Count"]) for r in rows if r["Name"].endswith(" rejected"))
     history = history_percentiles(out)
     fifth = max(1, len(history) // 5)
     def mean(rows, key):
@@ -86,7 +88,8 @@ def run(host: str, instance, out: Path, rates: dict[str, float], duration_s: flo
         return sum(values) / len(values) if values else 0.0
     result = {
         "duration_s": duration_s, "offered": users, "requests": int(total_row["Request Count"]),
-        "errors": int(total_row["Failure Count"]), "rps": float(total_row["Requests/s"]),
+        "errors": int(total_row["Failure Count"]) + rejected, "rejected": rejected,
+        "rps": float(total_row["Requests/s"]),
         "java_rss_mb": [first["java_rss_mb"], last["java_rss_mb"]],
         "workers_rss_mb": [first["workers_rss_mb"], last["workers_rss_mb"]],
         "open_files": [first["open_files"], last["open_files"]],
@@ -106,7 +109,7 @@ def run(host: str, instance, out: Path, rates: dict[str, float], duration_s: flo
 
 def report(r: dict) -> str:
     return (f"soak {r['duration_s']:.0f}s: {r['requests']} requests, {r['rps']:.1f} req/s, "
-            f"{r['errors']} errors\n"
+            f"{r['errors']} errors ({r['rejected']} of them 503: queue full)\n"
             f"  Java RSS {r['java_rss_mb'][0]:.0f} -> {r['java_rss_mb'][1]:.0f} MB "
             f"({r['java_rss_growth']:+.1%}); workers RSS {r['workers_rss_mb'][0]:.0f} -> "
             f"{r['workers_rss_mb'][1]:.0f} MB ({r['workers_rss_growth']:+.1%}); limit +{MAX_RSS_GROWTH:.0%}\n"
