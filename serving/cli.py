@@ -153,8 +153,8 @@ def cmd_down(args) -> int:
     instance = Instance.from_config()
     if instance.process():
         waited = instance.drain(list(models.NAMES), grace=args.drain_grace)
-        print(f"TorchServe drained in {waited:.1f}s (readiness false, queues empty, nothing "
-              "answered for 2 s).")
+        print(f"TorchServe drained in {waited:.1f}s (readiness false, queues empty, no request "
+              "for 2 s).")
     print("TorchServe stopped." if instance.stop() else "TorchServe was not running.")
     print("Prometheus stopped." if prometheus_for(instance).stop() else "Prometheus was not running.")
     return 0

@@ -312,9 +312,9 @@ class Instance:
         except (requests.RequestException, ValueError, TypeError, AttributeError):
             return 0
 
-    def answered(self) -> float:
-        """Requests the workers have answered so far, all models (TorchServe's own counters,
-        summed from the metrics endpoint): it stops moving when nothing is in flight."""
+    def requests_seen(self) -> float:
+        """Inference requests the frontend has taken in so far, all models (TorchServe's own
+        counter, from the metrics endpoint); -1 when it does not answer."""
         try:
             text = requests.get(f"{self.metrics_url}/metrics", timeout=5).text
         except requests.RequestException:
@@ -324,19 +324,18 @@ class Instance:
 
     def drain(self, models: list[str], grace: float = 30, quiet: float = 2.0) -> float:
         """Stops new traffic being routed here (readiness false, for a load balancer or
-        orchestrator to act on), then waits until no model has a queued request and the answer
-        counters have not moved for `quiet` seconds, at most `grace` seconds. TorchServe itself
+        orchestrator to act on), then waits until no model has a queued request and no request has
+        come in for `quiet` seconds (longer than any batch takes), at most `grace` seconds. TorchServe itself
         drains nothing on SIGTERM: queued and in-flight requests are dropped. Returns the seconds
         it waited."""
         self.drain_file.touch()
         started = time.monotonic()
-        last, still_since = self.answered(), time.monotonic()
+        last, still_since = self.requests_seen(), time.monotonic()
         while time.monotonic() - started < grace:
             time.sleep(0.2)
-            now_answered = self.answered()
-            busy = now_answered != last or any(self.pending(m) for m in models)
-            if busy:
-                last, still_since = now_answered, time.monotonic()
+            seen = self.requests_seen()
+            if seen != last or any(self.pending(m) for m in models):
+                last, still_since = seen, time.monotonic()
             elif time.monotonic() - still_since >= quiet:
                 break
         return time.monotonic() - started
