@@ -18,6 +18,7 @@ import requests
 
 from models.photos import encoded
 from serving.paths import ROOT
+from serving.torchserve import Instance
 
 SKIP = os.environ.get("SKIP_DOCKER_TESTS") == "1"
 pytestmark = pytest.mark.skipif(SKIP, reason="SKIP_DOCKER_TESTS=1: the Docker test was skipped on purpose")
@@ -106,6 +107,9 @@ def stack():
         pytest.fail("no Docker engine answers: start one (docker/start-engine.sh, as .ci/run does), "
                     "or set SKIP_DOCKER_TESTS=1 to skip this test on purpose")
     busy = [p for p in HOST_PORTS if socket.socket().connect_ex(("127.0.0.1", p)) == 0]
+    if busy and Instance.from_config().process() is not None:
+        pytest.skip(f"`make up`'s service holds ports {busy}, which the compose services need on "
+                    "the host network: `make down`, then `make test` runs this test too")
     if busy:
         pytest.fail(f"ports {busy} are in use on 127.0.0.1 (a `make up` running?); the compose "
                     "services need them on the host network")
