@@ -8,62 +8,21 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from serving.paths import ROOT, RUN_DIR
+from serving.paths import RUN_DIR
 from serving.prometheus import LOADTEST_METRICS_PORT, Prometheus
 from serving.torchserve import Instance
 
-from loadtest import KEY_ENV
-
-HERE = Path(__file__).resolve().parent
-USER_CLASSES = {"digits": "DigitsUser", "efficientnet_lite0": "ImageUser", "minilm": "TextUser"}
-SHAPES = {"constant": None, "step_ramp": HERE / "shapes" / "step_ramp.py",
-          "spike": HERE / "shapes" / "spike.py"}
-
-
-def locust(out: Path, host: str, users: int, spawn_rate: float, duration: str, classes: list[str],
-           shape: str = "constant", processes: int = 0, metrics_port: int = LOADTEST_METRICS_PORT,
-           extra: list[str] = (), metrics_host: str = "127.0.0.1",
-           key_file: str | None = None) -> int:
-    files = [str(HERE / "locustfile.py")] + ([str(SHAPES[shape])] if SHAPES[shape] else [])
-    command = [sys.executable, "-m", "locust", "-f", ",".join(files), "--headless",
-               "-u", str(users), "-r", str(spawn_rate), "-t", duration, "-H", host,
-               "--csv", str(out / "locust"), "--html", str(out / "locust.html"),
-               "--slo-report", str(out / "slo.json"), "--metrics-port", str(metrics_port),
-               "--metrics-host", metrics_host,
-               "--stop-timeout", "10", *(["--processes", str(processes)] if processes else []),
-               *extra, *classes]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    if key_file:  # the server's inference key, for every Locust process
-        env[KEY_ENV] = Instance(run_dir=Path(key_file).parent).keys().get("inference", "")
-    return subprocess.call(command, cwd=ROOT, env=env)
-
+from loadtest.runner import HERE, MEASURE_ONLY, SHAPES, USER_CLASSES, capacity, locust, seconds, stats
 
 def prometheus_of(args) -> Prometheus:
     if args.prometheus_url:
         return Prometheus.at(args.prometheus_url)
     return Prometheus(port=args.prometheus_port)
-
-
-def seconds(duration: str) -> float:
-    """Locust's run-time notation (90, 30s, 5m, 1h30m) in seconds."""
-    if duration.isdigit():
-        return float(duration)
-    total, number = 0.0, ""
-    for char in duration:
-        if char.isdigit():
-            number += char
-        else:
-            total += int(number) * {"s": 1, "m": 60, "h": 3600}[char]
-            number = ""
-    return total
 
 
 def wait_for_scrape(prom: Prometheus, job: str, timeout: float = 30) -> bool:
@@ -130,11 +89,8 @@ def cmd_ceiling(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         locust(out, host, args.users, args.users, args.duration, ["PingUser"],
                processes=processes if processes > 1 else 0,
-               extra=["--slo-min-rps=0", "--slo-p95-ms=1e9", "--slo-p99-ms=1e9",
-                      "--slo-max-error-rate=1", "--metrics-linger=0", "--only-summary"],
-               key_file=args.key_file)
-        with open(out / "locust_stats.csv") as f:
-            total = next(row for row in csv.DictReader(f) if row["Name"] == "Aggregated")
+               extra=MEASURE_ONLY, key_file=args.key_file)
+        total = stats(out)["Aggregated"]
         results.append((processes, float(total["Requests/s"]), float(total["50%"]),
                         float(total["99%"])))
     print(f"\nLoad generator ceiling against {host}/ping ({args.users} users, {args.duration}):")
@@ -151,20 +107,9 @@ def cmd_overload(args) -> int:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or RUN_DIR / "loadtest" / f"overload-{args.model}-{stamp}")
     result = overload.run(args.model, host, out, args.capacity_users, args.factor, args.duration,
-                          locust, USER_CLASSES[args.model], args.key_file)
+                          args.key_file)
     print("\n" + overload.report(result) + f"\nDetails: {out}")
     return 0 if result["ok"] else 1
-
-
-def capacity(model: str, host: str, out: Path, users: int, duration: str,
-             key_file: str | None) -> float:
-    """Requests/s the model serves to `users` closed-loop clients."""
-    out.mkdir(parents=True, exist_ok=True)
-    locust(out, host, users, users, duration, [USER_CLASSES[model]], key_file=key_file,
-           extra=["--slo-min-rps=0", "--slo-p95-ms=1e9", "--slo-p99-ms=1e9",
-                  "--slo-max-error-rate=1", "--metrics-linger=0", "--only-summary"])
-    with open(out / "locust_stats.csv") as f:
-        return float(next(r for r in csv.DictReader(f) if r["Name"] == model)["Requests/s"])
 
 
 def cmd_soak(args) -> int:
@@ -178,13 +123,13 @@ def cmd_soak(args) -> int:
     names = args.models or list(USER_CLASSES)
     rates = {}
     for model in names:
-        alone = capacity(model, host, out / f"capacity-{model}", 8, args.capacity_duration,
-                         args.key_file)
+        alone = float(capacity(model, host, out / f"capacity-{model}", 8, args.capacity_duration,
+                               args.key_file)["Requests/s"])
         # The models share the cores: each gets an equal part of LOAD x the machine.
         rates[model] = alone * args.load / len(names)
         print(f"[soak] {model}: capacity {alone:.1f} req/s alone; soaking at {rates[model]:.1f}",
               flush=True)
-    result = soak.run(host, instance, out, rates, seconds(args.duration), locust, args.key_file)
+    result = soak.run(host, instance, out, rates, seconds(args.duration), args.key_file)
     print("\n" + soak.report(result) + f"\nDetails: {out / 'soak.json'}")
     return 0 if result["ok"] else 1
 

@@ -10,30 +10,20 @@ requests fast: a long queue turns overload into waiting instead of quick 503s.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
 
+from loadtest import runner
+
 TARGETS = {"accepted_p99_x": 2.0, "rejected_p99_ms": 50.0, "goodput": 0.85}
 
 
-def stats(out: Path) -> dict[str, dict]:
-    with open(out / "locust_stats.csv") as f:
-        return {row["Name"]: row for row in csv.DictReader(f)}
-
-
 def run(model: str, host: str, out_root: Path, capacity_users: int, factor: float, duration: str,
-        locust, user_class: str, key_file: str | None) -> dict:
-    common = ["--slo-min-rps=0", "--slo-p95-ms=1e9", "--slo-p99-ms=1e9",
-              "--slo-max-error-rate=1", "--metrics-linger=0", "--only-summary"]
-    capacity_dir = out_root / "capacity"
-    capacity_dir.mkdir(parents=True, exist_ok=True)
+        key_file: str | None) -> dict:
     print(f"[overload] {model}: capacity, {capacity_users} users back to back for {duration}",
           flush=True)
-    locust(capacity_dir, host, capacity_users, capacity_users, duration, [user_class],
-           extra=common, key_file=key_file)
-    row = stats(capacity_dir)[model]
+    row = runner.capacity(model, host, out_root / "capacity", capacity_users, duration, key_file)
     capacity, p99 = float(row["Requests/s"]), float(row["99%"])
     users = max(1, round(capacity * factor))
     overload_dir = out_root / "overload"
@@ -41,9 +31,9 @@ def run(model: str, host: str, out_root: Path, capacity_users: int, factor: floa
     print(f"[overload] {model}: capacity {capacity:.1f} req/s, p99 {p99:.0f} ms; now {users} "
           f"users offering ~{users} req/s ({factor:g}x) for {duration}", flush=True)
     os.environ["PACED_MODELS"] = f"{model}:1"
-    locust(overload_dir, host, users, users, duration, ["PacedUser"], extra=common,
-           key_file=key_file)
-    rows = stats(overload_dir)
+    runner.locust(overload_dir, host, users, users, duration, ["PacedUser"],
+                  extra=runner.MEASURE_ONLY, key_file=key_file)
+    rows = runner.stats(overload_dir)
     accepted = rows.get(f"{model} accepted", {})
     rejected = rows.get(f"{model} rejected", {})
     errors = rows.get(f"{model} error", {})

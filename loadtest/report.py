@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib

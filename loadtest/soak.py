@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import threading
 import time
 from pathlib import Path
 
 import psutil
+
+from loadtest import runner
 
 MAX_RSS_GROWTH = 0.10
 
@@ -46,10 +49,8 @@ def history_percentiles(out: Path) -> list[dict]:
         return [r for r in csv.DictReader(f) if r["Name"] == "Aggregated" and r["99%"] not in ("N/A", "")]
 
 
-def run(host: str, instance, out: Path, rates: dict[str, float], duration_s: float, locust,
+def run(host: str, instance, out: Path, rates: dict[str, float], duration_s: float,
         key_file: str | None) -> dict:
-    import os
-
     frontend = instance.process()
     if frontend is None:
         raise RuntimeError("no TorchServe runs for this config: start it first (make up)")
@@ -68,19 +69,18 @@ def run(host: str, instance, out: Path, rates: dict[str, float], duration_s: flo
     thread.start()
     print(f"[soak] {duration_s:.0f}s at {', '.join(f'{m} {n} req/s' for m, n in users.items())}",
           flush=True)
-    code = locust(out, host, total, total, f"{int(duration_s)}s", ["PacedUser"],
-                  extra=["--slo-min-rps=0", "--slo-p95-ms=1e9", "--slo-p99-ms=1e9",
-                         "--slo-max-error-rate=0", "--metrics-linger=0", "--csv-full-history"],
-                  key_file=key_file)
+    code = runner.locust(out, host, total, total, f"{int(duration_s)}s", ["PacedUser"],
+                         extra=["--slo-min-rps=0", "--slo-p95-ms=1e9", "--slo-p99-ms=1e9",
+                                "--slo-max-error-rate=0", "--metrics-linger=0",
+                                "--csv-full-history"], key_file=key_file)
     done.set()
     thread.join()
     samples.append(sample(frontend))
     warm = [s for s in samples if s["t"] - samples[0]["t"] >= duration_s / 5] or samples
     first, last = warm[0], samples[-1]
-    with open(out / "locust_stats.csv") as f:
-        rows = list(csv.DictReader(f))
-    total_row = next(r for r in rows if r["Name"] == "Aggregated")
-    rejected = sum(int(r["Request Count"]) for r in rows if r["Name"].endswith(" rejected"))
+    rows = runner.stats(out)
+    total_row = rows["Aggregated"]
+    rejected = sum(int(r["Request Count"]) for name, r in rows.items() if name.endswith(" rejected"))
     history = history_percentiles(out)
     fifth = max(1, len(history) // 5)
     def mean(rows, key):

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2))
     over = {m: x for m, x in worst_ratio.items() if x > TARGET_RATIO}
-    print(f"\nWorst request / normal full batch: " + ", ".join(
+    print("\nWorst request / normal full batch: " + ", ".join(
         f"{m} {x:.2f}x" for m, x in worst_ratio.items()) +
         (f"; over the {TARGET_RATIO:g}x target: {sorted(over)}" if over else
          f"; all within {TARGET_RATIO:g}x"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -139,8 +140,6 @@ def test_drain_serves_every_accepted_request_before_stopping(build_info, tmp_pat
     try:
         with ThreadPoolExecutor(12) as pool:
             clients = [pool.submit(client) for _ in range(12)]
-            import time
-
             time.sleep(3)
             waited = instance.drain(["efficientnet_lite0"], grace=30)
             stopped = instance.stop()
@@ -203,7 +202,7 @@ def test_overload_is_refused_fast_in_json_and_accepted_requests_stay_fast(server
     code, output = loadtest_command(server, "overload", "efficientnet_lite0", "-t", "12s",
                                     "--out", str(tmp_path))
     result = json.loads((tmp_path / "overload.json").read_text())
-    print("\n" + output[output.find("efficientnet_lite0: capacity"):])
+    print(output[output.find("\nefficientnet_lite0: capacity"):])
     assert result["errors"] == 0, output[-3000:]
     assert result["rejected_rps"] > 0 and result["accepted_rps"] > 0
     assert result["goodput"] > 0.5
@@ -215,7 +214,7 @@ def test_a_short_soak_keeps_memory_and_answers_steady(server, tmp_path):
     code, output = loadtest_command(server, "soak", "-t", "60s", "--capacity-duration", "5s",
                                     "--out", str(tmp_path))
     result = json.loads((tmp_path / "soak.json").read_text())
-    print("\n" + output[output.find("soak 60s"):])
+    print(output[output.find("\nsoak 60s"):])
     assert result["requests"] > 100 and result["errors"] == 0, output[-3000:]
     assert result["workers_rss_growth"] < 0.10 and result["java_rss_growth"] < 0.10, result
     assert code == 0

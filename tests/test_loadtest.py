@@ -167,6 +167,6 @@ def test_a_broken_objective_makes_a_distributed_load_test_fail(load_test, server
 
 
 def test_locust_run_times_in_seconds():
-    from loadtest.__main__ import seconds
+    from loadtest.runner import seconds
 
     assert [seconds(d) for d in ("90", "30s", "5m", "1h30m")] == [90, 30, 300, 5400]
