@@ -21,10 +21,6 @@ class Answer:
     status: int
     body: dict
 
-    @property
-    def error(self) -> str | None:
-        return self.body.get("error") if self.status != 200 else None
-
 
 class LoadedModel:
     """One archive's handler, initialised as a TorchServe worker initialises it."""

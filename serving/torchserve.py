@@ -280,16 +280,18 @@ class Instance:
 
     # -- health ----------------------------------------------------------------------------------
 
-    def workers(self, model: str) -> list[dict]:
-        """The model's workers as the management API reports them ([] when it is unreachable)."""
+    def describe(self, model: str) -> list[dict]:
+        """The management API's description of the model ([] when it does not answer)."""
         try:
             response = requests.get(f"{self.management_url}/models/{model}",
                                     headers=self.auth("management"), timeout=5)
-        except requests.RequestException:
+            return response.json() if response.status_code == 200 else []
+        except (requests.RequestException, ValueError):
             return []
-        if response.status_code != 200:
-            return []
-        return [w for entry in response.json() for w in entry.get("workers", [])]
+
+    def workers(self, model: str) -> list[dict]:
+        """The model's workers as the management API reports them ([] when it is unreachable)."""
+        return [w for entry in self.describe(model) for w in entry.get("workers", [])]
 
     def model_ready(self, model: str) -> bool:
         """True while at least one worker is READY and its process is alive, and the instance is
@@ -304,13 +306,8 @@ class Instance:
 
     def pending(self, model: str) -> int:
         """Requests waiting in the model's job queue (0 when the server does not answer)."""
-        try:
-            response = requests.get(f"{self.management_url}/models/{model}",
-                                    headers=self.auth("management"), timeout=5)
-            return sum(int(entry.get("jobQueueStatus", {}).get("pendingRequests") or 0)
-                       for entry in response.json())
-        except (requests.RequestException, ValueError, TypeError, AttributeError):
-            return 0
+        return sum(int((entry.get("jobQueueStatus") or {}).get("pendingRequests") or 0)
+                   for entry in self.describe(model))
 
     def requests_seen(self) -> float:
         """Inference requests the frontend has taken in so far, all models (TorchServe's own
