@@ -23,21 +23,19 @@ from loadtest import runner
 MAX_RSS_GROWTH = 0.10
 
 
+def measured(process: psutil.Process, what: str) -> float:
+    """RSS in MB ("rss") or open files ("fds") of one process; 0 once it has gone."""
+    try:
+        return process.memory_info().rss / 2 ** 20 if what == "rss" else process.num_fds()
+    except psutil.Error:
+        return 0
+
+
 def sample(frontend: psutil.Process) -> dict:
     workers = frontend.children(recursive=True)
-    def rss(p):
-        try:
-            return p.memory_info().rss / 2 ** 20
-        except psutil.Error:
-            return 0.0
-    def fds(p):
-        try:
-            return p.num_fds()
-        except psutil.Error:
-            return 0
-    return {"t": time.time(), "java_rss_mb": rss(frontend),
-            "workers_rss_mb": sum(rss(w) for w in workers),
-            "open_files": fds(frontend) + sum(fds(w) for w in workers),
+    return {"t": time.time(), "java_rss_mb": measured(frontend, "rss"),
+            "workers_rss_mb": sum(measured(w, "rss") for w in workers),
+            "open_files": measured(frontend, "fds") + sum(measured(w, "fds") for w in workers),
             "workers": len(workers)}
 
 
