@@ -106,7 +106,8 @@ def cmd_overload(args) -> int:
     host = args.host or Instance.from_config().inference_url
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or RUN_DIR / "loadtest" / f"overload-{args.model}-{stamp}")
-    result = overload.run(args.model, host, out, args.capacity_users, args.factor, args.duration,
+    batch_users = args.batch_users or overload.batch_size(args.model)
+    result = overload.run(args.model, host, out, batch_users, args.factor, args.duration,
                           args.key_file)
     print("\n" + overload.report(result) + f"\nDetails: {out}")
     return 0 if result["ok"] else 1
@@ -184,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", choices=list(USER_CLASSES))
     p.add_argument("--host")
     p.add_argument("--key-file", help="the server's key_file.json (default: that of `make up`)")
-    p.add_argument("--capacity-users", type=int, default=8, help="closed-loop users that "
-                   "saturate the model (default 8: a full batch)")
+    p.add_argument("--batch-users", type=int, help="closed-loop users that make one full "
+                   "batch (default: the model's batchSize in models/MODEL/model-config.yaml)")
     p.add_argument("--factor", type=float, default=4.0)
-    p.add_argument("-t", "--duration", default="30s", help="of each of the two runs")
+    p.add_argument("-t", "--duration", default="30s", help="of each of the three runs")
     p.add_argument("--out")
     p.set_defaults(func=cmd_overload)
 

@@ -35,3 +35,9 @@ def text_bodies() -> list[bytes]:
         texts = [" ".join(rng.sample(POOL, rng.randint(1, 6))) for _ in range(rng.randint(1, 4))]
         bodies.append(json.dumps({"texts": texts}).encode())
     return bodies
+
+
+# Each model's bodies and their content type, for users and probes that send to any model.
+BODIES = {"digits": (digit_bodies, "application/json"),
+          "efficientnet_lite0": (image_bodies, "image/jpeg"),
+          "minilm": (text_bodies, "application/json")}

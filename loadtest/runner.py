@@ -35,8 +35,14 @@ def locust(out: Path, host: str, users: int, spawn_rate: float, duration: str, c
                *extra, *classes]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     if key_file:  # the server's inference key, for every Locust process
-        env[KEY_ENV] = Instance(run_dir=Path(key_file).parent).keys().get("inference", "")
+        env[KEY_ENV] = inference_key(key_file)
     return subprocess.call(command, cwd=ROOT, env=env)
+
+
+def inference_key(key_file: str | None) -> str:
+    """The server's inference key: from its key_file.json, or that of `make up`'s server."""
+    instance = Instance(run_dir=Path(key_file).parent) if key_file else Instance.from_config()
+    return instance.keys().get("inference", "")
 
 
 # For runs that only measure: no objectives to break, no wait for a last scrape, a short summary.
