@@ -96,8 +96,9 @@ def run(model: str, host: str, out_root: Path, batch_users: int, factor: float, 
                                 key_file)["99%"])
     print(f"[overload] {model}: unloaded p99 {p99:.0f} ms; capacity, {2 * batch_users} users "
           f"back to back for {duration}", flush=True)
-    capacity = float(runner.capacity(model, host, out_root / "capacity", 2 * batch_users,
-                                     duration, key_file)["Requests/s"])
+    saturated = runner.capacity(model, host, out_root / "capacity", 2 * batch_users, duration,
+                                key_file)
+    capacity = float(saturated["Requests/s"])
     users = max(1, round(capacity * factor))
     overload_dir = out_root / "overload"
     overload_dir.mkdir(parents=True, exist_ok=True)
@@ -117,6 +118,10 @@ def run(model: str, host: str, out_root: Path, batch_users: int, factor: float, 
     errors = rows.get(f"{model} error", {})
     result = {
         "model": model, "capacity_rps": capacity, "unloaded_p99_ms": p99, "offered_users": users,
+        # A queue too short refuses even the closed-loop clients of the capacity run: between a
+        # batch's answers and the next poll of the queue, their next requests arrive.
+        "capacity_requests": int(saturated["Request Count"]),
+        "capacity_refused": int(saturated["Failure Count"]),
         "offered_rps": float(rows["Aggregated"]["Requests/s"]),
         "accepted_rps": float(accepted.get("Requests/s") or 0),
         "accepted_p99_ms": float(accepted.get("99%") or 0),
@@ -131,14 +136,16 @@ def run(model: str, host: str, out_root: Path, batch_users: int, factor: float, 
     result["accepted_p99_x"] = result["accepted_p99_ms"] / p99 if p99 else 0.0
     result["ok"] = (result["accepted_p99_x"] <= TARGETS["accepted_p99_x"]
                     and result["rejected_p99_ms"] <= TARGETS["rejected_p99_ms"]
-                    and result["goodput"] >= TARGETS["goodput"] and result["errors"] == 0)
+                    and result["goodput"] >= TARGETS["goodput"] and result["errors"] == 0
+                    and result["capacity_refused"] == 0)
     (out_root / "overload.json").write_text(json.dumps(result, indent=2))
     return result
 
 
 def report(r: dict) -> str:
     return (f"{r['model']}: unloaded p99 {r['unloaded_p99_ms']:.0f} ms, "
-            f"capacity {r['capacity_rps']:.1f} req/s; "
+            f"capacity {r['capacity_rps']:.1f} req/s ({r['capacity_refused']} of "
+            f"{r['capacity_requests']} refused); "
             f"offered {r['offered_rps']:.1f} req/s ({r['offered_rps'] / r['capacity_rps']:.1f}x)\n"
             f"  accepted {r['accepted_rps']:.1f} req/s, p99 {r['accepted_p99_ms']:.0f} ms = "
             f"{r['accepted_p99_x']:.2f}x unloaded (target <= {TARGETS['accepted_p99_x']:g}x)\n"

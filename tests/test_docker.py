@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
+import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -234,3 +238,118 @@ def test_the_locust_service_runs_a_load_test(stack):
     series = requests.get("http://127.0.0.1:9090/api/v1/query", timeout=10, params={
         "query": "count by (model_name) (last_over_time(loadtest_requests_total[5m]))"}).json()
     assert len(series["data"]["result"]) == 3
+
+
+def test_an_archive_that_cannot_load_makes_the_container_unhealthy_and_restarted(stack):
+    """The serving image with a broken digits archive, run as compose runs it (hardened, host
+    network, readiness as its health check) but on ports of its own beside the stack and with
+    short waits: it reports unhealthy, exits 1 saying which model and where to look, and its
+    restart policy starts it again; never a silent crash loop."""
+    import tempfile
+    import zipfile
+
+    from serving.paths import MODEL_STORE
+
+    work = Path(tempfile.mkdtemp(prefix="broken-archive-"))
+    name = f"{PROJECT}-broken-archive"
+    try:
+        store = work / "store"
+        store.mkdir()
+        with zipfile.ZipFile(MODEL_STORE / "digits.mar") as good, \
+                zipfile.ZipFile(store / "digits.mar", "w") as broken:
+            for item in good.infolist():
+                data = good.read(item.filename)
+                broken.writestr(item, b"not a model" if item.filename == "model.pt2" else data)
+        ports = {"8080": "18080", "8081": "18081", "8082": "18082", "7070": "17070",
+                 "7071": "17071", "9000": "19000"}
+        text = (ROOT / "config.properties").read_text()
+        for old, new in ports.items():
+            text = re.sub(rf"(?<=[:=]){old}\b", new, text)
+        (work / "config.properties").write_text(text)
+        (work / "run").mkdir()
+        (work / "run").chmod(0o777)  # TorchServe's logs and unpacked archive, as compose's volume
+        for path in (work, store):
+            path.chmod(0o755)
+        for path in (store / "digits.mar", work / "config.properties"):
+            path.chmod(0o644)
+        subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host",
+                        "--read-only", "--tmpfs", "/tmp", "-v", f"{work / 'run'}:/app/run/torchserve",
+                        "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
+                        "--restart", "on-failure:5",
+                        "--health-cmd", "python -m serving ready", "--health-interval", "3s",
+                        "--health-retries", "1", "--health-timeout", "10s",
+                        "--health-start-period", "1s",  # the image allows 180 s to warm up
+                        "-v", f"{store}:/app/model_store:ro",
+                        "-v", f"{work / 'config.properties'}:/app/config.properties:ro",
+                        "model-serving:cpu", "python", "-m", "serving", "serve", "digits",
+                        "--no-build", "--timeout", "20", "--unready-exit", "10"],
+                       capture_output=True, text=True, check=True)
+        seen, deadline = set(), time.monotonic() + 120
+        while True:
+            state = json.loads(subprocess.run(["docker", "inspect", "-f", "{{json .State}}", name],
+                                              capture_output=True, text=True, check=True).stdout)
+            seen.add((state.get("Health") or {}).get("Status"))
+            restarts = int(subprocess.run(["docker", "inspect", "-f", "{{.RestartCount}}", name],
+                                          capture_output=True, text=True, check=True).stdout)
+            if restarts >= 1 and "unhealthy" in seen:
+                break
+            assert time.monotonic() < deadline, (seen, restarts, state)
+            time.sleep(1)
+        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stdout
+        logs += subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr
+        assert "not READY" in logs and "digits" in logs and "model_log" in logs, logs[-3000:]
+        # on-failure restarts only after a non-zero exit: `serving serve` exited 1
+        print(f"\nbroken archive: unhealthy, then restarted {restarts}x")
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_docker_stop_under_load_loses_no_request(stack):
+    """`docker stop` (SIGTERM) while clients keep EfficientNet busy through the front door: the
+    server drains (readiness false, queues empty, quiet) before it stops, so every request sent
+    until the clients stop is answered 200, and the container exits 0 well inside its grace.
+    Last in this file: it stops the stack's TorchServe."""
+    url = "http://127.0.0.1:8080/predictions/efficientnet_lite0"
+    auth = {"Content-Type": "image/jpeg", **key()}
+    body = encoded("chelsea", "JPEG")
+    answers: list[int] = []
+    failures: list[tuple] = []  # (status, answer, seconds after SIGTERM it was sent)
+    stop_at: list[float] = []
+    lock = threading.Lock()
+    started = time.monotonic()
+
+    def client() -> None:
+        with requests.Session() as session:
+            while time.monotonic() - started < 4:  # SIGTERM goes at 1.5 s
+                sent = time.monotonic() - stop_at[0] if stop_at else None
+                try:
+                    answer = session.post(url, data=body, headers=auth, timeout=60)
+                    status = answer.status_code
+                    if status != 200:
+                        failures.append((status, answer.text[:200], sent))
+                except requests.RequestException as e:
+                    status = type(e).__name__
+                    failures.append((status, str(e)[:200], sent))
+                with lock:
+                    answers.append(status)
+
+    threads = [threading.Thread(target=client) for _ in range(12)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    stop_started = time.monotonic()
+    stop_at.append(stop_started)
+    stop = subprocess.run(["docker", "stop", "-t", "40", container("torchserve")],
+                          capture_output=True, text=True, timeout=60)
+    stopped_in = time.monotonic() - stop_started
+    for t in threads:
+        t.join(timeout=90)
+    logs = compose("logs", "torchserve", check=False).stdout
+    assert stop.returncode == 0, stop.stderr
+    counts = {status: answers.count(status) for status in set(answers)}
+    print(f"\ndocker stop under load: {counts}; stopped in {stopped_in:.1f}s")
+    assert set(counts) == {200} and counts[200] > 12, (counts, failures[:5])
+    assert inspect("torchserve", "{{.State.ExitCode}}") == "0", logs[-3000:]
+    assert "Drained in" in logs, logs[-3000:]
+    assert stopped_in < 35, stopped_in
