@@ -246,20 +246,15 @@ def test_an_archive_that_cannot_load_makes_the_container_unhealthy_and_restarted
     short waits: it reports unhealthy, exits 1 saying which model and where to look, and its
     restart policy starts it again; never a silent crash loop."""
     import tempfile
-    import zipfile
 
-    from serving.paths import MODEL_STORE
+    from tests.archives import write_broken_digits
 
     work = Path(tempfile.mkdtemp(prefix="broken-archive-"))
     name = f"{PROJECT}-broken-archive"
     try:
         store = work / "store"
         store.mkdir()
-        with zipfile.ZipFile(MODEL_STORE / "digits.mar") as good, \
-                zipfile.ZipFile(store / "digits.mar", "w") as broken:
-            for item in good.infolist():
-                data = good.read(item.filename)
-                broken.writestr(item, b"not a model" if item.filename == "model.pt2" else data)
+        write_broken_digits(store / "digits.mar")
         ports = {"8080": "18080", "8081": "18081", "8082": "18082", "7070": "17070",
                  "7071": "17071", "9000": "19000"}
         text = (ROOT / "config.properties").read_text()

@@ -157,18 +157,13 @@ def test_an_archive_that_cannot_load_leaves_the_model_unready(build_info, tmp_pa
     """A broken archive: TorchServe keeps retrying its worker; readiness stays false and the wait
     for it fails with where to look, so `serving serve` exits 1 and the container restarts."""
     import shutil
-    import zipfile
 
-    from serving.paths import MODEL_STORE
     from serving.torchserve import Instance, ServeError
+    from tests.archives import write_broken_digits
 
     store = tmp_path / "store"
     store.mkdir()
-    with zipfile.ZipFile(MODEL_STORE / "digits.mar") as good, \
-            zipfile.ZipFile(store / "digits.mar", "w") as broken:
-        for item in good.infolist():
-            data = good.read(item.filename)
-            broken.writestr(item, b"not a model" if item.filename == "model.pt2" else data)
+    write_broken_digits(store / "digits.mar")
     instance = Instance.on_free_ports(run_dir=tmp_path / "ts", model_store=store)
     instance.start(["digits"])
     try:
