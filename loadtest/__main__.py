@@ -17,7 +17,9 @@ from serving.paths import RUN_DIR
 from serving.prometheus import LOADTEST_METRICS_PORT, Prometheus
 from serving.torchserve import Instance
 
-from loadtest.runner import HERE, MEASURE_ONLY, SHAPES, USER_CLASSES, capacity, locust, seconds, stats
+from loadtest.runner import (HERE, MEASURE_ONLY, SHAPES, USER_CLASSES, capacity, instance_of, locust,
+                            seconds, stats)
+
 
 def prometheus_of(args) -> Prometheus:
     if args.prometheus_url:
@@ -116,8 +118,7 @@ def cmd_overload(args) -> int:
 def cmd_soak(args) -> int:
     from loadtest import soak
 
-    instance = Instance.from_config() if not args.key_file else \
-        Instance(run_dir=Path(args.key_file).parent)
+    instance = instance_of(args.key_file)
     host = args.host or Instance.from_config().inference_url
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or RUN_DIR / "loadtest" / f"soak-{stamp}")

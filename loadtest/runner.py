@@ -39,10 +39,13 @@ def locust(out: Path, host: str, users: int, spawn_rate: float, duration: str, c
     return subprocess.call(command, cwd=ROOT, env=env)
 
 
+def instance_of(key_file: str | None) -> Instance:
+    """The server whose key_file.json this is, or `make up`'s server."""
+    return Instance(run_dir=Path(key_file).parent) if key_file else Instance.from_config()
+
+
 def inference_key(key_file: str | None) -> str:
-    """The server's inference key: from its key_file.json, or that of `make up`'s server."""
-    instance = Instance(run_dir=Path(key_file).parent) if key_file else Instance.from_config()
-    return instance.keys().get("inference", "")
+    return instance_of(key_file).keys().get("inference", "")
 
 
 # For runs that only measure: no objectives to break, no wait for a last scrape, a short summary.
@@ -77,5 +80,3 @@ def seconds(duration: str) -> float:
             total += int(number) * {"s": 1, "m": 60, "h": 3600}[char]
             number = ""
     return total
-
-

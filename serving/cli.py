@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import replace
 import sys
 import time
+from dataclasses import replace
 
 import models
 from handlers import PRECISIONS, TARGETS

@@ -281,17 +281,16 @@ def test_an_archive_that_cannot_load_makes_the_container_unhealthy_and_restarted
                        capture_output=True, text=True, check=True)
         seen, deadline = set(), time.monotonic() + 120
         while True:
-            state = json.loads(subprocess.run(["docker", "inspect", "-f", "{{json .State}}", name],
-                                              capture_output=True, text=True, check=True).stdout)
+            found = json.loads(subprocess.run(["docker", "inspect", name], capture_output=True,
+                                              text=True, check=True).stdout)[0]
+            state, restarts = found["State"], found["RestartCount"]
             seen.add((state.get("Health") or {}).get("Status"))
-            restarts = int(subprocess.run(["docker", "inspect", "-f", "{{.RestartCount}}", name],
-                                          capture_output=True, text=True, check=True).stdout)
             if restarts >= 1 and "unhealthy" in seen:
                 break
             assert time.monotonic() < deadline, (seen, restarts, state)
             time.sleep(1)
-        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stdout
-        logs += subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr
+        logs = subprocess.run(["docker", "logs", name], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True).stdout
         assert "not READY" in logs and "digits" in logs and "model_log" in logs, logs[-3000:]
         # on-failure restarts only after a non-zero exit: `serving serve` exited 1
         print(f"\nbroken archive: unhealthy, then restarted {restarts}x")
