@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-serve.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup prometheus build up down ready latency loadtest bench worst-case fuzz overload soak compose-up compose-down test clean
+.PHONY: setup prometheus new build up down ready latency loadtest bench worst-case fuzz overload soak compose-up compose-down test clean
 
 # A virtual environment with the pinned dependencies; redone when requirements.txt changes.
 $(STAMP): requirements.txt requirements-serve.txt
@@ -28,17 +28,20 @@ prometheus:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends prometheus >/dev/null; }
 
+new: setup               ## a model folder from your model file: make new NAME=mine FROM=path/model.pt2 [ARGS="--kind ..."]
+	$(PY) -m serving new $(NAME) --from $(FROM) $(ARGS)
+
 build: setup             ## export, check and archive every model into model_store/
 	$(PY) -m serving build $(ARGS)
 
-up: setup                ## build what is missing, start TorchServe, wait until every model is READY
-	$(PY) -m serving up
+up: setup                ## build what is missing, start TorchServe, wait until every model is READY (MODELS="a b": only those)
+	$(PY) -m serving up $(MODELS)
 
 down: setup              ## stop the TorchServe that `make up` started
 	$(PY) -m serving down
 
 ready: setup             ## per-model readiness; exit 1 when a model has no live worker
-	$(PY) -m serving ready
+	$(PY) -m serving ready $(MODELS)
 
 latency: setup           ## single-request latency of each model against the running service
 	$(PY) -m serving latency

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from handlers.base import ModelHandler, Payload, unprocessable
-from handlers.classification import load_labels, top_k
+from handlers.base import JSON, ModelHandler, Payload, unprocessable
+from handlers.classification import load_labels, predictions_schema, top_k
 
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -64,3 +64,23 @@ class ArrayClassifier(ModelHandler):
 
     def warmup_items(self) -> list[torch.Tensor]:
         return [torch.zeros(self.settings["input_shape"])]
+
+    def request_schema(self) -> dict:
+        key = self.settings["input_key"]
+        return {JSON: {"type": "object", "required": [key], "properties": {key: nested_array_schema(
+            self.settings["input_shape"] or [], self.settings["value_range"])}}}
+
+    def answer_schema(self) -> dict:
+        return {"type": "object", "required": ["predictions"],
+                "properties": {"predictions": predictions_schema(self.settings["top_k"])}}
+
+
+def nested_array_schema(shape, value_range=None, integer: bool = False) -> dict:
+    """JSON Schema of a nested list of numbers of the given shape (None or a name: any length)."""
+    schema: dict = {"type": "integer" if integer else "number"}
+    if value_range is not None:
+        schema["minimum"], schema["maximum"] = value_range
+    for size in reversed(list(shape)):
+        schema = {"type": "array", "items": schema, "minItems": 1,
+                  **({"maxItems": size, "minItems": size} if isinstance(size, int) else {})}
+    return schema

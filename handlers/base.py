@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 JSON = "application/json"
 BUILD_INFO = "build-info.json"  # written by the build into every archive: what the artifact is
+CARD = "model.yaml"  # the model folder's description, copied into every archive
+
+# The body of every refused request, whatever the kind (JSON Schema, for metadata and OpenAPI).
+ERROR_SCHEMA = {"type": "object", "required": ["error", "detail"],
+                "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}}
 
 # Field names a request body may arrive under: raw POST bodies are "body"; multipart uploads use the
 # form field's name, for which "data" and "file" are the usual ones.
@@ -199,9 +204,11 @@ class ModelHandler:
     """Base of every handler; see the module docstring for what a subclass provides."""
 
     settings_defaults: dict[str, Any] = {}  # a subclass's own settings and their defaults
+    request_content_types: tuple[str, ...] = (JSON,)
 
     def __init__(self) -> None:
         self.settings: dict[str, Any] = {}
+        self.card: dict = {}  # model.yaml
         self.configure({})
         self.model = None  # the loaded artifact: a callable from tensors to a tensor
         self.build_info: dict = {}
@@ -226,6 +233,14 @@ class ModelHandler:
     def warmup_items(self) -> list[Any]:
         raise NotImplementedError
 
+    def request_schema(self) -> dict:
+        """JSON Schema of a request body (per content type: {content type: schema})."""
+        raise NotImplementedError
+
+    def answer_schema(self) -> dict:
+        """JSON Schema of a 200 answer."""
+        raise NotImplementedError
+
     # -- set-up ----------------------------------------------------------------------------------
 
     def configure(self, settings: dict[str, Any]) -> None:
@@ -243,6 +258,10 @@ class ModelHandler:
         model_dir = Path(properties["model_dir"])
         yaml_config = context.model_yaml_config or {}
         self.configure(yaml_config.get("handler") or {})
+        if (model_dir / CARD).exists():
+            import yaml
+
+            self.card = yaml.safe_load((model_dir / CARD).read_text()) or {}
 
         batch_size = int(properties.get("batch_size") or 1)
         buckets = self.settings["batch_buckets"] or range(1, batch_size + 1)
@@ -322,9 +341,29 @@ class ModelHandler:
         rows = torch.cat(outputs)
         return rows[torch.argsort(torch.tensor(order))] if order != sorted(order) else rows
 
+    def describe(self, model_name: str = "") -> dict:
+        """What a client needs to call this model: its kind, request and answer formats, and what
+        was built (TorchServe's describe API with ?customized=true answers this)."""
+        info = self.build_info
+        return {
+            "model": model_name or info.get("name", ""),
+            "kind": self.card.get("kind", ""),
+            "description": self.card.get("description", self.__doc__.strip().splitlines()[0]),
+            "request": self.request_schema(),
+            "answer": self.answer_schema(),
+            "error": ERROR_SCHEMA,
+            "limits": {k: v for k, v in self.settings.items() if k.startswith("max_")},
+            "batch_buckets": self.batch_buckets,
+            "build": {k: info.get(k) for k in ("target", "precision", "device", "arch", "torch",
+                                              "chosen_because", "parity", "evaluation",
+                                              "built_at") if k in info},
+        }
+
     def handle(self, data: list[dict], context) -> list[Any]:
         """One answer per request, whatever happens: TorchServe fails the whole batch (503) when
         anything leaves this method, so nothing does."""
+        if is_describe(context):
+            return [json.dumps(self.describe(getattr(context, "model_name", "")))]
         started = time.perf_counter()
         responses: list[Any] = [None] * len(data)
         statuses: list[int] = [200] * len(data)
@@ -424,6 +463,24 @@ class ModelHandler:
             context.set_response_status(status, body.get("error", ""), idx)
         context.set_response_content_type(idx, JSON)
         return json.dumps(body)
+
+
+def is_describe(context) -> bool:
+    """TorchServe's describe API (`GET /models/NAME?customized=true`) reaches the worker as a
+    request with the header `describe: True`."""
+    try:
+        return context.get_request_header(0, "describe") == "True"
+    except Exception:  # noqa: BLE001 - no such request: an ordinary batch
+        return False
+
+
+def handler_class(module) -> type:
+    """The ModelHandler subclass a handler module defines (TorchServe instantiates it)."""
+    import inspect
+
+    [cls] = [c for _, c in inspect.getmembers(module, inspect.isclass)
+             if issubclass(c, ModelHandler) and c.__module__ == module.__name__]
+    return cls
 
 
 def inference_failure(error: BaseException) -> RequestError:

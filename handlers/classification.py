@@ -25,3 +25,14 @@ def top_k(logits: torch.Tensor, labels: list[str], k: int) -> list[dict]:
     values, indices = probabilities.topk(min(k, probabilities.numel()))
     return [{"index": int(i), "label": labels[int(i)], "probability": round(float(p), 6)}
             for p, i in zip(values, indices)]
+
+
+PREDICTION_SCHEMA = {
+    "type": "object", "required": ["index", "label", "probability"],
+    "properties": {"index": {"type": "integer", "minimum": 0}, "label": {"type": "string"},
+                   "probability": {"type": "number", "minimum": 0, "maximum": 1}}}
+
+
+def predictions_schema(k: int) -> dict:
+    """The k most probable classes, most probable first."""
+    return {"type": "array", "items": PREDICTION_SCHEMA, "minItems": 1, "maxItems": k}

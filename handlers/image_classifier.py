@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from handlers.base import ModelHandler, Payload, RequestError, bad_request, unprocessable
-from handlers.classification import load_labels, top_k
+from handlers.classification import load_labels, predictions_schema, top_k
 
 FORMATS = "JPEG, PNG, GIF, BMP, TIFF, WebP"
 
@@ -69,8 +69,14 @@ def to_tensor(image: Image.Image, resize_size: int, crop_size: int) -> torch.Ten
 
 
 class ImageClassifier(ModelHandler):
+    """An image in (JPEG, PNG, GIF, BMP, TIFF, WebP; the raw body or a multipart field), the top-k
+    classes out. The shorter side is resized to resize_size and the centre crop_size square is
+    taken; `mean`/`std` (per channel, on 0..1 values) normalise it, or the model does."""
+
     settings_defaults = {"resize_size": 256, "crop_size": 224, "top_k": 5,
-                         "max_aspect_ratio": 20}
+                         "max_aspect_ratio": 20, "mean": None, "std": None}
+    request_content_types = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp",
+                             "image/tiff")
 
     def load_resources(self, model_dir: Path) -> None:
         self.labels = load_labels(model_dir)
@@ -78,7 +84,12 @@ class ImageClassifier(ModelHandler):
     def decode(self, payload: Payload) -> list[torch.Tensor]:
         image = open_rgb(payload.bytes(), self.settings["max_image_pixels"],
                          self.settings["resize_size"], self.settings["max_aspect_ratio"])
-        return [to_tensor(image, self.settings["resize_size"], self.settings["crop_size"])]
+        tensor = to_tensor(image, self.settings["resize_size"], self.settings["crop_size"])
+        if self.settings["mean"] is not None:
+            mean = torch.tensor(self.settings["mean"], dtype=torch.float32).view(3, 1, 1)
+            std = torch.tensor(self.settings["std"] or [1.0, 1.0, 1.0]).view(3, 1, 1)
+            tensor = (tensor / 255.0 - mean) / std
+        return [tensor]
 
     def encode(self, outputs: torch.Tensor) -> dict:
         return {"predictions": top_k(outputs[0], self.labels, self.settings["top_k"])}
@@ -86,3 +97,10 @@ class ImageClassifier(ModelHandler):
     def warmup_items(self) -> list[torch.Tensor]:
         size = self.settings["crop_size"]
         return [torch.full((3, size, size), 127.0)]
+
+    def request_schema(self) -> dict:
+        return {ctype: {"type": "string", "format": "binary"} for ctype in self.request_content_types}
+
+    def answer_schema(self) -> dict:
+        return {"type": "object", "required": ["predictions"],
+                "properties": {"predictions": predictions_schema(self.settings["top_k"])}}

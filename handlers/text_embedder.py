@@ -12,12 +12,15 @@ from pathlib import Path
 
 import torch
 
-from handlers.base import ModelHandler, Payload, bad_request, unprocessable
+from handlers.base import JSON, ModelHandler, Payload, bad_request, unprocessable
 
 TOKENIZER_FILE = "tokenizer.json"
 
 
 class TextEmbedder(ModelHandler):
+    """Texts in, one L2-normalised embedding per text out, in order."""
+
+    request_content_types = (JSON, "text/plain")
     settings_defaults = {"max_tokens": 256, "sequence_buckets": [16, 32, 64, 128, 256],
                          "pad_token_id": 0, "max_tokens_per_request": 2048}
 
@@ -92,3 +95,18 @@ class TextEmbedder(ModelHandler):
         """One item per sequence bucket, each exactly that many tokens long."""
         ids = self.tokenizer.encode("the " * self.buckets[-1]).ids  # [CLS] the the ... [SEP]
         return [ids[:length - 1] + ids[-1:] for length in self.buckets]
+
+    def request_schema(self) -> dict:
+        text = {"type": "string", "minLength": 1, "maxLength": self.settings["max_text_chars"],
+                "pattern": "\\S"}
+        return {JSON: {"oneOf": [
+                    {"type": "object", "required": ["texts"], "properties": {"texts": {
+                        "type": "array", "items": text, "minItems": 1,
+                        "maxItems": self.settings["max_items_per_request"]}}},
+                    {"type": "object", "required": ["text"], "properties": {"text": text}}]},
+                "text/plain": text}
+
+    def answer_schema(self) -> dict:
+        return {"type": "object", "required": ["embeddings", "dimensions"], "properties": {
+            "embeddings": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+            "dimensions": {"type": "integer"}}}

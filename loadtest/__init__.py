@@ -3,3 +3,9 @@ Prometheus, and a report built from what Prometheus recorded. `python -m loadtes
 
 # The inference key for every Locust process (token authorization is on).
 KEY_ENV = "SERVING_INFERENCE_KEY"
+
+
+def user_class_name(model: str) -> str:
+    """The Locust user class generated for a model folder: efficientnet_lite0 -> EfficientnetLite0User."""
+    return "".join(part[:1].upper() + part[1:] for part in
+                   "".join(c if c.isalnum() else " " for c in model).split()) + "User"

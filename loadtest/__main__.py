@@ -17,8 +17,9 @@ from serving.paths import RUN_DIR
 from serving.prometheus import LOADTEST_METRICS_PORT, Prometheus
 from serving.torchserve import Instance
 
-from loadtest.runner import (HERE, MEASURE_ONLY, SHAPES, USER_CLASSES, capacity, instance_of, locust,
-                            seconds, stats)
+import models
+from loadtest import user_class_name
+from loadtest.runner import HERE, MEASURE_ONLY, SHAPES, capacity, instance_of, locust, seconds, stats
 
 
 def prometheus_of(args) -> Prometheus:
@@ -54,16 +55,16 @@ def cmd_run(args) -> int:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or RUN_DIR / "loadtest" / stamp)
     out.mkdir(parents=True, exist_ok=True)
-    models = args.models or list(USER_CLASSES)
+    names = args.models or list(models.names())
     extra = [f"--slo-file={args.slo_file}"]
     for flag in ("slo_p95_ms", "slo_p99_ms", "slo_max_error_rate", "slo_min_rps"):
         if getattr(args, flag) is not None:
             extra.append(f"--{flag.replace('_', '-')}={getattr(args, flag)}")
-    print(f"Load test: {args.shape}, {args.users} users, {args.duration}, models {' '.join(models)}, "
+    print(f"Load test: {args.shape}, {args.users} users, {args.duration}, models {' '.join(names)}, "
           f"against {host}; output in {out}", flush=True)
     started = time.time()
     code = locust(out, host, args.users, args.spawn_rate or args.users, args.duration,
-                  [USER_CLASSES[m] for m in models], args.shape, args.processes,
+                  [user_class_name(m) for m in names], args.shape, args.processes,
                   args.metrics_port, extra + args.locust_args, args.metrics_host, args.key_file)
     ended = time.time()
     meta = {"shape": args.shape, "users": args.users, "duration": args.duration,
@@ -122,7 +123,7 @@ def cmd_soak(args) -> int:
     host = args.host or Instance.from_config().inference_url
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or RUN_DIR / "loadtest" / f"soak-{stamp}")
-    names = args.models or list(USER_CLASSES)
+    names = args.models or list(models.names())
     rates = {}
     for model in names:
         alone = float(capacity(model, host, out / f"capacity-{model}", 8, args.capacity_duration,
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="a load test, then its report", parents=[where])
-    p.add_argument("models", nargs="*", metavar="MODEL", help=f"default: {' '.join(USER_CLASSES)}")
+    p.add_argument("models", nargs="*", metavar="MODEL", help="default: every model folder")
     p.add_argument("-u", "--users", type=int, default=12)
     p.add_argument("-r", "--spawn-rate", type=float, help="users started per second (default: all at once)")
     p.add_argument("-t", "--duration", default="60s", help="e.g. 30s, 5m")
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics-host", default="127.0.0.1",
                    help="where the client metrics listen (0.0.0.0 in a container Prometheus scrapes)")
     p.add_argument("--out", help="output folder (default: run/loadtest/<UTC time>)")
-    p.add_argument("--slo-file", default=str(HERE / "slo.yaml"))
+    p.add_argument("--slo-file", default=str(HERE / "slo.yaml"),
+                   help="default objectives; each model's own are in its model.yaml")
     p.add_argument("--slo-p95-ms", type=float)
     p.add_argument("--slo-p99-ms", type=float)
     p.add_argument("--slo-max-error-rate", type=float)
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("overload", help="a model at FACTOR x its capacity: accepted p99, "
                        "rejection p99, goodput")
-    p.add_argument("model", choices=list(USER_CLASSES))
+    p.add_argument("model", help="a model folder's name")
     p.add_argument("--host")
     p.add_argument("--key-file", help="the server's key_file.json (default: that of `make up`)")
     p.add_argument("--batch-users", type=int, help="closed-loop users that make one full "
@@ -206,9 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_soak)
 
     args = parser.parse_args(argv)
-    unknown = [m for m in getattr(args, "models", []) if m not in USER_CLASSES]
+    known = models.names()
+    unknown = [m for m in [*getattr(args, "models", []), getattr(args, "model", None)]
+               if m is not None and m not in known]
     if unknown:
-        parser.error(f"unknown models {unknown}; known: {' '.join(USER_CLASSES)}")
+        parser.error(f"unknown models {unknown}; known: {' '.join(known)}")
     return args.func(args)
 
 

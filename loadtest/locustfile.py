@@ -1,9 +1,10 @@
-"""Locust users, one per model, sending real payloads; client metrics for Prometheus; SLO gates.
+"""Locust users, one per model folder, sending its payloads; client metrics for Prometheus; SLO gates.
 
 Run through `python -m loadtest run` (which adds the shape, the report and the paths), or directly:
     locust -f loadtest/locustfile.py --headless -u 8 -r 8 -t 60s -H http://127.0.0.1:8080
-Pick users by class name (DigitsUser ImageUser TextUser); a shape by adding its file to -f
-(loadtest/shapes/step_ramp.py or spike.py).
+Pick users by class name (<Model>User: DigitsUser, EfficientnetLite0User, ...; one is generated
+for every folder under models/); a shape by adding its file to -f (loadtest/shapes/step_ramp.py
+or spike.py).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import gevent
 from locust import FastHttpUser, constant, events, task
 from locust.runners import WorkerRunner
 
-from loadtest import KEY_ENV, exporter, slo
-from loadtest.payloads import BODIES, digit_bodies, image_bodies, text_bodies
+import models
+from loadtest import KEY_ENV, exporter, slo, user_class_name
 
-SLO_FILE = "loadtest/slo.yaml"
+SLO_FILE = "loadtest/slo.yaml"  # the defaults; each model's own are in its model.yaml
 
 
 def auth_header() -> dict[str, str]:
@@ -70,7 +71,7 @@ def check_objectives(environment, **_) -> None:
     if isinstance(environment.runner, WorkerRunner):
         return
     options = environment.parsed_options
-    config = slo.load(options.slo_file, {
+    config = slo.load(options.slo_file, slo.per_model(), {
         "p95_ms": options.slo_p95_ms, "p99_ms": options.slo_p99_ms,
         "max_error_rate": options.slo_max_error_rate, "min_rps": options.slo_min_rps})
     measured = [slo.Measured(model=e.name, requests=e.num_requests, failures=e.num_failures,
@@ -119,34 +120,25 @@ class ModelUser(FastHttpUser):
                 response.failure(f"answer without {expect!r}")
 
 
-class DigitsUser(ModelUser):
+def model_user(name: str) -> type:
+    """A user class for one model folder: its payloads, its content type, its answer's field."""
+    spec = models.load(name)
+
     def on_start(self) -> None:
-        super().on_start()
-        self.grids = digit_bodies()
+        ModelUser.on_start(self)
+        self.bodies = spec.payloads()
 
     @task
-    def classify_digit(self) -> None:
-        self.post("digits", random.choice(self.grids), "application/json", "predictions")
+    def predict(self) -> None:
+        self.post(name, random.choice(self.bodies), spec.payload_content_type, spec.answer_field)
+
+    return type(user_class_name(name), (ModelUser,), {
+        "on_start": on_start, "predict": predict, "__module__": __name__,
+        "__doc__": f"Closed-loop requests to {name} ({spec.kind}), bodies from its folder."})
 
 
-class ImageUser(ModelUser):
-    def on_start(self) -> None:
-        super().on_start()
-        self.photos = image_bodies()
-
-    @task
-    def classify_photo(self) -> None:
-        self.post("efficientnet_lite0", random.choice(self.photos), "image/jpeg", "predictions")
-
-
-class TextUser(ModelUser):
-    def on_start(self) -> None:
-        super().on_start()
-        self.requests = text_bodies()
-
-    @task
-    def embed_sentences(self) -> None:
-        self.post("minilm", random.choice(self.requests), "application/json", "embeddings")
+for _name in models.names():
+    globals()[user_class_name(_name)] = model_user(_name)
 
 
 class PacedUser(FastHttpUser):
@@ -163,8 +155,8 @@ class PacedUser(FastHttpUser):
                 for model, _, count in [entry.partition(":")] for _ in range(int(count or 1))]
         self.model = plan[PacedUser.started % len(plan)]
         PacedUser.started += 1
-        make, self.content_type = BODIES[self.model]
-        self.choices = make()
+        spec = models.load(self.model)
+        self.content_type, self.choices = spec.payload_content_type, spec.payloads()
         self.auth = auth_header()
         # A random phase, kept. Paced by Locust's constant_throughput instead, the users fell
         # into lockstep against TorchServe within seconds (200 requests in 50 ms, then none):

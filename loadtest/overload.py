@@ -25,19 +25,15 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import yaml
-
-from serving.paths import ROOT
+import models
 
 from loadtest import runner
-from loadtest.payloads import BODIES
 
 TARGETS = {"accepted_p99_x": 2.0, "rejected_p99_ms": 50.0, "goodput": 0.85}
 
 
 def batch_size(model: str) -> int:
-    config = yaml.safe_load((ROOT / "models" / model / "model-config.yaml").read_text())
-    return int(config.get("batchSize") or 1)
+    return int(models.load(model).config.get("batchSize") or 1)
 
 
 class Probe(threading.Thread):
@@ -48,8 +44,8 @@ class Probe(threading.Thread):
     def __init__(self, model: str, host: str, key: str, interval: float = 0.05):
         super().__init__(daemon=True)
         self.model, self.url, self.interval = model, urlsplit(host), interval
-        make, self.content_type = BODIES[model]
-        self.body = make()[0]
+        spec = models.load(model)
+        self.content_type, self.body = spec.payload_content_type, spec.payloads()[0]
         self.headers = {"Content-Type": self.content_type,
                         **({"Authorization": f"Bearer {key}"} if key else {})}
         self.latencies_ms: dict[str, list[float]] = {"accepted": [], "rejected": [], "error": []}

@@ -13,10 +13,9 @@ from serving.paths import ROOT
 from serving.prometheus import LOADTEST_METRICS_PORT
 from serving.torchserve import Instance
 
-from loadtest import KEY_ENV
+from loadtest import KEY_ENV, user_class_name
 
 HERE = Path(__file__).resolve().parent
-USER_CLASSES = {"digits": "DigitsUser", "efficientnet_lite0": "ImageUser", "minilm": "TextUser"}
 SHAPES = {"constant": None, "step_ramp": HERE / "shapes" / "step_ramp.py",
           "spike": HERE / "shapes" / "spike.py"}
 
@@ -63,7 +62,7 @@ def capacity(model: str, host: str, out: Path, users: int, duration: str,
              key_file: str | None) -> dict:
     """The model's closed-loop throughput and latency: `users` clients sending back to back."""
     out.mkdir(parents=True, exist_ok=True)
-    locust(out, host, users, users, duration, [USER_CLASSES[model]], extra=MEASURE_ONLY,
+    locust(out, host, users, users, duration, [user_class_name(model)], extra=MEASURE_ONLY,
            key_file=key_file)
     return stats(out)[model]
 

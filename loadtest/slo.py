@@ -24,11 +24,22 @@ class Measured:
         return self.failures / self.requests if self.requests else 0.0
 
 
-def load(path: str | Path | None, overrides: dict[str, float | None]) -> dict:
-    """{"default": {...}, "models": {name: {...}}} with flag overrides applied to every model."""
+def per_model() -> dict[str, dict]:
+    """Each model folder's objectives (model.yaml `loadtest: slo:`)."""
+    import models
+
+    return {name: models.load(name).objectives for name in models.names()}
+
+
+def load(path: str | Path | None, model_objectives: dict[str, dict],
+         overrides: dict[str, float | None]) -> dict:
+    """{"default": {...}, "models": {name: {...}}}: the file's defaults (and any `models:` it
+    lists, over the folders'), with flag overrides applied to every model."""
     config = yaml.safe_load(Path(path).read_text()) if path else {}
+    listed = {k: dict(v or {}) for k, v in (config.get("models") or {}).items()}
     config = {"default": dict(config.get("default") or {}),
-              "models": {k: dict(v or {}) for k, v in (config.get("models") or {}).items()}}
+              "models": {k: {**model_objectives.get(k, {}), **listed.get(k, {})}
+                         for k in {*model_objectives, *listed}}}
     for key, value in overrides.items():
         if value is not None:
             config["default"][key] = value

@@ -28,7 +28,7 @@ import models
 from handlers import artifacts
 from handlers.base import BUILD_INFO
 from models import ModelSpec
-from serving import targets
+from serving import sources, targets
 from serving.paths import BUILD_DIR, MODEL_STORE, ROOT
 from serving.targets import NeuronOptions, TargetUnavailable
 
@@ -61,8 +61,8 @@ def source_files(spec: ModelSpec) -> list[Path]:
     folders = [spec.folder, HANDLERS_DIR]
     files = [p for folder in folders for p in folder.rglob("*")
              if p.is_file() and "__pycache__" not in p.parts]
-    files += [models.MODELS_DIR / "__init__.py", models.MODELS_DIR / "photos.py", Path(__file__),
-              Path(targets.__file__)]
+    files += [models.MODELS_DIR / "__init__.py", Path(__file__), Path(targets.__file__),
+              Path(sources.__file__)]
     return sorted(files)
 
 
@@ -98,10 +98,10 @@ def neighbour_agreement(reference: torch.Tensor, output: torch.Tensor) -> float:
     return float((ref.argmax(1) == out.argmax(1))[decided].float().mean())
 
 
-def check_parity(name: str, kind: str, precision: str, eager: torch.nn.Module, exported,
+def check_parity(name: str, gate: str, precision: str, eager: torch.nn.Module, exported,
                  batches: list[tuple[torch.Tensor, ...]]) -> dict:
     """Compares an exported model with the eager one on real inputs; raises ParityError when the
-    gate for its precision fails."""
+    gate for its precision fails. `gate` (the model kind's): classifier, embedder or tensor."""
     references, outputs = [], []
     with torch.inference_mode():
         for batch in batches:
@@ -110,19 +110,23 @@ def check_parity(name: str, kind: str, precision: str, eager: torch.nn.Module, e
     reference, output = torch.cat(references), torch.cat(outputs)
     result = {"inputs": len(reference),
               "relative_error": float((reference - output).abs().max() / reference.abs().max())}
-    if kind == "classifier":
+    if gate == "classifier":
         result["top1_agreement"] = float((reference.argmax(-1) == output.argmax(-1)).float().mean())
     else:
         cosine = torch.nn.functional.cosine_similarity(reference, output, dim=-1)
         result["min_cosine"] = float(cosine.min())
-        result["neighbour_agreement"] = neighbour_agreement(reference, output)
+        if gate == "embedder":
+            result["neighbour_agreement"] = neighbour_agreement(reference, output)
 
     if precision == "fp32":
         result["gate"] = f"relative error <= {FP32_MAX_RELATIVE_ERROR:g}"
         passed = result["relative_error"] <= FP32_MAX_RELATIVE_ERROR
-    elif kind == "classifier":
+    elif gate == "classifier":
         result["gate"] = f"top-1 agreement >= {LOW_PRECISION_MIN_AGREEMENT:g}"
         passed = result["top1_agreement"] >= LOW_PRECISION_MIN_AGREEMENT
+    elif gate == "tensor":
+        result["gate"] = f"min cosine >= {LOW_PRECISION_MIN_COSINE:g}"
+        passed = result["min_cosine"] >= LOW_PRECISION_MIN_COSINE
     else:
         result["gate"] = (f"min cosine >= {LOW_PRECISION_MIN_COSINE:g}, nearest-neighbour "
                           f"agreement >= {LOW_PRECISION_MIN_AGREEMENT:g}")
@@ -203,7 +207,7 @@ def serving_config(spec: ModelSpec, target: str, neuron: NeuronOptions | None) -
     config = yaml.safe_load(spec.config_file.read_text())
     if target == "neuron":
         config = targets.neuron_serving_config(config, neuron or NeuronOptions(),
-                                               text=spec.kind == "embedder")
+                                               text=spec.text)
     return config
 
 
@@ -215,8 +219,8 @@ def archive(spec: ModelSpec, artifact: Path, config: dict, info: dict, work_dir:
     (stage / "handlers").mkdir(parents=True)
     for module in HANDLERS_DIR.glob("*.py"):
         shutil.copy2(module, stage / "handlers" / module.name)
-    for name, source in spec.extra_files().items():
-        shutil.copy2(source, stage / name)
+    sources.stage_resources(spec, stage)
+    shutil.copy2(spec.folder / models.CARD, stage / models.CARD)
     (stage / BUILD_INFO).write_text(json.dumps(info, indent=2))
     config_file = work_dir / "model-config.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -306,7 +310,7 @@ def build(name: str, force: bool = False, model_store: Path = MODEL_STORE,
             if t == "neuron":  # shapes are fixed at trace time
                 options = neuron or NeuronOptions()
                 fixed_batch = options.batch_size or batch
-                fixed_length = options.sequence_length if spec.kind == "embedder" else None
+                fixed_length = options.sequence_length if spec.text else None
                 example = spec.example_inputs(fixed_batch)
                 if fixed_length:
                     example = targets.fit_sequence(example, spec.dims, fixed_length)
@@ -319,7 +323,7 @@ def build(name: str, force: bool = False, model_store: Path = MODEL_STORE,
             exported = artifacts.load(artifact.parent, artifact.name, trial_info, torch.device(device))
             if t == "neuron" and not (neuron or NeuronOptions()).dynamic_batch:
                 exported = targets.FixedShape(exported, spec.dims, fixed_batch, fixed_length)
-            entry["parity"] = check_parity(archive_name, spec.kind, p, eager, exported, parity_batches)
+            entry["parity"] = check_parity(archive_name, spec.gate, p, eager, exported, parity_batches)
             seconds, speedup = paired_speedup(eager, exported, timing_inputs)
             entry["batch_ms"] = round(seconds * 1000, 2)
             entry["speedup"] = round(speedup, 2)

@@ -1,4 +1,4 @@
-"""python -m serving {build,up,down,ready}: the commands behind `make up` and `make down`."""
+"""python -m serving: the commands behind `make up`, `make down`, `make new`, ... (--help lists them)."""
 
 from __future__ import annotations
 
@@ -171,6 +171,14 @@ def cmd_ready(args) -> int:
     return 0 if all(status.values()) else 1
 
 
+def cmd_describe(args) -> int:
+    """What the handler says about itself through TorchServe's describe API."""
+    import json
+
+    print(json.dumps(Instance.from_config().metadata(args.model), indent=2))
+    return 0
+
+
 def cmd_latency(args) -> int:
     """Sequential single requests with each model's example body: no batching, no queueing.
     "first" is this run's first request (right after `make up`: the first after start)."""
@@ -214,11 +222,19 @@ def main(argv: list[str] | None = None) -> int:
         from serving import worstcase
 
         return worstcase.main(argv[1:])
+    if argv[:1] == ["new"]:
+        from serving import new
+
+        return new.main(argv[1:])
+    if argv[:1] == ["openapi"]:
+        from serving import openapi
+
+        return openapi.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build", help="export, check and archive models (skips up-to-date ones)")
-    p.add_argument("models", nargs="*", metavar="MODEL", help=f"default: {' '.join(models.NAMES)}")
+    p.add_argument("models", nargs="*", metavar="MODEL", help="default: every model folder")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
     p.add_argument("--target", choices=TARGETS, help="build this target only (default: try "
                    "the model's candidates and ship the fastest that passes its parity gate)")
@@ -240,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("up", help="build what is missing, start TorchServe, wait until READY")
-    p.add_argument("models", nargs="*", metavar="MODEL", help=f"default: {' '.join(models.NAMES)}")
+    p.add_argument("models", nargs="*", metavar="MODEL", help="default: every model folder")
     p.add_argument("--no-build", action="store_true", help="serve the archives as they are")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for READY")
     p.set_defaults(func=cmd_up)
@@ -270,6 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", help="every model x target x precision x batch size, in-process "
                    "(python -m serving bench --help)")
 
+    sub.add_parser("new", help="a model folder from your model file: NAME --from PATH "
+                   "(python -m serving new --help)")
+    sub.add_parser("openapi", help="the OpenAPI document of every model's endpoint, with its "
+                   "request and answer schemas")
+
+    p = sub.add_parser("describe", help="a served model's metadata: kind, schemas, build, parity")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_describe)
+
     sub.add_parser("worst-case", help="each model's costliest request next to a normal full batch "
                    "(python -m serving worst-case --help)")
 
@@ -279,11 +304,18 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_latency)
 
     args = parser.parse_args(argv)
-    unknown = [m for m in getattr(args, "models", []) if m not in models.NAMES]
+    try:
+        known = models.names()
+    except models.ModelFolderError as e:
+        print(f"error: {e}")
+        return 1
+    unknown = [m for m in [*getattr(args, "models", []), getattr(args, "model", None)]
+               if m is not None and m not in known]
     if unknown:
-        parser.error(f"unknown models {unknown}; known: {' '.join(models.NAMES)}")
+        parser.error(f"unknown models {unknown}; known: {' '.join(known)} (a model is a folder "
+                     "under models/ with a model.yaml: python -m serving new)")
     try:
         return args.func(args)
-    except (ServeError, PrometheusError) as e:
+    except (ServeError, PrometheusError, models.ModelFolderError) as e:
         print(f"error: {e}")
         return 1

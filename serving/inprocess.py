@@ -5,7 +5,6 @@ benchmarks that need the handler without the frontend and its sockets."""
 from __future__ import annotations
 
 import importlib
-import inspect
 import json
 import zipfile
 from dataclasses import dataclass
@@ -38,11 +37,9 @@ class LoadedModel:
         self.context = Context(name, str(model_dir), manifest, self.batch_size, None, "0.12.0",
                                model_yaml_config=config)
         module = importlib.import_module(f"handlers.{Path(manifest['model']['handler']).stem}")
-        from handlers.base import ModelHandler
+        from handlers.base import handler_class
 
-        [handler_class] = [c for _, c in inspect.getmembers(module, inspect.isclass)
-                           if issubclass(c, ModelHandler) and c.__module__ == module.__name__]
-        self.handler = handler_class()
+        self.handler = handler_class(module)()
         self.handler.initialize(self.context)
 
     def handle(self, requests: list[tuple[bytes, str]]) -> list[Answer]:

@@ -289,6 +289,21 @@ class Instance:
         except (requests.RequestException, ValueError):
             return []
 
+    def metadata(self, model: str) -> dict:
+        """What the model's handler says about itself (kind, request and answer schemas, build,
+        parity): TorchServe's describe API with customized=true, answered by a worker."""
+        response = requests.get(f"{self.management_url}/models/{model}",
+                                params={"customized": "true"},
+                                headers=self.auth("management"), timeout=30)
+        if response.status_code != 200:
+            raise ServeError(f"describe {model}: HTTP {response.status_code} {response.text[:300]}")
+        [entry] = response.json()[:1]
+        metadata = entry.get("customizedMetadata")
+        if metadata is None:
+            raise ServeError(f"describe {model}: no customizedMetadata (is it served by our "
+                             "handlers?)")
+        return json.loads(metadata) if isinstance(metadata, str) else metadata
+
     def workers(self, model: str) -> list[dict]:
         """The model's workers as the management API reports them ([] when it is unreachable)."""
         return [w for entry in self.describe(model) for w in entry.get("workers", [])]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from models.photos import encoded
+from models.efficientnet_lite0.photos import encoded
 from serving.paths import ROOT
 from serving.torchserve import Instance
 

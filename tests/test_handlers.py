@@ -18,7 +18,7 @@ from handlers.base import Payload, RequestError
 from handlers.image_classifier import ImageClassifier
 from handlers.text_embedder import TextEmbedder
 from models.minilm.model import source_dir
-from models.photos import encoded
+from models.efficientnet_lite0.photos import encoded
 
 
 def png(width: int, height: int, mode: str = "RGB") -> bytes:

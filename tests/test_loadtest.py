@@ -49,8 +49,8 @@ def test_requests_are_counted_by_status_from_locust_stats():
 
 def test_slo_rules_per_model_and_overrides(tmp_path):
     file = tmp_path / "slo.yaml"
-    file.write_text("default: {p95_ms: 100, min_rps: 5}\nmodels: {slow: {p95_ms: 1000}}\n")
-    config = slo.load(file, {"max_error_rate": 0.1, "p99_ms": None})
+    file.write_text("default: {p95_ms: 100, min_rps: 5}\n")
+    config = slo.load(file, {"slow": {"p95_ms": 1000}}, {"max_error_rate": 0.1, "p99_ms": None})
     fast = slo.Measured("fast", requests=100, failures=20, p95_ms=150, p99_ms=200, rps=10)
     slow = slo.Measured("slow", requests=100, failures=0, p95_ms=150, p99_ms=200, rps=1)
     rows = {(r["model"], r["objective"]): r["ok"] for r in slo.check(config, [fast, slow])}

@@ -14,7 +14,7 @@ from PIL import Image
 
 from models.digits.model import split
 from models.minilm.model import source_dir
-from models.photos import encoded
+from models.efficientnet_lite0.photos import encoded
 from serving.torchserve import Instance, port_in_use
 
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat

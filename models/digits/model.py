@@ -1,4 +1,4 @@
-"""A small CNN trained here on scikit-learn's bundled 8x8 handwritten digits.
+"""model.yaml's hooks for digits: a small CNN trained here on scikit-learn's bundled 8x8 handwritten digits.
 
 The whole workflow in one place: tensors -> DataLoader -> autograd and an optimizer -> held-out
 accuracy -> trace. The network takes raw pixel intensities (0..16, as the data set stores them) so
@@ -14,8 +14,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
-from models import ModelSpec
 
 SEED = 0
 MAX_PIXEL = 16.0
@@ -124,16 +122,3 @@ def parity_inputs() -> list[tuple[torch.Tensor, ...]]:
 
 def example_inputs(batch: int) -> tuple[torch.Tensor]:
     return (torch.rand(batch, 8, 8, generator=torch.Generator().manual_seed(batch)) * MAX_PIXEL,)
-
-
-SPEC = ModelSpec(
-    name="digits",
-    handler="array_classifier",
-    kind="classifier",
-    load_eager=load_or_train,
-    example_inputs=example_inputs,
-    parity_inputs=parity_inputs,
-    dims=(("batch", None, None),),
-    source_packages=("scikit-learn",),
-    evaluate=evaluate,
-)

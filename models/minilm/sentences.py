@@ -1,6 +1,9 @@
 """Real sentences of varied length: parity inputs for the build, payloads for load tests.
 Kept free of torch so that the load generator can import them."""
 
+import json
+import random
+
 SENTENCES = [
     "A man is playing a guitar.",
     "Someone plays an acoustic guitar on stage.",
@@ -29,3 +32,14 @@ MORE_SENTENCES = [
     "A guitarist tunes his instrument before the concert begins.",
     "Bond yields climbed after the central bank's announcement.",
 ]
+
+
+def requests() -> list[bytes]:
+    """Load-test bodies: 1 to 4 texts, each 1 to 6 sentences long: varied lengths and padding."""
+    pool = SENTENCES + MORE_SENTENCES
+    rng = random.Random(0)
+    bodies = []
+    for _ in range(200):
+        texts = [" ".join(rng.sample(pool, rng.randint(1, 6))) for _ in range(rng.randint(1, 4))]
+        bodies.append(json.dumps({"texts": texts}).encode())
+    return bodies

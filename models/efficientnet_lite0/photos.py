@@ -36,3 +36,8 @@ def encoded(name: str, fmt: str = "PNG", mirror: bool = False) -> bytes:
 def all_encoded() -> list[bytes]:
     """Every sample, as is and mirrored."""
     return [encoded(name, mirror=m) for m in (False, True) for name in SAMPLES]
+
+
+def jpeg_bodies() -> list[bytes]:
+    """Load-test bodies: every sample as a JPEG, as a client would send it."""
+    return [encoded(name, "JPEG") for name in SAMPLES]

@@ -1,0 +1,33 @@
+"""Texts in, the top-k labels of each text out: a Hugging Face sequence classifier.
+
+Body: as the text embedder's (`{"texts": [...]}`, `{"text": "..."}` or a text/plain body).
+Answer: `{"predictions": [[{"index", "label", "probability"}, ...], ...]}`, one list per text,
+most probable first. Labels come from the model's config (id2label), written to labels.txt by the
+build.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from handlers.classification import load_labels, predictions_schema, top_k
+from handlers.text_embedder import TextEmbedder
+
+
+class TextClassifier(TextEmbedder):
+    """Texts in, the top-k labels of each text out (Hugging Face sequence classification)."""
+
+    settings_defaults = {**TextEmbedder.settings_defaults, "top_k": 3, "num_classes": None}
+
+    def load_resources(self, model_dir: Path) -> None:
+        super().load_resources(model_dir)
+        self.labels = load_labels(model_dir, self.settings["num_classes"])
+
+    def encode(self, outputs: torch.Tensor) -> dict:
+        return {"predictions": [top_k(row, self.labels, self.settings["top_k"]) for row in outputs]}
+
+    def answer_schema(self) -> dict:
+        return {"type": "object", "required": ["predictions"], "properties": {"predictions": {
+            "type": "array", "items": predictions_schema(self.settings["top_k"])}}}

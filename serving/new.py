@@ -1,0 +1,344 @@
+"""python -m serving new NAME --from PATH: a model folder from the user's model file.
+
+PATH is a TorchScript file (.pt), a torch.export program (.pt2) or a local Hugging Face directory
+(config.json, weights, tokenizer.json). What the file says is used: the inputs of an exported
+program (names, shapes, dtypes, which dimensions vary), the output size from a trial call, the
+architecture, labels and tokenizer of a Hugging Face directory. What it cannot say is asked for
+(--input-shape) or written as a default that the command names, so the user knows what to check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+import models
+from handlers import KINDS
+
+EXAMPLES = 8
+SENTENCES = ["The service answered every request within its latency objective.",
+             "A quick brown fox jumps over the lazy dog.",
+             "This film was a delight from start to finish.",
+             "The delivery arrived late and the box was damaged.",
+             "Interest rates rose for the third time this year.",
+             "Please reset my password; I cannot log in.",
+             "The museum reopened after a two-year renovation.",
+             "Heavy rain is expected across the north over the weekend."]
+DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
+               torch.float64: "float64", torch.int64: "int64", torch.int32: "int32",
+               torch.uint8: "uint8", torch.bool: "bool"}
+
+
+class NewModelError(ValueError):
+    pass
+
+
+class Inspection:
+    """What the command learnt from the user's file, and what it could not."""
+
+    def __init__(self) -> None:
+        self.source: dict = {}
+        self.inputs: list[dict] = []
+        self.dynamic: dict = {}
+        self.kind = "tensor"
+        self.num_outputs: int | None = None
+        self.output_shape: list[int] = []
+        self.learnt: list[str] = []
+        self.unknown: list[str] = []
+        self.text_settings: dict = {}
+        self.files: dict[str, Path] = {}  # copied into the folder: name -> source
+
+
+def parse_shape(text: str) -> list[int]:
+    try:
+        shape = [int(d) for d in text.replace("x", ",").split(",") if d.strip()]
+    except ValueError:
+        raise NewModelError(f"--input-shape {text!r}: sizes separated by commas, e.g. 3,32,32") \
+            from None
+    if not shape or any(d < 1 for d in shape):
+        raise NewModelError(f"--input-shape {text!r}: positive sizes, without the batch dimension")
+    return shape
+
+
+def inspect_torchscript(path: Path, input_shape: str | None, dtype: str) -> Inspection:
+    found = Inspection()
+    try:
+        model = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:  # noqa: BLE001
+        raise NewModelError(f"{path} is not a TorchScript file torch.jit.load reads ({e}); save "
+                            "with torch.jit.save, or export with torch.export.save to a .pt2") from None
+    found.source = {"torchscript": path.name}
+    found.files[path.name] = path
+    arguments = [a.name for a in model.forward.schema.arguments][1:]  # after self
+    if len(arguments) != 1:
+        raise NewModelError(f"{path}: forward takes {len(arguments)} inputs ({arguments}); a "
+                            "TorchScript model with several inputs needs their shapes in "
+                            "model.yaml: export it with torch.export (.pt2) instead")
+    if not input_shape:
+        raise NewModelError(f"{path}: TorchScript does not record input shapes; give the shape of "
+                            "one input without the batch dimension: --input-shape 1,28,28")
+    shape = parse_shape(input_shape)
+    found.inputs = [{"name": arguments[0], "shape": ["batch", *shape], "dtype": dtype}]
+    found.learnt.append(f"input name {arguments[0]!r} from forward()")
+    found.unknown.append(f"the input dtype (assumed {dtype}; --input-dtype to change)")
+    trial(found, model)
+    return found
+
+
+def inspect_exported(path: Path) -> Inspection:
+    found = Inspection()
+    try:
+        program = torch.export.load(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise NewModelError(f"{path} is not a torch.export program ({e}); save it with "
+                            "torch.export.save") from None
+    found.source = {"exported_program": path.name}
+    found.files[path.name] = path
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in user_inputs:
+            continue
+        value = node.meta["val"]
+        shape: list = []
+        for axis, size in enumerate(value.shape):
+            if isinstance(size, int):
+                shape.append(size)
+            else:
+                name = "batch" if axis == 0 else f"{node.name}_d{axis}"
+                shape.append(name)
+                if axis:
+                    found.dynamic[name] = [2, 512]
+        if shape and shape[0] != "batch":
+            raise NewModelError(f"{path}: input {node.name!r} has a fixed first dimension "
+                                f"({shape[0]}); export with a dynamic batch, e.g. "
+                                "dynamic_shapes={'x': {0: torch.export.Dim('batch')}}")
+        found.inputs.append({"name": node.name, "shape": shape,
+                             "dtype": DTYPE_NAMES.get(value.dtype, "float32")})
+    found.learnt.append("input names, shapes, dtypes and the dynamic batch from the program")
+    if found.dynamic:
+        found.unknown.append(f"the ranges of dynamic dimensions {sorted(found.dynamic)} "
+                             "(set to 2..512 in model.yaml `dynamic:`)")
+    trial(found, program.module())
+    return found
+
+
+def inspect_huggingface(path: Path) -> Inspection:
+    found = Inspection()
+    config = json.loads((path / "config.json").read_text())
+    if not (path / "tokenizer.json").exists():
+        raise NewModelError(f"{path}: no tokenizer.json (a fast tokenizer); save the tokenizer "
+                            "with tokenizer.save_pretrained() into the same directory")
+    architectures = config.get("architectures") or []
+    classifier = any(a.endswith("ForSequenceClassification") for a in architectures)
+    found.kind = "text_classifier" if classifier else "text_embedder"
+    found.learnt.append(f"kind {found.kind} from its architecture {architectures or '(none)'}")
+    found.source = {"huggingface": "hf"}
+    found.files["hf"] = path
+    max_tokens = int(config.get("max_position_embeddings") or 512)
+    buckets = [b for b in (16, 32, 64, 128, 256, 512) if b < max_tokens] + [min(max_tokens, 512)]
+    found.text_settings = {"max_tokens": buckets[-1], "sequence_buckets": buckets}
+    found.dynamic = {"seq": [2, buckets[-1]]}
+    found.learnt.append(f"at most {buckets[-1]} tokens (max_position_embeddings)")
+    if classifier:
+        labels = config.get("id2label") or {}
+        found.num_outputs = len(labels) or config.get("num_labels")
+        found.learnt.append(f"{found.num_outputs} labels from id2label: "
+                            f"{', '.join(list(labels.values())[:5])}")
+    return found
+
+
+def trial(found: Inspection, model) -> None:
+    """Calls the model on a batch of 2 to learn its output's shape."""
+    inputs = tuple(example_tensor(inp, 2) for inp in found.inputs)
+    try:
+        with torch.inference_mode():
+            output = model(*inputs)
+    except Exception as e:  # noqa: BLE001
+        raise NewModelError(f"a trial call with inputs {[i['shape'] for i in found.inputs]} "
+                            f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+                            "check --input-shape / --input-dtype") from None
+    if not isinstance(output, torch.Tensor):
+        raise NewModelError(f"the model returns {type(output).__name__}; the served model must "
+                            "return one tensor (wrap it in a module that picks it)")
+    found.output_shape = list(output.shape[1:])
+    found.learnt.append(f"output shape {['batch', *found.output_shape]} from a trial call")
+    if len(found.output_shape) == 1:
+        found.num_outputs = found.output_shape[0]
+
+
+def example_tensor(inp: dict, batch: int, rng: torch.Generator | None = None) -> torch.Tensor:
+    shape = [batch if d == "batch" else (16 if isinstance(d, str) else d) for d in inp["shape"]]
+    if inp["dtype"].startswith(("int", "uint")):
+        return torch.randint(0, 10, shape, generator=rng)
+    if inp["dtype"] == "bool":
+        return torch.randint(0, 2, shape, generator=rng).bool()
+    return torch.rand(shape, generator=rng).to(getattr(torch, inp["dtype"]))
+
+
+def choose_kind(found: Inspection, kind: str | None) -> str:
+    if kind is None:
+        return found.kind
+    if kind not in KINDS:
+        raise NewModelError(f"--kind {kind}: kinds are {', '.join(KINDS)}")
+    if found.source.get("huggingface") and not kind.startswith("text_"):
+        raise NewModelError(f"a Hugging Face directory serves as text_classifier or "
+                            f"text_embedder, not {kind}")
+    if kind in ("image_classifier", "array_classifier"):
+        if len(found.inputs) != 1 or not found.num_outputs:
+            raise NewModelError(f"--kind {kind} needs one input and a (batch, classes) output; "
+                                f"this model has {len(found.inputs)} inputs and output "
+                                f"{found.output_shape}")
+        shape = found.inputs[0]["shape"][1:]
+        if kind == "image_classifier" and (len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2]):
+            raise NewModelError(f"--kind image_classifier needs a (batch, 3, N, N) input; this "
+                                f"model's is {found.inputs[0]['shape']}")
+    return kind
+
+
+def serving_config(found: Inspection, kind: str) -> dict:
+    handler: dict = {}
+    if kind == "array_classifier":
+        handler = {"input_key": found.inputs[0]["name"], "input_shape": found.inputs[0]["shape"][1:],
+                   "num_classes": found.num_outputs, "top_k": min(5, found.num_outputs)}
+    elif kind == "image_classifier":
+        size = found.inputs[0]["shape"][-1]
+        handler = {"resize_size": size * 8 // 7, "crop_size": size,
+                   "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                   "top_k": min(5, found.num_outputs)}
+    elif kind.startswith("text_"):
+        handler = dict(found.text_settings)
+        if kind == "text_classifier":
+            handler["top_k"] = min(3, found.num_outputs or 3)
+    return {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 10,
+            "responseTimeout": 30, "startupTimeout": 180, "jobQueueSize": 16, "handler": handler}
+
+
+def example_bodies(found: Inspection, kind: str) -> list[tuple[str, bytes]]:
+    """(file name, body) of each example request."""
+    if kind.startswith("text_"):
+        return [(f"{i + 1}.json", json.dumps({"texts": [s]}).encode())
+                for i, s in enumerate(SENTENCES[:EXAMPLES])]
+    if kind == "image_classifier":
+        from PIL import Image
+
+        rng = random.Random(0)
+        bodies = []
+        for i in range(EXAMPLES):
+            size = found.inputs[0]["shape"][-1] * 8 // 7
+            colour = tuple(rng.randrange(256) for _ in range(3))
+            image = Image.new("RGB", (size + 16 * i, size), colour)
+            image.paste(tuple(255 - c for c in colour), (size // 4, size // 4, size // 2, size // 2))
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=90)
+            bodies.append((f"{i + 1}.jpg", buffer.getvalue()))
+        return bodies
+    rng = torch.Generator().manual_seed(0)
+    bodies = []
+    for i in range(EXAMPLES):
+        body = {inp["name"]: example_tensor(inp, 1, rng)[0].tolist() for inp in found.inputs}
+        if kind == "array_classifier":
+            body = {found.inputs[0]["name"]: body[found.inputs[0]["name"]]}
+        bodies.append((f"{i + 1}.json", json.dumps(body).encode()))
+    return bodies
+
+
+def create(name: str, source: Path, kind: str | None = None, input_shape: str | None = None,
+           input_dtype: str = "float32", models_dir: Path = models.MODELS_DIR,
+           force: bool = False) -> tuple[Path, Inspection]:
+    if not name.replace("_", "").replace("-", "").isalnum() or not name[0].isalpha():
+        raise NewModelError(f"{name!r}: a model name is letters, digits, _ and -, starting with a "
+                            "letter (it is a URL path: /predictions/NAME)")
+    folder = models_dir / name
+    if folder.exists() and not force:
+        raise NewModelError(f"{folder} exists; pick another name, or --force to overwrite")
+    if not source.exists():
+        raise NewModelError(f"{source} does not exist")
+    if source.is_dir():
+        if not (source / "config.json").exists():
+            raise NewModelError(f"{source} is a directory without config.json: not a Hugging "
+                                "Face model directory")
+        found = inspect_huggingface(source)
+    elif source.suffix == ".pt2":
+        found = inspect_exported(source)
+    else:
+        found = inspect_torchscript(source, input_shape, input_dtype)
+    kind = choose_kind(found, kind)
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    (folder / "examples").mkdir(parents=True)
+    for file_name, path in found.files.items():
+        (shutil.copytree if path.is_dir() else shutil.copy2)(path, folder / file_name)
+    examples = example_bodies(found, kind)
+    for file_name, body in examples:
+        (folder / "examples" / file_name).write_bytes(body)
+    pattern = f"examples/*{Path(examples[0][0]).suffix}"
+    card = {"description": f"{name}, from {source.name}", "kind": kind, "source": found.source}
+    if found.inputs:
+        card["inputs"] = found.inputs
+    if found.dynamic:
+        card["dynamic"] = found.dynamic
+    card["parity"] = {"examples": pattern}
+    card["example"] = {"file": f"examples/{examples[0][0]}"}
+    card["loadtest"] = {"payloads": pattern, "slo": {"p95_ms": 1000, "p99_ms": 2000,
+                                                    "max_error_rate": 0.01}}
+    header = (f"# Written by `python -m serving new {name} --from {source.name}`; docs/models.md "
+              "describes every field.\n")
+    (folder / models.CARD).write_text(header + yaml.safe_dump(card, sort_keys=False))
+    (folder / models.SERVING_CONFIG).write_text(
+        "# TorchServe's serving config, packed into the .mar; `handler:` goes to the handler.\n" +
+        yaml.safe_dump(serving_config(found, kind), sort_keys=False, default_flow_style=None))
+    if kind in ("tensor", "array_classifier"):
+        found.unknown.append("real inputs: examples/ holds random ones (parity inputs and "
+                             "load-test payloads); put real requests there")
+    if kind == "image_classifier":
+        found.unknown.append("the normalisation (ImageNet mean/std written; change `mean`/`std` "
+                             "in model-config.yaml) and the labels (class indices; add "
+                             "labels.txt and list it in extra_files)")
+        found.unknown.append("real images: examples/ holds synthetic ones")
+    found.unknown.append("serving settings: batch 8, delay 10 ms, one worker (model-config.yaml)")
+    models.ModelSpec.from_folder(folder)  # the folder written is one the build accepts
+    return folder, found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving new", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", help="the model's name: its folder and URL (/predictions/NAME)")
+    parser.add_argument("--from", dest="source", required=True, type=Path,
+                        help="a TorchScript .pt, a torch.export .pt2 or a Hugging Face directory")
+    parser.add_argument("--kind", choices=list(KINDS), help="default: text_* for a Hugging Face "
+                        "directory (from its architecture), else tensor")
+    parser.add_argument("--input-shape", help="TorchScript: one input's shape without the batch, "
+                        "e.g. 1,28,28")
+    parser.add_argument("--input-dtype", default="float32", choices=models.DTYPES)
+    parser.add_argument("--force", action="store_true", help="replace an existing folder")
+    args = parser.parse_args(argv)
+    try:
+        folder, found = create(args.name, args.source.resolve(), args.kind, args.input_shape,
+                               args.input_dtype, force=args.force)
+    except (NewModelError, models.ModelFolderError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    spec = models.load(args.name) if folder.parent == models.MODELS_DIR else None
+    relative = folder.relative_to(Path.cwd()) if folder.is_relative_to(Path.cwd()) else folder
+    print(f"Wrote {relative}/: model.yaml, model-config.yaml, examples/ "
+          f"({EXAMPLES} example requests), {', '.join(found.files)}")
+    print("Learnt from the file:\n" + "".join(f"  - {line}\n" for line in found.learnt), end="")
+    print("Could not infer (check these):\n" + "".join(f"  - {line}\n" for line in found.unknown),
+          end="")
+    file, content_type = spec.example_request if spec else ("examples/1.json", "")
+    print(f"Next:\n  make build ARGS={args.name}        # export, parity-check, archive\n"
+          f"  make up MODELS={args.name}          # serve it (alone; `make up` serves every model)\n"
+          f"  curl -s http://127.0.0.1:8080/predictions/{args.name} -H \"$AUTH\" "
+          f"-H 'Content-Type: {content_type}' --data-binary @{relative}/{file}\n"
+          f"  make loadtest ARGS=\"{args.name} -t 10s\"")
+    return 0
