@@ -156,9 +156,16 @@ class ModelSpec:
         if "python" not in self.extra_files_spec:
             for name in self.extra_files_spec.values():
                 self.path(name, "extra_files")
-        for field_name in ("prepare_export", "evaluate"):
-            if self.build_settings.get(field_name):
-                self.hook(self.build_settings[field_name], f"build.{field_name}")
+        hooks = {f"build.{k}": self.build_settings.get(k) for k in ("prepare_export", "evaluate")}
+        hooks["source.python"] = source.get("python")
+        hooks["parity.python"] = self.parity_spec.get("python")
+        hooks["extra_files.python"] = self.extra_files_spec.get("python")
+        payloads = self.loadtest.get("payloads")
+        hooks["loadtest.payloads.python"] = payloads.get("python") if isinstance(payloads, dict) \
+            else None
+        for field_name, name in hooks.items():
+            if name:
+                self.check_hook(name, field_name)
         if "handler" in self.config and not isinstance(self.config["handler"], dict):
             raise self.fail("handler", "must be a mapping of handler settings", SERVING_CONFIG)
         if not self.parity_spec:
@@ -203,6 +210,17 @@ class ModelSpec:
     def module(self):
         """The folder's model.py, or None."""
         return self.import_file("model.py") if (self.folder / "model.py").exists() else None
+
+    def check_hook(self, name: str, field_name: str) -> None:
+        """That the file a hook names defines it, read without importing (model.py imports torch,
+        and the load generator reads every folder)."""
+        file, _, function_name = str(name).rpartition(":")
+        file = file or "model.py"
+        if not (self.folder / file).exists():
+            raise self.fail(field_name, f"names {function_name!r} in {file}, and the folder has "
+                            f"no {file}")
+        if f"def {function_name}(" not in (self.folder / file).read_text():
+            raise self.fail(field_name, f"{file} has no function {function_name!r}")
 
     def hook(self, name: str, field_name: str) -> Callable:
         """A function model.yaml names: NAME (in model.py) or FILE.py:NAME."""

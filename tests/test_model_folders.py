@@ -1,0 +1,163 @@
+"""Model folders: found by their folders, read from data, and every mistake in one named with its
+file and field. Plus the tensor handler and `serving new`'s refusals, without a server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import models
+from handlers.base import Payload, RequestError
+from handlers.tensor import TensorHandler
+from serving import new
+from serving.paths import ROOT
+from tests import user_models
+
+
+def test_every_shipped_model_is_a_folder_with_everything_it_needs():
+    assert models.names() == ("digits", "efficientnet_lite0", "minilm")
+    for name in models.names():
+        spec = models.load(name)
+        assert spec.payloads() and (spec.folder / spec.example_request[0]).exists()
+        assert spec.objectives and spec.config["batchSize"] >= 1
+
+
+def test_nothing_outside_models_names_a_shipped_model():
+    """Adding a model means adding a folder: no list of models anywhere else in the code."""
+    code = [p for folder in ("serving", "loadtest", "handlers") for p in (ROOT / folder).rglob("*.py")]
+    mentions = [f"{p.relative_to(ROOT)}: {name}" for p in code for name in models.names()
+                if f'"{name}"' in p.read_text() or f"'{name}'" in p.read_text()]
+    assert mentions == []
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """A valid user model folder, made by `serving new`, outside the project's models/."""
+    source = user_models.save_exported(tmp_path / "cnn.pt2")
+    created, _ = new.create("mine", source, models_dir=tmp_path / "models")
+    return created
+
+
+def rewrite(folder: Path, file: str, old: str, replacement: str) -> None:
+    path = folder / file
+    text = path.read_text()
+    assert old in text, text
+    path.write_text(text.replace(old, replacement))
+
+
+@pytest.mark.parametrize("file, old, replacement, expected", [
+    ("model.yaml", "kind: tensor", "kinds: tensor", "model.yaml: kinds: unknown field"),
+    ("model.yaml", "kind: tensor", "kind: tensors", "model.yaml: kind: 'tensors' is not a kind"),
+    ("model.yaml", "exported_program: cnn.pt2", "exported_program: cnn2.pt2",
+     "model.yaml: source.exported_program: 'cnn2.pt2' does not exist"),
+    ("model.yaml", "exported_program: cnn.pt2", "python: load_model",
+     "model.yaml: source.python: names 'load_model' in model.py, and the folder has no model.py"),
+    ("model.yaml", "examples: examples/*.json", "examples: example/*.json",
+     "model.yaml: parity.examples: ['example/*.json'] matches no file"),
+    ("model.yaml", "dtype: float32", "dtype: float", "model.yaml: inputs[0].dtype: 'float'"),
+    ("model.yaml", "  - batch\n", "  - 8\n", "model.yaml: inputs[0].shape: the first dimension is"),
+    ("model-config.yaml", "handler: {}", "handler: [1]", "model-config.yaml: handler: must be"),
+])
+def test_a_mistake_names_its_file_and_field(folder, file, old, replacement, expected):
+    rewrite(folder, file, old, replacement)
+    with pytest.raises(models.ModelFolderError) as raised:
+        models.ModelSpec.from_folder(folder)
+    assert expected in str(raised.value) and str(folder) in str(raised.value)
+
+
+def test_an_example_the_handler_refuses_is_named_at_build(folder):
+    (folder / "examples" / "2.json").write_text('{"image": [[1, 2, 3]]}')
+    spec = models.ModelSpec.from_folder(folder)
+    with pytest.raises(models.ModelFolderError, match=r"parity.examples: 2.json is not a request "
+                       r"the tensor handler accepts: 422 wrong_shape"):
+        spec.parity_inputs()
+
+
+def test_a_folders_parity_inputs_are_its_examples_through_its_handler(folder):
+    spec = models.ModelSpec.from_folder(folder)
+    batches = spec.parity_inputs()
+    assert [tuple(b[0].shape) for b in batches] == [(8, 1, 16, 16)]
+    first = json.loads((folder / "examples" / "1.json").read_text())["image"]
+    assert torch.equal(batches[0][0][0], torch.tensor(first))
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--from", "{pt}"], "TorchScript does not record input shapes; give the shape"),
+    (["--from", "{pt}", "--input-shape", "3,16,16"], "a trial call with inputs"),
+    (["--from", "{pt2}", "--kind", "image_classifier"], "needs a (batch, 3, N, N) input"),
+    (["--from", "{missing}"], "does not exist"),
+])
+def test_serving_new_says_what_it_cannot_do(tmp_path, args, expected):
+    paths = {"pt": user_models.save_torchscript(tmp_path / "cnn.pt"),
+             "pt2": user_models.save_exported(tmp_path / "cnn.pt2"), "missing": tmp_path / "x.pt"}
+    done = subprocess.run([sys.executable, "-m", "serving", "new", "mine",
+                           *[a.format(**paths) for a in args]],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and expected in done.stderr, done.stderr
+    assert not (models.MODELS_DIR / "mine").exists()
+
+
+class TensorModel(TensorHandler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.card = {"inputs": [{"name": "x", "shape": ["batch", 2, 2], "dtype": "float32"},
+                                {"name": "ids", "shape": ["batch", 3], "dtype": "int64"}]}
+        self.load_resources(Path("."))
+
+
+@pytest.mark.parametrize("body, status, error", [
+    ({"x": [[1, 2], [3, 4]]}, 422, "missing_field"),
+    ({"x": [[1, 2], [3]], "ids": [1, 2, 3]}, 422, "wrong_shape"),
+    ({"x": [[1, 2], [3, "4"]], "ids": [1, 2, 3]}, 422, "wrong_type"),
+    ({"x": [[1, 2], [3, 4]], "ids": [1, 2.5, 3]}, 422, "wrong_type"),
+    ({"x": [[1, 2], [3, 4]], "ids": [1, 2, 2 ** 70]}, 422, "out_of_range"),
+    ({"x": [[1, 2], [3, 1e39]], "ids": [1, 2, 3]}, 422, "out_of_range"),
+    ([1, 2], 422, "wrong_type"),
+])
+def test_the_tensor_handler_refuses_what_does_not_fit_its_inputs(body, status, error):
+    with pytest.raises(RequestError) as raised:
+        TensorModel().decode(Payload(json.dumps(body), "application/json"))
+    assert (raised.value.status, raised.value.error) == (status, error)
+
+
+def test_the_tensor_handler_reads_json_and_refuses_binary_for_two_inputs():
+    [(x, ids)] = TensorModel().decode(Payload(json.dumps({"x": [[1, 2], [3, 4]], "ids": [7, 8, 9]}),
+                                              "application/json"))
+    assert x.dtype == torch.float32 and ids.dtype == torch.int64 and ids.tolist() == [7, 8, 9]
+    with pytest.raises(RequestError, match="a binary body carries one input"):
+        TensorModel().decode(Payload(b"\0" * 16, "application/octet-stream"))
+
+
+def test_the_tensor_handler_reads_one_raw_little_endian_tensor():
+    handler = TensorHandler()
+    handler.card = {"inputs": [{"name": "x", "shape": ["batch", 2, 2], "dtype": "float32"}]}
+    handler.load_resources(Path("."))
+    values = torch.tensor([[1.5, -2.0], [3.25, 4.0]])
+    [(x,)] = handler.decode(Payload(values.numpy().astype("<f4").tobytes(),
+                                    "application/octet-stream"))
+    assert torch.equal(x, values)
+    with pytest.raises(RequestError, match="the body has 15 bytes"):
+        handler.decode(Payload(b"\0" * 15, "application/octet-stream"))
+    nan = torch.tensor([float("nan")] * 4).numpy().astype("<f4").tobytes()
+    with pytest.raises(RequestError, match="not finite"):
+        handler.decode(Payload(nan, "application/octet-stream"))
+
+
+def test_a_new_folder_in_models_is_served_loaded_and_load_tested_by_name(tmp_path, monkeypatch):
+    """Discovery: a folder copied into models/ is a model to every command, with a Locust user."""
+    source = user_models.save_torchscript(tmp_path / "cnn.pt")
+    folder = models.MODELS_DIR / "zz_discovered"
+    try:
+        new.create("zz_discovered", source, "array_classifier", "1,16,16")
+        assert "zz_discovered" in models.names()
+        done = subprocess.run([sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py",
+                               "--list"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert "ZzDiscoveredUser" in done.stdout, done.stdout + done.stderr
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
