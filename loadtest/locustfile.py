@@ -9,6 +9,7 @@ or spike.py).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -120,13 +121,22 @@ class ModelUser(FastHttpUser):
                 response.failure(f"answer without {expect!r}")
 
 
+@functools.cache
+def bodies_of(name: str) -> tuple[str, list[bytes]]:
+    """A model's load-test bodies and their content type, made once per process: making them
+    per user (18 JPEG encodes, 500 JSON grids) blocked the event loop long enough for a
+    distributed run's workers to miss their heartbeats."""
+    spec = models.load(name)
+    return spec.payload_content_type, spec.payloads()
+
+
 def model_user(name: str) -> type:
     """A user class for one model folder: its payloads, its content type, its answer's field."""
     spec = models.load(name)
 
     def on_start(self) -> None:
         ModelUser.on_start(self)
-        self.bodies = spec.payloads()
+        _, self.bodies = bodies_of(name)
 
     @task
     def predict(self) -> None:
@@ -155,8 +165,7 @@ class PacedUser(FastHttpUser):
                 for model, _, count in [entry.partition(":")] for _ in range(int(count or 1))]
         self.model = plan[PacedUser.started % len(plan)]
         PacedUser.started += 1
-        spec = models.load(self.model)
-        self.content_type, self.choices = spec.payload_content_type, spec.payloads()
+        self.content_type, self.choices = bodies_of(self.model)
         self.auth = auth_header()
         # A random phase, kept. Paced by Locust's constant_throughput instead, the users fell
         # into lockstep against TorchServe within seconds (200 requests in 50 ms, then none):
