@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
-from handlers import TARGETS
 NEURON_MISSING = (
     "the neuron target needs torch-neuronx, which is not installed. It is not on PyPI (only a "
     "placeholder is); on an Inferentia2/Trainium instance with the Neuron driver and runtime, "
@@ -35,39 +36,84 @@ def release(version: str) -> str:
     return version.split("+")[0]
 
 
+def load_exported(path: str, device: torch.device):
+    return torch.export.load(path).module().to(device)
+
+
+def load_torchscript(path: str, device: torch.device):
+    # optimize_for_inference (oneDNN layouts, fused conv/bn/relu) makes modules that cannot be
+    # saved, so it runs here, at load, on the frozen module the build saved.
+    return torch.jit.optimize_for_inference(torch.jit.load(path, map_location=device).eval())
+
+
+def load_inductor(path: str, device: torch.device):
+    return torch._inductor.aoti_load_package(path)
+
+
+def load_neuron(path: str, device: torch.device):
+    return torch.jit.load(path)
+
+
+def prepare_neuron() -> None:
+    # One NeuronCore per worker: the runtime hands each process the next free core. Set before
+    # torch_neuronx starts the runtime.
+    os.environ.setdefault("NEURON_RT_NUM_CORES", "1")
+    try:
+        import torch_neuronx  # noqa: F401 - registers the Neuron ops TorchScript needs
+    except ImportError:
+        raise IncompatibleArtifact(NEURON_MISSING) from None
+
+
+@dataclass(frozen=True)
+class Loader:
+    """What a worker needs to know about a target's artifact; the build's exporters
+    (serving/targets.py) write the file named here."""
+
+    file: str
+    load: Callable[[str, torch.device], Any]
+    compiled: bool = False      # machine code: runs only on the architecture it was built on
+    same_torch: str = "minor"   # "release": only the torch release that compiled it runs it
+    fixed_shapes: bool = False  # traced at one batch (and sequence) size: batches are padded to it
+    prepare: Callable[[], None] | None = None  # before loading (runtime set-up, imports)
+
+
+LOADERS = {
+    "eager": Loader("model.pt2", load_exported),
+    "torchscript": Loader("model.pt", load_torchscript),
+    "inductor": Loader("model.pt2", load_inductor, compiled=True, same_torch="release"),
+    "neuron": Loader("model.neuron.pt", load_neuron, compiled=True, fixed_shapes=True,
+                     prepare=prepare_neuron),
+}
+
+
 def check_compatible(info: dict, device: torch.device) -> None:
     """Raises IncompatibleArtifact, saying what to do, when this worker cannot run the artifact."""
     target, built_torch, built_arch = info.get("target"), info.get("torch", "?"), info.get("arch", "?")
     here = f"this worker runs torch {torch.__version__} on {platform.machine()}"
     rebuild = "rebuild the archive on the machine that serves it (make build)"
-    if target not in TARGETS:
+    loader = LOADERS.get(target)
+    if loader is None:
         raise IncompatibleArtifact(f"unknown target {target!r} in build-info.json")
-    if target in ("inductor", "neuron") and built_arch != platform.machine():
+    if loader.compiled and built_arch != platform.machine():
         raise IncompatibleArtifact(f"the {target} artifact was compiled for {built_arch}; {here}: "
                                    f"{rebuild}")
-    if target == "inductor" and release(built_torch) != release(torch.__version__):
-        raise IncompatibleArtifact(f"the inductor artifact was compiled with torch {built_torch}, "
+    if loader.same_torch == "release" and release(built_torch) != release(torch.__version__):
+        raise IncompatibleArtifact(f"the {target} artifact was compiled with torch {built_torch}, "
                                    f"whose compiled code only that version runs; {here}: {rebuild}")
-    if target in ("eager", "torchscript") and \
+    if loader.same_torch == "minor" and \
             release(built_torch).split(".")[:2] != release(torch.__version__).split(".")[:2]:
         raise IncompatibleArtifact(f"the {target} artifact was saved with torch {built_torch}; "
                                    f"{here}: {rebuild}")
-    if target == "inductor" and info.get("device", "cpu") == "cuda" and device.type != "cuda":
-        raise IncompatibleArtifact(f"the inductor artifact was compiled for CUDA and this worker "
+    if loader.compiled and info.get("device", "cpu") == "cuda" and device.type != "cuda":
+        raise IncompatibleArtifact(f"the {target} artifact was compiled for CUDA and this worker "
                                    f"has no GPU: {rebuild}, or serve it with deviceType gpu")
-    if target == "neuron":
-        # One NeuronCore per worker: the runtime hands each process the next free core. Set
-        # before torch_neuronx starts the runtime.
-        os.environ.setdefault("NEURON_RT_NUM_CORES", "1")
-        try:
-            import torch_neuronx  # noqa: F401 - registers the Neuron ops TorchScript needs
-        except ImportError:
-            raise IncompatibleArtifact(NEURON_MISSING) from None
+    if loader.prepare:
+        loader.prepare()
 
 
 def artifact_device(info: dict, device: torch.device) -> torch.device:
     """Where the artifact runs: compiled CPU code stays on the CPU whatever the worker has."""
-    if info.get("target") in ("inductor", "neuron") and info.get("device", "cpu") == "cpu":
+    if LOADERS[info["target"]].compiled and info.get("device", "cpu") == "cpu":
         return torch.device("cpu")
     return device
 
@@ -75,14 +121,4 @@ def artifact_device(info: dict, device: torch.device) -> torch.device:
 def load(model_dir: Path, serialized_file: str, info: dict, device: torch.device):
     """The artifact as a callable taking and returning tensors."""
     check_compatible(info, device)
-    path = str(model_dir / serialized_file)
-    target = info["target"]
-    if target == "inductor":
-        return torch._inductor.aoti_load_package(path)
-    if target == "eager":
-        return torch.export.load(path).module().to(device)
-    if target == "neuron":
-        return torch.jit.load(path)
-    # optimize_for_inference (oneDNN layouts, fused conv/bn/relu) makes modules that cannot be
-    # saved, so it runs here, at load, on the frozen module the build saved.
-    return torch.jit.optimize_for_inference(torch.jit.load(path, map_location=device).eval())
+    return LOADERS[info["target"]].load(str(model_dir / serialized_file), device)

@@ -29,7 +29,7 @@ BATCHES = (1, 8, 32)
 
 
 def measure_batch(model, inputs: tuple) -> dict:
-    from serving.build import call_times
+    from serving.timing import call_times
 
     times = sorted(call_times(model, inputs, min_runs=5, budget=3.0, max_runs=200))
     median = statistics.median(times)
@@ -81,7 +81,7 @@ def child_measure(args) -> dict:
     # Speedup over eager, from calls interleaved with the eager model in this same process (medians
     # taken in different processes minutes apart differ by more than that on a shared machine).
     if args.target != "eager" or args.precision != "fp32":
-        from serving.build import paired_speedup
+        from serving.timing import paired_speedup
 
         reference = spec.load_eager(BUILD_DIR / args.model).eval().to(device)
         for row in rows:

@@ -13,16 +13,15 @@ import copy
 import platform
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from handlers import PRECISIONS, TARGETS
-from handlers.artifacts import NEURON_MISSING
+from handlers import PRECISIONS
+from handlers.artifacts import LOADERS, NEURON_MISSING
 from serving.cpu import has_bf16
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-ARTIFACT_FILES = {"eager": "model.pt2", "torchscript": "model.pt", "inductor": "model.pt2",
-                  "neuron": "model.neuron.pt"}
 
 
 class TargetUnavailable(RuntimeError):
@@ -48,15 +47,19 @@ class NeuronOptions:
             raise ValueError("the Neuron sequence length must be at least 2")
 
 
+def neuron_available() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch_neuronx") is None:
+        raise TargetUnavailable(NEURON_MISSING)
+    if platform.machine() != "x86_64":
+        raise TargetUnavailable("Neuron compiles on x86_64 hosts (inf2/trn1 instances)")
+
+
 def check_available(target: str, device: str) -> None:
     """Fails at once, before any model is loaded, for a target this machine cannot build."""
-    if target == "neuron":
-        import importlib.util
-
-        if importlib.util.find_spec("torch_neuronx") is None:
-            raise TargetUnavailable(NEURON_MISSING)
-        if platform.machine() != "x86_64":
-            raise TargetUnavailable("Neuron compiles on x86_64 hosts (inf2/trn1 instances)")
+    if target in EXPORTERS and EXPORTERS[target].available:
+        EXPORTERS[target].available()
     if device == "cuda" and not torch.cuda.is_available():
         raise TargetUnavailable("--device cuda, but torch sees no CUDA device here")
 
@@ -105,39 +108,72 @@ def export_program(served: torch.nn.Module, example: tuple, dims: tuple, ranges:
         raise TargetUnavailable(f"torch.export cannot capture this model: {reason}") from e
 
 
+@dataclass(frozen=True)
+class Export:
+    """One candidate's export: the model as served, an example batch, and where to write."""
+
+    served: torch.nn.Module
+    example: tuple
+    dims: tuple
+    ranges: dict
+    path: Path
+    neuron: NeuronOptions
+
+
+def export_eager(job: Export) -> None:
+    torch.export.save(export_program(job.served, job.example, job.dims, job.ranges), str(job.path))
+
+
+def export_torchscript(job: Export) -> None:
+    with torch.no_grad():
+        traced = torch.jit.trace(job.served, job.example, check_trace=False)
+        frozen = torch.jit.freeze(traced.eval())
+    torch.jit.save(frozen, str(job.path))
+
+
+def export_inductor(job: Export) -> None:
+    program = export_program(job.served, job.example, job.dims, job.ranges)
+    # freezing folds weights into the compiled code (constant folding, prepacked layouts).
+    try:
+        torch._inductor.aoti_compile_and_package(program, package_path=str(job.path),
+                                                 inductor_configs={"freezing": True})
+    except Exception as e:  # noqa: BLE001
+        raise TargetUnavailable(f"AOTInductor could not compile the exported program: {e}") from e
+
+
+@dataclass(frozen=True)
+class Exporter:
+    export: Callable[[Export], None]
+    compiler_casts: bool = False  # its compiler picks precisions (neuron --auto-cast): fp32 in
+    available: Callable[[], None] | None = None  # raises TargetUnavailable where it cannot build
+
+
+# One row per target; the worker's side of each (file, loading, compatibility) is
+# handlers.artifacts.LOADERS.
+EXPORTERS = {
+    "eager": Exporter(export_eager),
+    "torchscript": Exporter(export_torchscript),
+    "inductor": Exporter(export_inductor),
+    "neuron": Exporter(lambda job: export_neuron(job.served, job.example, job.path, job.neuron),
+                       compiler_casts=True, available=neuron_available),
+}
+
+
 def export(target: str, model: torch.nn.Module, precision: str, example: tuple, dims: tuple,
            ranges: dict, out_dir: Path, device: str = "cpu",
            neuron: NeuronOptions | None = None, channels_last: bool = False) -> Path:
     """Writes the artifact for `target` into out_dir; returns its path."""
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; targets: {', '.join(TARGETS)}")
+    if target not in EXPORTERS:
+        raise ValueError(f"unknown target {target!r}; targets: {', '.join(EXPORTERS)}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; precisions: {', '.join(PRECISIONS)}")
     if precision == "fp16" and device != "cuda":
         raise TargetUnavailable("fp16 is for GPUs; on CPUs use bf16")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / ARTIFACT_FILES[target]
+    path = out_dir / LOADERS[target].file
     served = Served(model, precision, channels_last).eval().to(device)
-    example = tuple(x.to(device) for x in example)
-
-    if target == "neuron":
-        return export_neuron(served, example, path, neuron or NeuronOptions())
-    if target == "torchscript":
-        with torch.no_grad():
-            traced = torch.jit.trace(served, example, check_trace=False)
-            frozen = torch.jit.freeze(traced.eval())
-        torch.jit.save(frozen, str(path))
-        return path
-    program = export_program(served, example, dims, ranges)
-    if target == "eager":
-        torch.export.save(program, str(path))
-        return path
-    # inductor: freezing folds weights into the compiled code (constant folding, prepacked layouts).
-    try:
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path),
-                                                 inductor_configs={"freezing": True})
-    except Exception as e:  # noqa: BLE001
-        raise TargetUnavailable(f"AOTInductor could not compile the exported program: {e}") from e
+    EXPORTERS[target].export(Export(served, tuple(x.to(device) for x in example), dims, ranges,
+                                    path, neuron or NeuronOptions()))
     return path
 
 

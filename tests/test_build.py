@@ -136,3 +136,12 @@ def test_an_archive_holds_everything_its_handler_needs(build_info, name, files):
     tried = {(c["target"], c["precision"]): c for c in info["candidates"]}
     assert tried[(info["target"], info["precision"])]["status"] == "passed"
     assert all(c["status"] == "passed" or c.get("reason") for c in info["candidates"])
+
+
+def test_every_target_is_one_row_of_each_table():
+    """A target is its exporter (serving/targets.py) and its loader (handlers/artifacts.py), and
+    nothing else names it."""
+    from handlers.artifacts import LOADERS
+    from serving.targets import EXPORTERS
+
+    assert tuple(LOADERS) == TARGETS == tuple(EXPORTERS)

@@ -1,0 +1,56 @@
+"""Packing a built artifact into a .mar: torch-model-archiver with the handler package, the model
+folder's model.yaml, its handler resources, its serving config and the build's record."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+import models
+from handlers.base import BUILD_INFO
+from models import ModelSpec
+from serving import sources
+from serving.paths import ROOT
+
+HANDLERS_DIR = ROOT / "handlers"
+
+
+def archive(spec: ModelSpec, artifact: Path, config: dict, info: dict, work_dir: Path,
+            model_store: Path, archive_name: str) -> Path:
+    """Packs artifact, handler package, extra files, model-config and build info into a .mar."""
+    stage = work_dir / "stage"
+    shutil.rmtree(stage, ignore_errors=True)
+    (stage / "handlers").mkdir(parents=True)
+    for module in HANDLERS_DIR.glob("*.py"):
+        shutil.copy2(module, stage / "handlers" / module.name)
+    sources.stage_resources(spec, stage)
+    shutil.copy2(spec.folder / models.CARD, stage / models.CARD)
+    (stage / BUILD_INFO).write_text(json.dumps(info, indent=2))
+    config_file = work_dir / "model-config.yaml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    out = work_dir / "archive"
+    shutil.rmtree(out, ignore_errors=True)
+    (work_dir / "tmp").mkdir(exist_ok=True)
+    out.mkdir()
+    command = [
+        str(Path(sys.executable).parent / "torch-model-archiver"),
+        "--model-name", archive_name, "--version", "1.0",
+        "--serialized-file", str(artifact),
+        "--handler", str(HANDLERS_DIR / f"{spec.handler}.py"),
+        "--extra-files", str(stage),
+        "--config-file", str(config_file),
+        "--export-path", str(out), "--force",
+    ]
+    # The archiver stages files in $TMPDIR/NAME: give each build its own so builds never collide.
+    subprocess.run(command, check=True, env={**os.environ, "TMPDIR": str(work_dir / "tmp")})
+    model_store.mkdir(parents=True, exist_ok=True)
+    target = model_store / f"{archive_name}.mar"
+    os.replace(out / f"{archive_name}.mar", target)  # atomic: a running server never sees half a file
+    return target

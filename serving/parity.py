@@ -1,0 +1,81 @@
+"""The parity gate: an exported model against its eager reference, on real inputs.
+
+fp32 must match the eager model to a relative error (max |diff| / max |eager|) of 1e-4. Lower
+precisions change the numbers by design, so the gate is the model kind's: a classifier must keep
+its top-1 answer on 99% of real inputs; an embedder must keep each embedding's direction (cosine
+>= 0.99) and each input's nearest neighbour among the others on 99% of them (where the eager
+model's choice is not a near-tie); a tensor model must keep each output's direction.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP32_MAX_RELATIVE_ERROR = 1e-4
+LOW_PRECISION_MIN_AGREEMENT = 0.99
+LOW_PRECISION_MIN_COSINE = 0.99
+
+
+class ParityError(RuntimeError):
+    pass
+
+
+NEIGHBOUR_MARGIN = 0.01  # cosine by which an input's nearest neighbour must beat the runner-up
+
+
+def neighbour_agreement(reference: torch.Tensor, output: torch.Tensor) -> float:
+    """Share of inputs whose nearest other input (by cosine) stays the same, among those where the
+    eager model decides it by a margin; near-ties are a coin toss at any precision."""
+    def similarities(e):
+        e = torch.nn.functional.normalize(e, dim=-1)
+        s = e @ e.T
+        s.fill_diagonal_(-float("inf"))
+        return s
+
+    ref, out = similarities(reference), similarities(output)
+    top2 = ref.topk(2, dim=1).values
+    decided = (top2[:, 0] - top2[:, 1]) >= NEIGHBOUR_MARGIN
+    if not decided.any():
+        return 1.0
+    return float((ref.argmax(1) == out.argmax(1))[decided].float().mean())
+
+
+def check_parity(name: str, gate: str, precision: str, eager: torch.nn.Module, exported,
+                 batches: list[tuple[torch.Tensor, ...]]) -> dict:
+    """Compares an exported model with the eager one on real inputs; raises ParityError when the
+    gate for its precision fails. `gate` (the model kind's): classifier, embedder or tensor."""
+    references, outputs = [], []
+    with torch.inference_mode():
+        for batch in batches:
+            references.append(eager(*batch).float())
+            outputs.append(exported(*batch).float().cpu())
+    reference, output = torch.cat(references), torch.cat(outputs)
+    result = {"inputs": len(reference),
+              "relative_error": float((reference - output).abs().max() / reference.abs().max())}
+    if gate == "classifier":
+        result["top1_agreement"] = float((reference.argmax(-1) == output.argmax(-1)).float().mean())
+    else:
+        cosine = torch.nn.functional.cosine_similarity(reference, output, dim=-1)
+        result["min_cosine"] = float(cosine.min())
+        if gate == "embedder":
+            result["neighbour_agreement"] = neighbour_agreement(reference, output)
+
+    if precision == "fp32":
+        result["gate"] = f"relative error <= {FP32_MAX_RELATIVE_ERROR:g}"
+        passed = result["relative_error"] <= FP32_MAX_RELATIVE_ERROR
+    elif gate == "classifier":
+        result["gate"] = f"top-1 agreement >= {LOW_PRECISION_MIN_AGREEMENT:g}"
+        passed = result["top1_agreement"] >= LOW_PRECISION_MIN_AGREEMENT
+    elif gate == "tensor":
+        result["gate"] = f"min cosine >= {LOW_PRECISION_MIN_COSINE:g}"
+        passed = result["min_cosine"] >= LOW_PRECISION_MIN_COSINE
+    else:
+        result["gate"] = (f"min cosine >= {LOW_PRECISION_MIN_COSINE:g}, nearest-neighbour "
+                          f"agreement >= {LOW_PRECISION_MIN_AGREEMENT:g}")
+        passed = (result["min_cosine"] >= LOW_PRECISION_MIN_COSINE and
+                  result["neighbour_agreement"] >= LOW_PRECISION_MIN_AGREEMENT)
+    figures = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in result.items() if k != "gate")
+    if not passed:
+        raise ParityError(f"fails its gate ({result['gate']}): {figures}")
+    return result
