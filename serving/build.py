@@ -118,9 +118,37 @@ def reference(spec: ModelSpec, work_dir: Path, label: str) -> Reference:
     batch = int(spec.config.get("batchSize", 1))
     ref = Reference(eager, spec.prepare_export(eager) if spec.prepare_export else eager, batch,
                     spec.example_inputs(batch), spec.parity_inputs())
+    with torch.inference_mode():
+        check_output(spec, eager(*ref.parity_batches[0]))
     ref.eager_seconds = timing.median_seconds(eager, ref.timing_inputs)
     say(label, f"eager: {ref.eager_seconds * 1000:.1f} ms per batch of {batch}")
     return ref
+
+
+def check_output(spec: ModelSpec, output) -> None:
+    """The eager model's answer must be what its kind's handler encodes: one tensor, and for
+    classifiers and embedders one row of scores per input; a classifier's labels, one per class."""
+    if not isinstance(output, torch.Tensor):
+        raise spec.fail("kind", f"the model returns {type(output).__name__}; a served model "
+                        "returns one tensor (wrap it in a module that picks it)")
+    if spec.gate in ("classifier", "embedder") and output.dim() != 2:
+        per_input = "classes" if spec.gate == "classifier" else "dimensions"
+        raise spec.fail("kind", f"{spec.kind} answers from a (batch, {per_input}) output; this "
+                        f"model returns {tuple(output.shape)}: pick the kind tensor, or wrap "
+                        "the model")
+    if spec.gate != "classifier":
+        return
+    classes = output.shape[1]
+    declared = spec.handler_settings.get("num_classes")
+    if declared is not None and int(declared) != classes:
+        raise spec.fail("handler.num_classes", f"{declared}, but the model answers {classes} "
+                        "classes", models.SERVING_CONFIG)
+    labels = sources.generated_files(spec).get(sources.LABELS_FILE)
+    if labels is None and sources.LABELS_FILE in spec.extra_files():
+        labels = spec.extra_files()[sources.LABELS_FILE].read_text(encoding="utf-8")
+    if labels is not None and len(labels.splitlines()) != classes:
+        raise spec.fail("extra_files", f"{sources.LABELS_FILE} has {len(labels.splitlines())} "
+                        f"labels; the model answers {classes} classes")
 
 
 # -- try one candidate ---------------------------------------------------------------------------

@@ -161,3 +161,48 @@ def test_a_new_folder_in_models_is_served_loaded_and_load_tested_by_name(tmp_pat
         assert "ZzDiscoveredUser" in done.stdout, done.stdout + done.stderr
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_an_output_that_does_not_fit_the_kind_is_named(folder):
+    """A classifier's labels must match the classes the model answers."""
+    from serving.build import check_output
+
+    rewrite(folder, "model.yaml", "kind: tensor", "kind: array_classifier\nextra_files: "
+            "{labels.txt: labels.txt}")
+    (folder / "labels.txt").write_text("cat\ndog\n")
+    rewrite(folder, "model-config.yaml", "handler: {}", "handler: {input_key: image, "
+            "input_shape: [1, 16, 16]}")
+    spec = models.ModelSpec.from_folder(folder)
+    with pytest.raises(models.ModelFolderError, match="extra_files: labels.txt has 2 labels; the "
+                       "model answers 10 classes"):
+        check_output(spec, torch.zeros(4, 10))
+    with pytest.raises(models.ModelFolderError, match=r"array_classifier answers from a \(batch, "
+                       r"classes\) output; this model returns \(4, 10, 2\)"):
+        check_output(spec, torch.zeros(4, 10, 2))
+
+
+def test_a_module_and_state_dict_source(tmp_path):
+    """source: module: 'net.py:Net' with a state dict, as a user with a training repo has it."""
+    folder = tmp_path / "models" / "net"
+    (folder / "examples").mkdir(parents=True)
+    (folder / "net.py").write_text("import torch\n\nclass Net(torch.nn.Module):\n"
+                                   "    def __init__(self, width=4):\n        super().__init__()\n"
+                                   "        self.layer = torch.nn.Linear(3, width)\n\n"
+                                   "    def forward(self, x):\n        return self.layer(x)\n")
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(3, 5)
+    torch.save({f"layer.{k}": v for k, v in reference.state_dict().items()}, folder / "w.pt")
+    (folder / "examples" / "1.json").write_text('{"x": [1, 2, 3]}')
+    (folder / "model.yaml").write_text(
+        "kind: tensor\nsource: {module: 'net.py:Net', state_dict: w.pt, kwargs: {width: 5}}\n"
+        "inputs: [{name: x, shape: [batch, 3], dtype: float32}]\n"
+        "parity: {examples: examples/*.json}\nexample: {file: examples/1.json}\n")
+    (folder / "model-config.yaml").write_text("batchSize: 4\n")
+    spec = models.ModelSpec.from_folder(folder)
+    model = spec.load_eager(tmp_path / "work")
+    [(x,)] = spec.parity_inputs()
+    assert torch.equal(model(x), reference(x))
+    (folder / "model.yaml").write_text((folder / "model.yaml").read_text().replace("width: 5",
+                                                                                   "width: 6"))
+    with pytest.raises(models.ModelFolderError, match="source.state_dict: does not fit Net"):
+        models.ModelSpec.from_folder(folder).load_eager(tmp_path / "work")
