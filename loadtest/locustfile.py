@@ -169,7 +169,7 @@ class PacedUser(FastHttpUser):
         self.auth = auth_header()
         # A random phase, kept. Paced by Locust's constant_throughput instead, the users fell
         # into lockstep against TorchServe within seconds (200 requests in 50 ms, then none):
-        # bursts no short queue absorbs, so the run measured the generator (README, Overload).
+        # bursts no short queue absorbs, so the run measured the generator (docs/limits.md, Overload).
         gevent.sleep(random.random())
         self.next_send = time.perf_counter()
 
