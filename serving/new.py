@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
           end="")
     file, content_type = spec.example_request if spec else ("examples/1.json", "")
     print(f"Next:\n  make build ARGS={args.name}        # export, parity-check, archive\n"
-          f"  make up MODELS={args.name}          # serve it (alone; `make up` serves every model)\n"
+          f"  make down; make up                  # serve it beside the others (alone: make up MODELS={args.name})\n"
           f"  curl -s http://127.0.0.1:8080/predictions/{args.name} -H \"$AUTH\" "
           f"-H 'Content-Type: {content_type}' --data-binary @{relative}/{file}\n"
           f"  make loadtest ARGS=\"{args.name} -t 10s\"")
