@@ -106,10 +106,21 @@ def test_the_grafana_dashboard_plots_the_recorded_series():
 
 
 @pytest.fixture(scope="module")
-def stack():
+def image() -> dict:
+    """The compose images, built (needs no ports: runs while `make up`'s service does)."""
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         pytest.fail("no Docker engine answers: start one (docker/start-engine.sh, as .ci/run does), "
                     "or set SKIP_DOCKER_TESTS=1 to skip this test on purpose")
+    started = time.monotonic()
+    compose("build")
+    built = time.monotonic() - started
+    size = int(subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", "model-serving:cpu"],
+                              capture_output=True, text=True, check=True).stdout)
+    return {"built_s": built, "size": size}
+
+
+@pytest.fixture(scope="module")
+def stack(image):
     busy = [p for p in HOST_PORTS if socket.socket().connect_ex(("127.0.0.1", p)) == 0]
     if busy and Instance.from_config().process() is not None:
         pytest.skip(f"`make up`'s service holds ports {busy}, which the compose services need on "
@@ -117,11 +128,7 @@ def stack():
     if busy:
         pytest.fail(f"ports {busy} are in use on 127.0.0.1 (a `make up` running?); the compose "
                     "services need them on the host network")
-    started = time.monotonic()
-    compose("build")
-    built = time.monotonic() - started
-    size = int(subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", "model-serving:cpu"],
-                              capture_output=True, text=True, check=True).stdout)
+    built, size = image["built_s"], image["size"]
     started = time.monotonic()
     compose("up", "-d")
     try:
@@ -240,7 +247,7 @@ def test_the_locust_service_runs_a_load_test(stack):
     assert len(series["data"]["result"]) == 3
 
 
-def test_an_archive_that_cannot_load_makes_the_container_unhealthy_and_restarted(stack):
+def test_an_archive_that_cannot_load_makes_the_container_unhealthy_and_restarted(image):
     """The serving image with a broken digits archive, run as compose runs it (hardened, host
     network, readiness as its health check) but on ports of its own beside the stack and with
     short waits: it reports unhealthy, exits 1 saying which model and where to look, and its
