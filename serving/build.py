@@ -231,9 +231,10 @@ def ship(spec: ModelSpec, ref: Reference, results: list[dict], request: dict, di
 def build(name: str, force: bool = False, model_store: Path = MODEL_STORE,
           work_root: Path = BUILD_DIR, target: str | None = None, precision: str | None = None,
           device: str = "cpu", neuron: NeuronOptions | None = None,
-          archive_name: str | None = None) -> dict:
-    """Builds model_store/<archive_name or NAME>.mar unless it is up to date; returns its info."""
-    spec = models.load(name)
+          archive_name: str | None = None, spec: ModelSpec | None = None) -> dict:
+    """Builds model_store/<archive_name or NAME>.mar unless it is up to date; returns its info.
+    `spec`: a model folder outside models/ (tests), instead of the one NAME names."""
+    spec = spec or models.load(name)
     if target:
         try:
             targets.check_available(target, device)

@@ -84,6 +84,7 @@ def load(spec, work_dir: Path) -> nn.Module:
     if kind == "exported_program":
         return ExportedModule(torch.export.load(str(spec.folder / value)).module())
     if kind == "huggingface":
+        check_tokenizer(spec, spec.folder / value)
         return huggingface(spec.folder / value, spec.kind)
     # module: 'file.py:Class' with a state dict
     file, _, class_name = str(value).partition(":")
@@ -104,6 +105,22 @@ def load(spec, work_dir: Path) -> nn.Module:
             raise spec.fail("source.state_dict", f"does not fit {class_name}: "
                             f"{str(e).splitlines()[0]}") from None
     return model
+
+
+def check_tokenizer(spec, directory: Path) -> None:
+    """Every id the tokenizer can produce must be a row of the model's embedding: one that is not
+    fails every request holding that token, as a 500, on live traffic."""
+    from tokenizers import Tokenizer
+
+    if not (directory / TOKENIZER_FILE).exists():
+        raise spec.fail("source.huggingface", f"{directory.name}/ has no {TOKENIZER_FILE} (a fast "
+                        "tokenizer): save it with tokenizer.save_pretrained() there")
+    config = json.loads((directory / "config.json").read_text())
+    ids = max(Tokenizer.from_file(str(directory / TOKENIZER_FILE)).get_vocab().values()) + 1
+    if "vocab_size" in config and ids > int(config["vocab_size"]):
+        raise spec.fail("source.huggingface", f"the tokenizer gives ids up to {ids - 1}, but the "
+                        f"model's vocab_size is {config['vocab_size']}: they do not belong "
+                        "together")
 
 
 def extra_files(spec) -> dict[str, Path]:

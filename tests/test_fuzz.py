@@ -58,23 +58,34 @@ def good_request(name: str) -> tuple[bytes, str]:
     return (models.MODELS_DIR / name / file).read_bytes(), content_type
 
 
+def same_predictions(pa: list, pb: list) -> bool:
+    if pa and isinstance(pa[0], list):  # one list per text
+        return len(pa) == len(pb) and all(same_predictions(x, y) for x, y in zip(pa, pb))
+    return [p["index"] for p in pa[:1]] == [p["index"] for p in pb[:1]] and all(
+        abs(x["probability"] - y["probability"]) < 2e-3 for x, y in zip(pa, pb))
+
+
 def same_answer(a: Answer, b: Answer) -> bool:
     """Equal up to float noise between batch compositions (compiled kernels differ by size)."""
     if a.status != b.status or a.body.keys() != b.body.keys():
         return False
     if "predictions" in a.body:
-        pa, pb = a.body["predictions"], b.body["predictions"]
-        return [p["index"] for p in pa[:1]] == [p["index"] for p in pb[:1]] and all(
-            abs(x["probability"] - y["probability"]) < 2e-3 for x, y in zip(pa, pb))
+        return same_predictions(a.body["predictions"], b.body["predictions"])
+    if "outputs" in a.body:
+        import torch
+
+        return a.body["shape"] == b.body["shape"] and torch.allclose(
+            torch.tensor(a.body["outputs"]), torch.tensor(b.body["outputs"]), atol=1e-4)
     ea, eb = a.body["embeddings"], b.body["embeddings"]
     return len(ea) == len(eb) and all(
         sum(x * y for x, y in zip(ra, rb)) > 0.999 for ra, rb in zip(ea, eb))
 
 
 class Fuzzer:
-    def __init__(self, name: str, work_dir) -> None:
-        self.model = LoadedModel(name, work_dir)
-        self.good = good_request(name)
+    def __init__(self, name: str, work_dir, model_store=None, good=None) -> None:
+        self.model = LoadedModel(name, work_dir, **({"model_store": model_store} if model_store
+                                                    else {}))
+        self.good = good or good_request(name)
         [self.expected] = self.model.handle([self.good])
         assert self.expected.status == 200, self.expected
         self.process = psutil.Process()

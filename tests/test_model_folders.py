@@ -206,3 +206,18 @@ def test_a_module_and_state_dict_source(tmp_path):
                                                                                    "width: 6"))
     with pytest.raises(models.ModelFolderError, match="source.state_dict: does not fit Net"):
         models.ModelSpec.from_folder(folder).load_eager(tmp_path / "work")
+
+
+def test_a_tokenizer_that_does_not_fit_its_model_is_refused(tmp_path):
+    """Ids past the model's vocabulary fail every request holding them, at serve time: the build
+    refuses the pair instead."""
+    import json as json_module
+
+    source = user_models.save_tiny_bert_classifier(tmp_path / "bert")
+    folder, _ = new.create("bert", source, models_dir=tmp_path / "models")
+    config_file = folder / "hf" / "config.json"
+    config = json_module.loads(config_file.read_text())
+    config_file.write_text(json_module.dumps({**config, "vocab_size": 20}))
+    with pytest.raises(models.ModelFolderError, match="source.huggingface: the tokenizer gives "
+                       r"ids up to \d+, but the model's vocab_size is 20"):
+        models.ModelSpec.from_folder(folder).load_eager(tmp_path / "work")
