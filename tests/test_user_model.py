@@ -142,6 +142,32 @@ def test_a_load_test_of_the_user_models_and_its_report(served, project, tmp_path
     assert (out / "report.md").exists()
 
 
+def test_the_user_models_answer_as_their_openapi_document_says(served, project, tmp_path):
+    """The document `serving openapi` writes for the new folders, fed to schemathesis against the
+    real server: valid and invalid bodies, no 5xx, every answer as documented."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    from tests.test_openapi import CHECKS
+
+    instance, _ = served
+    document = tmp_path / "openapi.json"
+    run(project, "-m", "serving", "openapi", *USER_MODELS, "-o", str(document))
+    schema = schemathesis.openapi.from_dict(json.loads(document.read_text()))
+    for name in USER_MODELS:
+        operation = schema[f"/predictions/{name}"]["POST"]
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            @settings(max_examples=20, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=list(HealthCheck))
+            @given(case=operation.as_strategy(mode))
+            def check(case):
+                case.call_and_validate(base_url=instance.inference_url, checks=CHECKS,
+                                       headers=instance.auth("inference"), timeout=30)
+
+            check()
+
+
 def test_nothing_outside_the_new_folders_changed(served, project):
     changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal"],
                              cwd=project, capture_output=True, text=True, check=True).stdout
