@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import importlib
 import importlib.util
+import re
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -60,6 +61,7 @@ CARD_FIELDS = {"kind", "description", "source", "inputs", "dynamic", "build", "p
 BUILD_FIELDS = {"targets", "channels_last", "prepare_export", "evaluate", "packages"}
 LOADTEST_FIELDS = {"payloads", "content_type", "slo"}
 DEFAULT_RANGES = {"batch": (1, 1024), "seq": (2, 512)}
+NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_-]*"  # a model's name is its URL path: /predictions/NAME
 
 
 class ModelFolderError(ValueError):
@@ -120,6 +122,10 @@ class ModelSpec:
     def check(self) -> None:
         """Every field known and well-formed, every file named present: the build and the server
         never start on a folder that would fail later."""
+        if not re.fullmatch(NAME_PATTERN, self.name):
+            raise ModelFolderError(f"{self.folder}: a model's folder name is its URL path "
+                                   "(/predictions/NAME): letters, digits, _ and -, starting with "
+                                   "a letter")
         unknown = set(self.card) - CARD_FIELDS
         if unknown:
             raise self.fail(", ".join(sorted(unknown)), f"unknown field; the fields are "

@@ -13,6 +13,7 @@ import argparse
 import io
 import json
 import random
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -253,7 +254,7 @@ def example_bodies(found: Inspection, kind: str) -> list[tuple[str, bytes]]:
 def create(name: str, source: Path, kind: str | None = None, input_shape: str | None = None,
            input_dtype: str = "float32", models_dir: Path = models.MODELS_DIR,
            force: bool = False) -> tuple[Path, Inspection]:
-    if not name.replace("_", "").replace("-", "").isalnum() or not name[0].isalpha():
+    if not re.fullmatch(models.NAME_PATTERN, name):
         raise NewModelError(f"{name!r}: a model name is letters, digits, _ and -, starting with a "
                             "letter (it is a URL path: /predictions/NAME)")
     folder = models_dir / name
