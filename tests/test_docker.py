@@ -22,18 +22,24 @@ import requests
 
 from models.efficientnet_lite0.photos import encoded
 from serving.paths import ROOT
-from serving.torchserve import Instance
+from serving.torchserve import free_port
 
 SKIP = os.environ.get("SKIP_DOCKER_TESTS") == "1"
 pytestmark = pytest.mark.skipif(SKIP, reason="SKIP_DOCKER_TESTS=1: the Docker test was skipped on purpose")
 
 PROJECT = "model-serving-test"
-HOST_PORTS = (8080, 8081, 8082, 8085, 9090, 9646)  # the compose services' ports on the host network
 COMPOSE = [str(ROOT / "docker" / "compose.sh"), "-p", PROJECT]
+# The compose services' ports on the host network, as shipped. Where one is taken (`make up`'s
+# service runs), the stack runs on free ports of its own instead (stack_ports).
+PORTS = {"frontdoor": 8080, "management": 8081, "metrics": 8082, "inference": 8085,
+         "grpc_inference": 7070, "grpc_management": 7071, "prometheus": 9090, "locust": 9646}
+STACK = dict(PORTS)  # the ports the running stack uses
+OVERRIDE: dict[str, str] = {}  # COMPOSE_OVERRIDE for compose.sh, when the stack has its own ports
 
 
 def compose(*args: str, timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([*COMPOSE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run([*COMPOSE, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **OVERRIDE})
     if check and done.returncode != 0:
         raise AssertionError(f"docker compose {' '.join(args)} failed ({done.returncode}):\n"
                              f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -119,15 +125,45 @@ def image() -> dict:
     return {"built_s": built, "size": size}
 
 
+def stack_ports(work: Path) -> None:
+    """Free ports for every service, through the environment the images read (SERVING_*_PORT,
+    FRONTDOOR_PORT) and a compose override with Prometheus' config and the Locust command."""
+    STACK.update({name: free_port() for name in PORTS})
+    prometheus_yml = (ROOT / "prometheus" / "prometheus.yml").read_text() \
+        .replace("127.0.0.1:8082", f"127.0.0.1:{STACK['metrics']}") \
+        .replace("127.0.0.1:9646", f"127.0.0.1:{STACK['locust']}")
+    (work / "prometheus.yml").write_text(prometheus_yml)
+    frontdoor, prometheus = f"http://127.0.0.1:{STACK['frontdoor']}", f"127.0.0.1:{STACK['prometheus']}"
+    override = {"services": {
+        "torchserve": {"environment": {f"SERVING_{key.upper()}_PORT": str(STACK[key]) for key in
+                                       ("inference", "management", "metrics", "grpc_inference",
+                                        "grpc_management")}},
+        "frontdoor": {"environment": {"TORCHSERVE_INFERENCE": f"127.0.0.1:{STACK['inference']}",
+                                      "FRONTDOOR_PORT": str(STACK["frontdoor"])}},
+        "prometheus": {
+            "command": ["--config.file=/etc/prometheus/prometheus.yml",
+                        "--storage.tsdb.path=/prometheus", f"--web.listen-address={prometheus}"],
+            "volumes": [f"{work / 'prometheus.yml'}:/etc/prometheus/prometheus.yml:ro"],
+            "healthcheck": {"test": ["CMD", "curl", "-fs", f"http://{prometheus}/-/ready"]}},
+        "locust": {"command": [
+            "run", "--host", frontdoor, "--prometheus-url", f"http://{prometheus}",
+            "--metrics-host", "127.0.0.1", "--metrics-port", str(STACK["locust"]), "-u", "6",
+            "-t", "20s", "--slo-p95-ms", "30000", "--slo-p99-ms", "60000", "--slo-min-rps", "0.1"]},
+    }}
+    (work / "compose.ports.yml").write_text(json.dumps(override, indent=2))
+    OVERRIDE["COMPOSE_OVERRIDE"] = str(work / "compose.ports.yml")
+
+
+def url(service: str, path: str = "") -> str:
+    return f"http://127.0.0.1:{STACK[service]}{path}"
+
+
 @pytest.fixture(scope="module")
-def stack(image):
-    busy = [p for p in HOST_PORTS if socket.socket().connect_ex(("127.0.0.1", p)) == 0]
-    if busy and Instance.from_config().process() is not None:
-        pytest.skip(f"`make up`'s service holds ports {busy}, which the compose services need on "
-                    "the host network: `make down`, then `make test` runs this test too")
+def stack(image, tmp_path_factory):
+    busy = [p for p in PORTS.values() if socket.socket().connect_ex(("127.0.0.1", p)) == 0]
     if busy:
-        pytest.fail(f"ports {busy} are in use on 127.0.0.1 (a `make up` running?); the compose "
-                    "services need them on the host network")
+        stack_ports(tmp_path_factory.mktemp("compose"))
+        print(f"\nports {busy} are taken (`make up`'s service?): the stack runs on {STACK}")
     built, size = image["built_s"], image["size"]
     started = time.monotonic()
     compose("up", "-d")
@@ -142,6 +178,8 @@ def stack(image):
         yield {"size": size, "healthy_s": healthy}
     finally:
         compose("down", "-v", check=False)
+        STACK.update(PORTS)
+        OVERRIDE.clear()
 
 
 def key(api: str = "inference") -> dict[str, str]:
@@ -152,41 +190,41 @@ def key(api: str = "inference") -> dict[str, str]:
 
 
 def test_torchserve_answers_every_model(stack):
-    url = "http://127.0.0.1:8080/predictions"
+    predictions = url("frontdoor", "/predictions")
     auth = key()
-    digits = requests.post(f"{url}/digits", data=(ROOT / "models/digits/example.json").read_bytes(),
+    digits = requests.post(f"{predictions}/digits", data=(ROOT / "models/digits/example.json").read_bytes(),
                            headers={"Content-Type": "application/json", **auth}, timeout=30)
     assert digits.status_code == 200 and digits.json()["predictions"][0]["label"] == "0"
-    cat = requests.post(f"{url}/efficientnet_lite0", data=encoded("chelsea", "JPEG"),
+    cat = requests.post(f"{predictions}/efficientnet_lite0", data=encoded("chelsea", "JPEG"),
                         headers={"Content-Type": "image/jpeg", **auth}, timeout=30)
     assert cat.status_code == 200 and cat.json()["predictions"][0]["index"] in range(281, 286)
-    text = requests.post(f"{url}/minilm", json={"texts": ["a cat", "a dog sleeps"]}, headers=auth,
+    text = requests.post(f"{predictions}/minilm", json={"texts": ["a cat", "a dog sleeps"]}, headers=auth,
                          timeout=30)
     assert text.status_code == 200 and text.json()["dimensions"] == 384
-    bad = requests.post(f"{url}/digits", data=b"{oops",
+    bad = requests.post(f"{predictions}/digits", data=b"{oops",
                         headers={"Content-Type": "application/json", **auth}, timeout=30)
     assert bad.status_code == 400 and bad.json()["error"] == "malformed_json"
-    without_key = requests.post(f"{url}/digits", data=b"{}", timeout=30)
+    without_key = requests.post(f"{predictions}/digits", data=b"{}", timeout=30)
     assert 400 <= without_key.status_code < 500 and without_key.status_code != 404
 
 
 def test_the_front_door_refuses_form_floods_and_passes_the_models_inputs(stack):
-    url = "http://127.0.0.1:8080/predictions/efficientnet_lite0"
+    endpoint = url("frontdoor", "/predictions/efficientnet_lite0")
     auth = key()
     started = time.monotonic()
-    flood = requests.post(url, data=b"a=1&" * 2_000_000, timeout=30, headers={
+    flood = requests.post(endpoint, data=b"a=1&" * 2_000_000, timeout=30, headers={
         "Content-Type": "application/x-www-form-urlencoded", **auth})
     assert flood.status_code == 415 and flood.json()["error"] == "unsupported_media_type"
     fields = "".join(f'--b\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\n1\r\n'
                      for i in range(60_000)) + "--b--\r\n"
-    multipart = requests.post(url, data=fields.encode(), timeout=30, headers={
+    multipart = requests.post(endpoint, data=fields.encode(), timeout=30, headers={
         "Content-Type": "multipart/form-data; boundary=b", **auth})
     assert multipart.status_code == 413 and multipart.json()["error"] == "too_large"
     assert time.monotonic() - started < 5
-    upload = requests.post(url, files={"data": ("cat.jpg", encoded("chelsea", "JPEG"), "image/jpeg")},
+    upload = requests.post(endpoint, files={"data": ("cat.jpg", encoded("chelsea", "JPEG"), "image/jpeg")},
                            headers=auth, timeout=30)
     assert upload.status_code == 200 and upload.json()["predictions"][0]["index"] in range(281, 286)
-    assert requests.get("http://127.0.0.1:8080/other", timeout=10).status_code == 404
+    assert requests.get(url("frontdoor", "/other"), timeout=10).status_code == 404
 
 
 def test_torchserve_runs_as_a_non_root_user_on_a_read_only_filesystem(stack):
@@ -210,23 +248,23 @@ def test_torchserve_runs_as_a_non_root_user_on_a_read_only_filesystem(stack):
             listening.setdefault(int(port, 16), set()).add(address)
     loopback = {"0100007F", "0000000000000000FFFF00000100007F",  # 127.0.0.1, ::ffff:127.0.0.1
                 "00000000000000000000000001000000"}                  # ::1
-    for port in (8081, 7070, 7071):
+    for port in (STACK["management"], STACK["grpc_inference"], STACK["grpc_management"]):
         assert listening.get(port) and listening[port] <= loopback, (port, listening)
 
 
 def test_the_composed_prometheus_records_torchserve(stack):
-    requests.post("http://127.0.0.1:8080/predictions/digits",
+    requests.post(url("frontdoor", "/predictions/digits"),
                   data=(ROOT / "models/digits/example.json").read_bytes(),
                   headers={"Content-Type": "application/json", **key()}, timeout=30)
     deadline = time.monotonic() + 60
     while True:
-        result = requests.get("http://127.0.0.1:9090/api/v1/query", timeout=10, params={
+        result = requests.get(url("prometheus", "/api/v1/query"), timeout=10, params={
             "query": 'sum(handler_stage_seconds_count{model_name="digits"})'}).json()["data"]["result"]
         if result and float(result[0]["value"][1]) > 0:
             break
         assert time.monotonic() < deadline, "Prometheus never recorded the handler histogram"
         time.sleep(2)
-    up = requests.get("http://127.0.0.1:9090/api/v1/query", params={"query": 'up{job="torchserve"}'},
+    up = requests.get(url("prometheus", "/api/v1/query"), params={"query": 'up{job="torchserve"}'},
                       timeout=10).json()["data"]["result"]
     assert [r["value"][1] for r in up] == ["1"]
 
@@ -242,7 +280,7 @@ def test_the_locust_service_runs_a_load_test(stack):
     assert "Report: /app/run/loadtest/" in logs
     for model in ("digits", "efficientnet_lite0", "minilm"):
         assert f"ok     {model}" in logs
-    series = requests.get("http://127.0.0.1:9090/api/v1/query", timeout=10, params={
+    series = requests.get(url("prometheus", "/api/v1/query"), timeout=10, params={
         "query": "count by (model_name) (last_over_time(loadtest_requests_total[5m]))"}).json()
     assert len(series["data"]["result"]) == 3
 
@@ -311,7 +349,7 @@ def test_docker_stop_under_load_loses_no_request(stack):
     server drains (readiness false, queues empty, quiet) before it stops, so every request sent
     until the clients stop is answered 200, and the container exits 0 well inside its grace.
     Last in this file: it stops the stack's TorchServe."""
-    url = "http://127.0.0.1:8080/predictions/efficientnet_lite0"
+    endpoint = url("frontdoor", "/predictions/efficientnet_lite0")
     auth = {"Content-Type": "image/jpeg", **key()}
     body = encoded("chelsea", "JPEG")
     answers: list[int] = []
@@ -325,7 +363,7 @@ def test_docker_stop_under_load_loses_no_request(stack):
             while time.monotonic() - started < 4:  # SIGTERM goes at 1.5 s
                 sent = time.monotonic() - stop_at[0] if stop_at else None
                 try:
-                    answer = session.post(url, data=body, headers=auth, timeout=60)
+                    answer = session.post(endpoint, data=body, headers=auth, timeout=60)
                     status = answer.status_code
                     if status != 200:
                         failures.append((status, answer.text[:200], sent))
