@@ -123,11 +123,16 @@ def test_regressions_are_answered_alone(fuzzer):
         fuzzer.check(thin_png() if body is None else body, content_type)
 
 
-def test_hostile_requests_fail_alone(fuzzer):
+def fuzz(fuzzer: Fuzzer, requests) -> None:
+    """EXAMPLES batches, each with one hostile request drawn from `requests`."""
     @settings(max_examples=EXAMPLES, deadline=None, print_blob=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(HOSTILE[fuzzer.model.name])
+    @given(requests)
     def run(request):
         fuzzer.check(*request)
 
     run()
+
+
+def test_hostile_requests_fail_alone(fuzzer):
+    fuzz(fuzzer, HOSTILE[fuzzer.model.name])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import models
@@ -17,7 +16,7 @@ from serving import new
 from serving.build import build
 from tests import user_models
 from tests.fuzz_inputs import COMMON, raw_json, texts_bodies
-from tests.test_fuzz import EXAMPLES, Fuzzer
+from tests.test_fuzz import Fuzzer, fuzz
 
 number = st.integers() | st.floats() | st.integers(-(10 ** 30), 10 ** 30) | st.booleans()
 grid = st.lists(st.lists(number, min_size=16, max_size=16), min_size=16, max_size=16)
@@ -59,10 +58,4 @@ def fuzzer(request, tmp_path_factory):
 
 
 def test_hostile_requests_to_the_new_kinds_fail_alone(fuzzer):
-    @settings(max_examples=EXAMPLES, deadline=None, print_blob=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(HOSTILE[fuzzer.model.name])
-    def run(request):
-        fuzzer.check(*request)
-
-    run()
+    fuzz(fuzzer, HOSTILE[fuzzer.model.name])
