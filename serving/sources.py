@@ -3,17 +3,22 @@ it: real example requests through the model's own handler, as a worker would dec
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import itertools
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from handlers.base import Payload
+from handlers.base import Payload, handler_class
+from models import content_type_of
 
 TOKENIZER_FILE = "tokenizer.json"
 LABELS_FILE = "labels.txt"
@@ -147,10 +152,6 @@ def generated_files(spec) -> dict[str, str]:
 def handler_for(spec, resources: Path):
     """The model's own handler, configured from its folder, with its resources loaded from
     `resources` (the archive's staged files): the build decodes examples exactly as it serves."""
-    import importlib
-
-    from handlers.base import handler_class
-
     handler = handler_class(importlib.import_module(f"handlers.{spec.handler}"))()
     handler.configure(spec.handler_settings)
     handler.card = spec.card
@@ -159,9 +160,8 @@ def handler_for(spec, resources: Path):
 
 
 def stage_resources(spec, stage: Path) -> Path:
+    """The files the handler loads at serve time, as the archive will hold them."""
     stage.mkdir(parents=True, exist_ok=True)
-    import shutil
-
     for name, source in spec.extra_files().items():
         shutil.copy2(source, stage / name)
     for name, text in generated_files(spec).items():
@@ -169,13 +169,13 @@ def stage_resources(spec, stage: Path) -> Path:
     return stage
 
 
-def decoded_items(spec, files: list[Path], resources: Path) -> list:
-    handler = handler_for(spec, resources)
+def decoded_items(spec, files: list[Path]) -> tuple[Any, list]:
+    """The model's handler, and the items it decodes from each request file."""
+    with tempfile.TemporaryDirectory() as stage:
+        handler = handler_for(spec, stage_resources(spec, Path(stage)))
     _, content_type = spec.example_request
     items = []
     for path in files:
-        from models import content_type_of
-
         try:
             items += handler.decode(Payload(path.read_bytes(), content_type_of(path.name)
                                             if path.suffix else content_type))
@@ -185,24 +185,16 @@ def decoded_items(spec, files: list[Path], resources: Path) -> list:
     return handler, items
 
 
-def batches_from_requests(spec, files: list[Path], resources: Path | None = None) -> list[tuple]:
+def batches_from_requests(spec, files: list[Path]) -> list[tuple]:
     """Parity batches: the example requests decoded by the handler, in batches of batchSize."""
-    resources = resources or stage_resources(spec, spec_work_dir(spec) / "resources")
-    handler, items = decoded_items(spec, files, resources)
+    handler, items = decoded_items(spec, files)
     size = int(spec.config.get("batchSize") or 1)
     return [handler.collate(items[i:i + size]) for i in range(0, len(items), size)]
 
 
 def example_inputs(spec, batch: int) -> tuple:
     """A batch of `batch` inputs made of the parity examples (repeated as needed)."""
-    resources = stage_resources(spec, spec_work_dir(spec) / "resources")
     files = spec.files(spec.parity_spec["examples"], "parity.examples") \
         if "examples" in spec.parity_spec else [spec.folder / spec.example["file"]]
-    handler, items = decoded_items(spec, files, resources)
+    handler, items = decoded_items(spec, files)
     return handler.collate(list(itertools.islice(itertools.cycle(items), batch)))
-
-
-def spec_work_dir(spec) -> Path:
-    from serving.paths import BUILD_DIR
-
-    return BUILD_DIR / spec.name
