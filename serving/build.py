@@ -187,11 +187,25 @@ def try_candidate(spec: ModelSpec, ref: Reference, t: str, p: str, work_dir: Pat
     return entry
 
 
+class OnDevice:
+    """An artifact on `device`, called as the gates, the timing and the model's hooks call every
+    candidate: with CPU tensors, answering CPU tensors. The eager reference stays on the CPU (exact
+    fp32), so a CUDA candidate's time includes its copies, as a worker's does."""
+
+    def __init__(self, model, device: torch.device) -> None:
+        self.model, self.device = model, device
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(*(x.to(self.device) for x in inputs)).cpu()
+
+
 def load_artifact(entry: dict, device: str):
     path = Path(entry["artifact"])
     info = {"target": entry["target"], "precision": entry["precision"], "device": device,
             "arch": platform.machine(), "torch": torch.__version__}
-    return artifacts.load(path.parent, path.name, info, torch.device(device))
+    model = artifacts.load(path.parent, path.name, info, torch.device(device))
+    where = artifacts.artifact_device(info, torch.device(device))
+    return model if where.type == "cpu" else OnDevice(model, where)
 
 
 # -- ship ----------------------------------------------------------------------------------------

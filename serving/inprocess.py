@@ -24,7 +24,8 @@ class Answer:
 class LoadedModel:
     """One archive's handler, initialised as a TorchServe worker initialises it."""
 
-    def __init__(self, name: str, work_dir: Path, model_store: Path = MODEL_STORE) -> None:
+    def __init__(self, name: str, work_dir: Path, model_store: Path = MODEL_STORE,
+                 gpu: int | None = None) -> None:
         from ts.context import Context
 
         model_dir = work_dir / name
@@ -34,7 +35,7 @@ class LoadedModel:
         config = yaml.safe_load((model_dir / manifest["model"]["configFile"]).read_text())
         self.name = name
         self.batch_size = int(config.get("batchSize") or 1)
-        self.context = Context(name, str(model_dir), manifest, self.batch_size, None, "0.12.0",
+        self.context = Context(name, str(model_dir), manifest, self.batch_size, gpu, "0.12.0",
                                model_yaml_config=config)
         module = importlib.import_module(f"handlers.{Path(manifest['model']['handler']).stem}")
         from handlers.base import handler_class

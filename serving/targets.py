@@ -72,15 +72,16 @@ def candidate_precisions(device: str) -> list[str]:
 
 class Served(torch.nn.Module):
     """The model as it is exported: floating-point inputs cast to the serving precision (and, for
-    image models, to channels-last layout), the output always fp32. The eager reference is copied,
-    never changed."""
+    image models, to channels-last layout), the output always fp32, on `device`. The eager
+    reference is copied, never changed: it stays the gates' fp32 reference on the CPU."""
 
-    def __init__(self, model: torch.nn.Module, precision: str, channels_last: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, precision: str, channels_last: bool = False,
+                 device: str = "cpu") -> None:
         super().__init__()
         self.dtype = DTYPES[precision]
         self.channels_last = channels_last
-        if precision != "fp32" or channels_last:
-            model = copy.deepcopy(model).to(self.dtype)
+        if precision != "fp32" or channels_last or device != "cpu":
+            model = copy.deepcopy(model).to(device=device, dtype=self.dtype)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -171,7 +172,7 @@ def export(target: str, model: torch.nn.Module, precision: str, example: tuple, 
         raise TargetUnavailable("fp16 is for GPUs; on CPUs use bf16")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / LOADERS[target].file
-    served = Served(model, precision, channels_last).eval().to(device)
+    served = Served(model, precision, channels_last, device).eval()
     EXPORTERS[target].export(Export(served, tuple(x.to(device) for x in example), dims, ranges,
                                     path, neuron or NeuronOptions()))
     return path
