@@ -35,6 +35,8 @@ def shape_of(value, path: str = "input") -> list[int]:
 
 
 class ArrayClassifier(ModelHandler):
+    """A fixed-shape numeric array in (JSON), the top-k classes out."""
+
     settings_defaults = {"input_key": "inputs", "input_shape": None, "value_range": None,
                          "top_k": 3, "num_classes": None}
 

@@ -348,7 +348,8 @@ class ModelHandler:
         return {
             "model": model_name or info.get("name", ""),
             "kind": self.card.get("kind", ""),
-            "description": self.card.get("description", self.__doc__.strip().splitlines()[0]),
+            "description": self.card.get("description") or
+                           (type(self).__doc__ or "").strip().split("\n")[0],
             "request": self.request_schema(),
             "answer": self.answer_schema(),
             "error": ERROR_SCHEMA,
@@ -363,7 +364,12 @@ class ModelHandler:
         """One answer per request, whatever happens: TorchServe fails the whole batch (503) when
         anything leaves this method, so nothing does."""
         if is_describe(context):
-            return [json.dumps(self.describe(getattr(context, "model_name", "")))]
+            try:
+                return [json.dumps(self.describe(getattr(context, "model_name", "")))]
+            except Exception:  # noqa: BLE001 - a describe bug must not take the worker's batch
+                log.exception("describing the model failed")
+                return [json.dumps({"error": "describe_failed",
+                                    "detail": "the worker log has the traceback"})]
         started = time.perf_counter()
         responses: list[Any] = [None] * len(data)
         statuses: list[int] = [200] * len(data)

@@ -221,3 +221,22 @@ def test_a_tokenizer_that_does_not_fit_its_model_is_refused(tmp_path):
     with pytest.raises(models.ModelFolderError, match="source.huggingface: the tokenizer gives "
                        r"ids up to \d+, but the model's vocab_size is 20"):
         models.ModelSpec.from_folder(folder).load_eager(tmp_path / "work")
+
+
+@pytest.mark.parametrize("kind", ["array_classifier", "tensor"])
+def test_every_kind_describes_itself(folder, kind):
+    """The describe answer (TorchServe's customized metadata) for a kind without a description."""
+    import importlib
+
+    from handlers import KINDS
+    from handlers.base import handler_class
+
+    handler = handler_class(importlib.import_module(f"handlers.{KINDS[kind].handler}"))()
+    handler.card = {"kind": kind, "inputs": [{"name": "image", "shape": ["batch", 1, 16, 16]}]}
+    handler.configure({"input_key": "image", "input_shape": [1, 16, 16]}
+                      if kind == "array_classifier" else {})
+    if kind == "tensor":
+        handler.load_resources(Path("."))
+    described = handler.describe("m")
+    assert described["kind"] == kind and described["description"]
+    assert described["request"] and described["answer"]
