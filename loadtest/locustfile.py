@@ -136,11 +136,11 @@ def model_user(name: str) -> type:
 
     def on_start(self) -> None:
         ModelUser.on_start(self)
-        _, self.bodies = bodies_of(name)
+        self.content_type, self.bodies = bodies_of(name)
 
     @task
     def predict(self) -> None:
-        self.post(name, random.choice(self.bodies), spec.payload_content_type, spec.answer_field)
+        self.post(name, random.choice(self.bodies), self.content_type, spec.answer_field)
 
     return type(user_class_name(name), (ModelUser,), {
         "on_start": on_start, "predict": predict, "__module__": __name__,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import models
@@ -29,12 +28,6 @@ ERRORS = {
     "503": "the model's queue is full, or it has no worker ready: retry later",
     "507": "the model ran out of memory on this request",
 }
-
-
-def handler_of(spec, work: Path):
-    from serving import sources
-
-    return sources.handler_for(spec, sources.stage_resources(spec, work / spec.name))
 
 
 def operation(spec, handler) -> dict:
@@ -60,11 +53,12 @@ def operation(spec, handler) -> dict:
 
 
 def document(names: list[str] | None = None, server_url: str = "http://127.0.0.1:8080") -> dict:
+    from serving import sources
+
     paths = {}
-    with tempfile.TemporaryDirectory() as work:
-        for name in names or models.names():
-            spec = models.load(name)
-            paths[f"/predictions/{name}"] = operation(spec, handler_of(spec, Path(work)))
+    for name in names or models.names():
+        spec = models.load(name)
+        paths[f"/predictions/{name}"] = operation(spec, sources.model_handler(spec))
     return {
         "openapi": "3.0.3",
         "info": {"title": "Model serving: inference", "version": "1",

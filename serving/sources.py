@@ -169,10 +169,15 @@ def stage_resources(spec, stage: Path) -> Path:
     return stage
 
 
+def model_handler(spec):
+    """The model's handler as a worker would have it, its resources staged as in the archive."""
+    with tempfile.TemporaryDirectory() as stage:
+        return handler_for(spec, stage_resources(spec, Path(stage)))
+
+
 def decoded_items(spec, files: list[Path]) -> tuple[Any, list]:
     """The model's handler, and the items it decodes from each request file."""
-    with tempfile.TemporaryDirectory() as stage:
-        handler = handler_for(spec, stage_resources(spec, Path(stage)))
+    handler = model_handler(spec)
     _, content_type = spec.example_request
     items = []
     for path in files:
