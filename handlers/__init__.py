@@ -11,7 +11,7 @@ WORKERS_ENV = "SERVING_WORKERS_TOTAL"
 
 # What the build can produce and the workers can load (see handlers/artifacts.py).
 TARGETS = ("eager", "torchscript", "inductor", "neuron")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # int8: dynamic quantization of Linear layers
 
 
 class Kind(NamedTuple):

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import torch
 
 from handlers import WORKERS_ENV, artifacts
+from handlers.cores import CoreShare, available_cores
 from handlers.metrics import HandlerMetrics
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "max_text_chars": 10_000,
     "max_items_per_request": 64,
     "batch_buckets": None,  # batch sizes the model runs at; default: every size up to batchSize
-    "torch_threads": None,  # default: CPU cores / worker processes on this server
+    # Most threads a worker runs; it takes fewer while other workers of the server are busy
+    # (handlers/cores.py). Default: every core.
+    "torch_threads": None,
 }
 
 
@@ -215,6 +218,7 @@ class ModelHandler:
         self.device = torch.device("cpu")
         self.batch_buckets: list[int] = [1]
         self.metrics = HandlerMetrics(None, "")
+        self.core_share = CoreShare(None, 1)
 
     # -- subclass hooks -------------------------------------------------------------------------
 
@@ -268,9 +272,11 @@ class ModelHandler:
         self.batch_buckets = sorted({int(b) for b in buckets if 0 < int(b) <= batch_size}
                                     | {batch_size})
 
-        workers = int(os.environ.get(WORKERS_ENV) or yaml_config.get("minWorkers") or 1)
-        threads = self.settings["torch_threads"] or max(1, (os.cpu_count() or 1) // workers)
-        torch.set_num_threads(int(threads))
+        max_threads = int(self.settings["torch_threads"] or available_cores())
+        self.core_share = CoreShare.from_env(max_threads)
+        if not self.core_share.shared:  # no launcher to share cores through: a fixed split
+            workers = int(os.environ.get(WORKERS_ENV) or yaml_config.get("minWorkers") or 1)
+            torch.set_num_threads(max(1, min(max_threads, available_cores() // workers)))
 
         gpu_id = properties.get("gpu_id")
         if gpu_id is not None and torch.cuda.is_available():
@@ -283,10 +289,11 @@ class ModelHandler:
         self.load_resources(model_dir)
         self.warm_up()
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name)
-        log.info("%s ready: %s/%s on %s with %d threads, batch buckets %s, in %.1fs",
+        log.info("%s ready: %s/%s on %s with %s threads, batch buckets %s, in %.1fs",
                  context.model_name, self.build_info["target"], self.build_info["precision"],
-                 self.device, torch.get_num_threads(), self.batch_buckets,
-                 time.perf_counter() - started)
+                 self.device, f"up to {self.core_share.max_threads} (cores shared by the busy "
+                 "workers)" if self.core_share.shared else torch.get_num_threads(),
+                 self.batch_buckets, time.perf_counter() - started)
 
     def warm_up(self) -> None:
         """Runs every batch size and input shape twice, so live traffic never pays for the first
@@ -330,14 +337,15 @@ class ModelHandler:
         order = self.run_order(items)
         outputs = []
         largest = self.batch_buckets[-1]
-        for start in range(0, len(order), largest):
-            chunk = [items[i] for i in order[start:start + largest]]
-            n = len(chunk)
-            chunk += [chunk[-1]] * (self.bucket(n) - n)  # padding rows are dropped below
-            inputs = tuple(t.to(self.device, non_blocking=True) for t in self.collate(chunk))
-            with torch.inference_mode():
-                out = self.model(*inputs)
-            outputs.append(out[:n].float().cpu())
+        with self.core_share.running():
+            for start in range(0, len(order), largest):
+                chunk = [items[i] for i in order[start:start + largest]]
+                n = len(chunk)
+                chunk += [chunk[-1]] * (self.bucket(n) - n)  # padding rows are dropped below
+                inputs = tuple(t.to(self.device, non_blocking=True) for t in self.collate(chunk))
+                with torch.inference_mode():
+                    out = self.model(*inputs)
+                outputs.append(out[:n].float().cpu())
         rows = torch.cat(outputs)
         return rows[torch.argsort(torch.tensor(order))] if order != sorted(order) else rows
 

@@ -58,7 +58,7 @@ HOOKS = {
 }
 CARD_FIELDS = {"kind", "description", "source", "inputs", "dynamic", "build", "parity", "example",
                "extra_files", "loadtest"}
-BUILD_FIELDS = {"targets", "channels_last", "prepare_export", "evaluate", "packages"}
+BUILD_FIELDS = {"targets", "channels_last", "prepare_export", "evaluate", "packages", "int8_skip"}
 LOADTEST_FIELDS = {"payloads", "content_type", "slo"}
 DEFAULT_RANGES = {"batch": (1, 1024), "seq": (2, 512)}
 NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_-]*"  # a model's name is its URL path: /predictions/NAME
@@ -317,6 +317,11 @@ class ModelSpec:
     @property
     def channels_last(self) -> bool:
         return bool(self.build_settings.get("channels_last", False))
+
+    @property
+    def int8_skip(self) -> tuple[str, ...]:
+        """Globs of Linear layer names the int8 candidate leaves in fp32."""
+        return tuple(self.build_settings.get("int8_skip") or ())
 
     @property
     def targets(self) -> tuple[str, ...]:

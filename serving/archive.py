@@ -54,3 +54,27 @@ def archive(spec: ModelSpec, artifact: Path, config: dict, info: dict, work_dir:
     target = model_store / f"{archive_name}.mar"
     os.replace(out / f"{archive_name}.mar", target)  # atomic: a running server never sees half a file
     return target
+
+
+def with_config(source: Path, target: Path, settings: dict) -> Path:
+    """A copy of the archive `source` at `target` whose model-config.yaml has `settings` merged
+    in (top-level keys, and a `handler:` dict merged key by key): the tuner serves each candidate
+    configuration from such a copy, without rebuilding the model."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as mar:
+        config = yaml.safe_load(mar.read("model-config.yaml")) or {}
+        for key, value in settings.items():
+            if key == "handler":
+                config["handler"] = {**(config.get("handler") or {}), **value}
+            else:
+                config[key] = value
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        with zipfile.ZipFile(partial, "w") as out:
+            for entry in mar.infolist():
+                data = (yaml.safe_dump(config, sort_keys=False).encode()
+                        if entry.filename == "model-config.yaml" else mar.read(entry.filename))
+                out.writestr(entry, data)
+    os.replace(partial, target)
+    return target

@@ -50,7 +50,7 @@ def child_export(args) -> dict:
         eager = spec.prepare_export(eager)
     path = targets.export(args.target, eager, args.precision, spec.example_inputs(2), spec.dims,
                           spec.dim_ranges, work / f"{args.target}-{args.precision}", args.device,
-                          channels_last=spec.channels_last)
+                          channels_last=spec.channels_last, int8_skip=spec.int8_skip)
     return {"artifact": str(path), "build_s": time.perf_counter() - started}
 
 
@@ -63,7 +63,7 @@ def child_measure(args) -> dict:
     started = time.perf_counter()
     if args.target == "eager":
         model = Served(spec.load_eager(BUILD_DIR / args.model).eval(), args.precision,
-                       spec.channels_last).to(device)
+                       spec.channels_last, int8_skip=spec.int8_skip).to(device)
     else:
         path = Path(args.artifact)
         info = {"target": args.target, "precision": args.precision, "device": args.device,

@@ -63,7 +63,7 @@ def inputs_digest(spec: ModelSpec, request: dict) -> str:
 # most ahead-of-time. So a lower precision ships only when it is clearly faster, and a rebuild
 # does not flip between near-equal candidates.
 EQUALLY_FAST = 1.10
-PREFERRED_PRECISIONS = ("fp32", "bf16", "fp16")
+PREFERRED_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 PREFERRED_TARGETS = ("neuron", "inductor", "torchscript", "eager")
 
 
@@ -96,7 +96,7 @@ def candidates(spec: ModelSpec, target: str | None, precision: str | None,
     for t in chosen_targets:
         precisions = [precision] if precision else \
             ["fp32"] if targets.EXPORTERS[t].compiler_casts else targets.candidate_precisions(device)
-        plan += [(t, p) for p in precisions]
+        plan += [(t, p) for p in precisions if precision or p != "int8" or targets.EXPORTERS[t].int8]
     return plan
 
 
@@ -170,7 +170,8 @@ def try_candidate(spec: ModelSpec, ref: Reference, t: str, p: str, work_dir: Pat
         if fixed_length:
             example = targets.fit_sequence(example, spec.dims, fixed_length)
     artifact = targets.export(t, ref.to_export, p, example, spec.dims, spec.dim_ranges,
-                              work_dir / f"{t}-{p}", device, neuron, spec.channels_last)
+                              work_dir / f"{t}-{p}", device, neuron, spec.channels_last,
+                              spec.int8_skip)
     entry["export_seconds"] = round(time.perf_counter() - step, 2)
     entry["artifact"] = str(artifact)
     exported = load_artifact(entry, device)

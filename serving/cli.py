@@ -215,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
         from serving import bench
 
         return bench.main(argv[1:])
+    if argv[:1] == ["bench-serve"]:
+        from serving import servedbench
+
+        return servedbench.main(argv[1:])
+    if argv[:1] == ["tune"]:
+        from serving import tune
+
+        return tune.main(argv[1:])
     if argv[:1] == ["worst-case"]:
         from serving import worstcase
 
@@ -292,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model")
     p.set_defaults(func=cmd_describe)
 
+    sub.add_parser("bench-serve", help="per model: in-process, TorchServe and LitServe on the "
+                   "same archive, closed loop and an open-loop sweep (python -m serving bench-serve "
+                   "--help)")
+    sub.add_parser("tune", help="the batch size, delay, workers and threads with the most "
+                   "throughput within a p99 limit, against the real TorchServe: MODEL --p99-ms X "
+                   "(python -m serving tune --help)")
     sub.add_parser("worst-case", help="each model's costliest request next to a normal full batch "
                    "(python -m serving worst-case --help)")
 

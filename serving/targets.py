@@ -21,7 +21,9 @@ from handlers import PRECISIONS
 from handlers.artifacts import LOADERS, NEURON_MISSING
 from serving.cpu import has_bf16
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The dtype a model's floating-point weights and inputs run in. int8 models take fp32 inputs and
+# quantize activations as they run (dynamic quantization of their Linear layers).
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
 
 
 class TargetUnavailable(RuntimeError):
@@ -65,9 +67,28 @@ def check_available(target: str, device: str) -> None:
 
 
 def candidate_precisions(device: str) -> list[str]:
+    """Where the CPU has no bf16 arithmetic (AVX2-only x86, Graviton2), int8 is the lower
+    precision tried instead."""
     if device == "cuda":
         return ["fp32", "fp16", "bf16"]
-    return ["fp32", "bf16"] if has_bf16() else ["fp32"]
+    return ["fp32", "bf16"] if has_bf16() else ["fp32", "int8"]
+
+
+def quantize_int8(model: torch.nn.Module, skip: tuple[str, ...] = ()) -> torch.nn.Module:
+    """Dynamic int8 quantization of the Linear layers (weights per output channel, activations
+    per batch as they run), except the layers whose names match a glob in `skip`: the layers whose
+    error the parity gate does not tolerate (model.yaml build.int8_skip)."""
+    import fnmatch
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    chosen = {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear)
+              and not any(fnmatch.fnmatchcase(name, pattern) for pattern in skip)}
+    if not chosen:
+        raise TargetUnavailable("int8: the model has no Linear layers to quantize (outside "
+                                "build.int8_skip)")
+    return quantize_dynamic(model, qconfig_spec=chosen, dtype=torch.qint8)
 
 
 class Served(torch.nn.Module):
@@ -76,12 +97,16 @@ class Served(torch.nn.Module):
     reference is copied, never changed: it stays the gates' fp32 reference on the CPU."""
 
     def __init__(self, model: torch.nn.Module, precision: str, channels_last: bool = False,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", int8_skip: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.dtype = DTYPES[precision]
         self.channels_last = channels_last
+        if precision == "int8" and device != "cpu":
+            raise TargetUnavailable("int8 (dynamic quantization) runs on CPUs only")
         if precision != "fp32" or channels_last or device != "cpu":
             model = copy.deepcopy(model).to(device=device, dtype=self.dtype)
+        if precision == "int8":
+            model = quantize_int8(model, int8_skip)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -146,6 +171,7 @@ def export_inductor(job: Export) -> None:
 class Exporter:
     export: Callable[[Export], None]
     compiler_casts: bool = False  # its compiler picks precisions (neuron --auto-cast): fp32 in
+    int8: bool = False  # captures dynamically quantized layers (torch.export does not)
     available: Callable[[], None] | None = None  # raises TargetUnavailable where it cannot build
 
 
@@ -153,7 +179,7 @@ class Exporter:
 # handlers.artifacts.LOADERS.
 EXPORTERS = {
     "eager": Exporter(export_eager),
-    "torchscript": Exporter(export_torchscript),
+    "torchscript": Exporter(export_torchscript, int8=True),
     "inductor": Exporter(export_inductor),
     "neuron": Exporter(lambda job: export_neuron(job.served, job.example, job.path, job.neuron),
                        compiler_casts=True, available=neuron_available),
@@ -162,7 +188,8 @@ EXPORTERS = {
 
 def export(target: str, model: torch.nn.Module, precision: str, example: tuple, dims: tuple,
            ranges: dict, out_dir: Path, device: str = "cpu",
-           neuron: NeuronOptions | None = None, channels_last: bool = False) -> Path:
+           neuron: NeuronOptions | None = None, channels_last: bool = False,
+           int8_skip: tuple[str, ...] = ()) -> Path:
     """Writes the artifact for `target` into out_dir; returns its path."""
     if target not in EXPORTERS:
         raise ValueError(f"unknown target {target!r}; targets: {', '.join(EXPORTERS)}")
@@ -170,9 +197,12 @@ def export(target: str, model: torch.nn.Module, precision: str, example: tuple, 
         raise ValueError(f"unknown precision {precision!r}; precisions: {', '.join(PRECISIONS)}")
     if precision == "fp16" and device != "cuda":
         raise TargetUnavailable("fp16 is for GPUs; on CPUs use bf16")
+    if precision == "int8" and not EXPORTERS[target].int8:
+        raise TargetUnavailable(f"int8 is built as torchscript; {target} cannot capture "
+                                "dynamically quantized layers")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / LOADERS[target].file
-    served = Served(model, precision, channels_last, device).eval()
+    served = Served(model, precision, channels_last, device, int8_skip).eval()
     EXPORTERS[target].export(Export(served, tuple(x.to(device) for x in example), dims, ranges,
                                     path, neuron or NeuronOptions()))
     return path

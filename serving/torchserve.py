@@ -26,6 +26,7 @@ import requests
 import yaml
 
 from handlers import WORKERS_ENV
+from handlers.cores import SHARE_ENV
 
 from serving.cpu import worker_environment
 from serving.paths import CONFIG_PROPERTIES, MODEL_STORE, RUN_DIR
@@ -241,10 +242,13 @@ class Instance:
         self.drain_file.unlink(missing_ok=True)
         (self.run_dir / "no-workflows").mkdir(exist_ok=True)
         workers = sum(self.workers_in(m) for m in models)
+        core_share = self.tmp_dir / "core-share"
+        core_share.unlink(missing_ok=True)
         env = {
             **os.environ,
             **worker_environment(workers=workers),
             WORKERS_ENV: str(workers),
+            SHARE_ENV: str(core_share),  # the workers split the cores by who is busy
             "JAVA_HOME": java_home(),
             "TEMP": str(self.tmp_dir),    # java.io.tmpdir: worker sockets
             "TMPDIR": str(self.tmp_dir),  # Python's tempfile: the pid file, unpacked archives
@@ -372,3 +376,22 @@ class Instance:
             if pending:
                 time.sleep(0.5)
         return time.monotonic() - started
+
+
+def start_on_free_ports(run_dir: Path, models: list[str], attempts: int = 3,
+                        timeout: float = 300, **options) -> Instance:
+    """A TorchServe on free loopback ports, READY. Free ports are only free when picked: another
+    process (a load generator's client sockets, say) may take one before TorchServe binds it, so
+    a failed start is retried on new ports, its log kept in the same run folder."""
+    for attempt in range(1, attempts + 1):
+        instance = Instance.on_free_ports(run_dir=run_dir, **options)
+        instance.stop()  # one left in this folder by an interrupted run
+        try:
+            instance.start(models)
+            instance.wait_ready(models, timeout=timeout)
+            return instance
+        except ServeError:
+            instance.stop()
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")

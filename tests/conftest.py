@@ -9,7 +9,8 @@ import pytest
 
 import models
 from serving.build import build_all
-from serving.torchserve import Instance, ServeError
+from serving.torchserve import Instance
+from serving.torchserve import start_on_free_ports as serving_on_free_ports
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -20,20 +21,8 @@ def build_info() -> dict[str, dict]:
     return build_all()
 
 
-def start_on_free_ports(tmp_path_factory, models_to_serve: list[str], attempts: int = 2,
-                        **instance_options) -> Instance:
-    """Free ports are only free when picked: another process may take one before TorchServe
-    binds it, so a failed start is retried once on new ports (the log of each try is kept)."""
-    for attempt in range(1, attempts + 1):
-        instance = Instance.on_free_ports(run_dir=tmp_path_factory.mktemp("ts"), **instance_options)
-        try:
-            instance.start(models_to_serve)
-            instance.wait_ready(models_to_serve, timeout=300)
-            return instance
-        except ServeError:
-            instance.stop()
-            if attempt == attempts:
-                raise
+def start_on_free_ports(tmp_path_factory, models_to_serve: list[str], **instance_options) -> Instance:
+    return serving_on_free_ports(tmp_path_factory.mktemp("ts"), models_to_serve, **instance_options)
 
 
 @pytest.fixture(scope="session")

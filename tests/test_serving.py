@@ -168,20 +168,24 @@ def test_readiness_follows_the_workers(server):
         assert not server.model_ready("digits")
         assert server.model_ready("minilm")  # the others are unaffected
     finally:
-        assert requests.put(f"{scale}&min_worker=1&max_worker=1", headers=key,
+        workers = server.workers_in("digits")  # as the archive's config has it
+        assert requests.put(f"{scale}&min_worker={workers}&max_worker={workers}", headers=key,
                             timeout=120).status_code == 200
     assert server.model_ready("digits")
     assert predict(server, "digits", {"pixels": GRID}).status_code == 200
 
 
 def test_a_worker_killed_under_load_fails_at_most_one_batch_and_is_back_within_10s(server):
-    """SIGKILL of a worker while 8 clients keep it busy: its in-flight batch may fail, the
-    queued requests wait for the replacement and are served, readiness says so throughout."""
+    """SIGKILL of a worker while 8 clients keep the model busy: its in-flight batch may fail, the
+    queued requests are served (by its replacement, or by the model's other workers), and the
+    replacement is READY within 10 s. Readiness says so throughout: false while the model has no
+    live worker, true all along while another worker of it lives."""
     import threading
 
     import psutil
 
-    model, batch_size = "efficientnet_lite0", 8
+    model, clients = "efficientnet_lite0", 8
+    batch_size = int(server.describe(model)[0]["batchSize"])
     photo = encoded("chelsea", "JPEG")
     statuses, stop = [], threading.Event()
 
@@ -189,38 +193,40 @@ def test_a_worker_killed_under_load_fails_at_most_one_batch_and_is_back_within_1
         while not stop.is_set():
             statuses.append(predict(server, model, photo, "image/jpeg").status_code)
 
-    threads = [threading.Thread(target=client) for _ in range(batch_size)]
+    threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
     try:
         time.sleep(2)
-        [worker] = server.workers(model)
+        workers = server.workers(model)
+        victim = workers[0]
         sent_before = len(statuses)
         killed = time.monotonic()
-        psutil.Process(worker["pid"]).kill()
-        down_at = back_at = None
+        psutil.Process(victim["pid"]).kill()
+        readiness, back_at = [], None
         while time.monotonic() - killed < 60 and back_at is None:
-            ready = server.model_ready(model)
-            if not ready and down_at is None:
-                down_at = time.monotonic()
-            if ready and down_at is not None:
+            readiness.append(server.model_ready(model))
+            pids = {w["pid"] for w in server.workers(model) if w.get("status") == "READY"}
+            if victim["pid"] not in pids and len(pids) == len(workers) and readiness[-1]:
                 back_at = time.monotonic()
             time.sleep(0.05)
-        time.sleep(2)  # the queued requests drain through the new worker
+        time.sleep(2)  # the queued requests drain
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=60)
-    assert down_at is not None, "readiness never turned false after the worker was killed"
-    assert back_at is not None and back_at - killed < 10, f"READY again after {back_at and back_at - killed}"
+    assert back_at is not None and back_at - killed < 10, f"replaced after {back_at and back_at - killed}"
+    if len(workers) == 1:
+        assert not all(readiness), "readiness never turned false with the only worker killed"
+    else:
+        assert all(readiness), "the model turned unready while another worker of it lived"
     failed = [s for s in statuses if s != 200]
-    print(f"\nworker killed under load: not ready {down_at - killed:.2f}s after the kill, READY "
-          f"again after {back_at - killed:.1f}s; {len(statuses)} requests, {len(failed)} failed "
-          f"({sorted(set(failed))}), {len(statuses) - sent_before} sent after the kill")
+    print(f"\nworker killed under load ({len(workers)} workers): replaced and READY after "
+          f"{back_at - killed:.1f}s; ready throughout: {all(readiness)}; {len(statuses)} requests, "
+          f"{len(failed)} failed ({sorted(set(failed))}), {len(statuses) - sent_before} sent after "
+          "the kill")
     assert len(failed) <= batch_size, failed
-    assert statuses[-batch_size:] == [200] * batch_size
-    [replacement] = server.workers(model)
-    assert replacement["pid"] != worker["pid"]
+    assert statuses[-clients:] == [200] * clients
 
 
 def test_stopping_another_instance_leaves_this_one_running(server, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -113,19 +114,25 @@ def test_neuron_options_defaults_follow_the_notes():
 
 # -- every target that runs here, for real -------------------------------------------------------
 
-HERE_TARGETS = ("eager", "torchscript", "inductor")
+# Every target that runs here at fp32, and int8 (dynamic quantization, built as TorchScript): the
+# lower precision of CPUs without bf16, asked for by name here whatever this CPU has.
+HERE_BUILDS = (("eager", "fp32"), ("torchscript", "fp32"), ("inductor", "fp32"), ("torchscript", "int8"))
+
+
+def archive_of(target: str, precision: str) -> str:
+    return f"digits_{target}" + ("" if precision == "fp32" else f"_{precision}")
 
 
 @pytest.fixture(scope="module")
 def per_target(tmp_path_factory):
-    """digits built once per target, archived as digits_<target>, served by one TorchServe."""
+    """digits built once per target (and int8), each its own archive, served by one TorchServe."""
     from tests.conftest import start_on_free_ports
 
     store = tmp_path_factory.mktemp("store")
-    infos = {t: build("digits", target=t, precision="fp32", model_store=store,
-                      work_root=tmp_path_factory.mktemp("work"), archive_name=f"digits_{t}")
-             for t in HERE_TARGETS}
-    server = start_on_free_ports(tmp_path_factory, [f"digits_{t}" for t in HERE_TARGETS],
+    infos = {(t, p): build("digits", target=t, precision=p, model_store=store,
+                           work_root=tmp_path_factory.mktemp("work"), archive_name=archive_of(t, p))
+             for t, p in HERE_BUILDS}
+    server = start_on_free_ports(tmp_path_factory, [archive_of(t, p) for t, p in HERE_BUILDS],
                                  model_store=store)
     try:
         yield infos, server
@@ -133,14 +140,17 @@ def per_target(tmp_path_factory):
         server.stop()
 
 
-@pytest.mark.parametrize("target", HERE_TARGETS)
-def test_each_target_is_built_checked_and_served(per_target, target):
+@pytest.mark.parametrize("target, precision", HERE_BUILDS)
+def test_each_target_is_built_checked_and_served(per_target, target, precision):
     infos, server = per_target
-    info = infos[target]
-    assert (info["target"], info["precision"]) == (target, "fp32")
-    assert info["parity"]["relative_error"] <= 1e-4
+    info = infos[(target, precision)]
+    assert (info["target"], info["precision"]) == (target, precision)
+    if precision == "fp32":
+        assert info["parity"]["relative_error"] <= 1e-4
+    else:  # int8 changes the numbers by design: the classifier gate
+        assert info["parity"]["top1_agreement"] >= 0.99 and info["parity"]["relative_error"] > 0
     _, _, x_test, y_test = split()
-    url = f"{server.inference_url}/predictions/digits_{target}"
+    url = f"{server.inference_url}/predictions/{archive_of(target, precision)}"
     right = 0
     with requests.Session() as session:
         for grid, label in zip(x_test, y_test.tolist()):
@@ -150,6 +160,34 @@ def test_each_target_is_built_checked_and_served(per_target, target):
             assert response.status_code == 200, response.text
             right += int(response.json()["predictions"][0]["label"]) == label
     assert right == info["evaluation"]["held_out_correct"]
+
+
+def test_int8_quantizes_the_linear_layers_except_those_skipped():
+    from serving.targets import TargetUnavailable, quantize_int8
+
+    model = torch.nn.Sequential()
+    model.add_module("encoder", torch.nn.Linear(8, 8))
+    model.add_module("act", torch.nn.ReLU())
+    model.add_module("head", torch.nn.Linear(8, 2))
+    quantized = quantize_int8(model, skip=("hea*",))
+    assert type(quantized.encoder).__name__ == "Linear" and "quantized" in type(quantized.encoder).__module__
+    assert type(quantized.head) is torch.nn.Linear
+    x = torch.randn(4, 8)
+    assert torch.nn.functional.cosine_similarity(model(x), quantized(x)).min() > 0.95
+    with pytest.raises(TargetUnavailable, match="no Linear layers"):
+        quantize_int8(model, skip=("*",))
+
+
+def test_int8_is_tried_where_bf16_is_missing_and_only_as_torchscript(monkeypatch):
+    from serving import targets
+
+    monkeypatch.setattr(targets, "has_bf16", lambda: False)
+    assert targets.candidate_precisions("cpu") == ["fp32", "int8"]
+    monkeypatch.setattr(targets, "has_bf16", lambda: True)
+    assert targets.candidate_precisions("cpu") == ["fp32", "bf16"]
+    with pytest.raises(targets.TargetUnavailable, match="built as torchscript"):
+        targets.export("inductor", torch.nn.Linear(4, 2), "int8", (torch.randn(2, 4),),
+                       (("batch", None),), {"batch": (1, 8)}, Path("/nonexistent"))
 
 
 def test_the_benchmark_prints_a_table_and_writes_json_and_a_plot(tmp_path):

@@ -1,0 +1,450 @@
+"""python -m serving bench-serve: what serving costs, per model, against the same work in-process.
+
+For each model, in one run, with the archive as built (model_store/NAME.mar):
+
+  model        the model alone, in-process, at its full batch (items/s), and at batch 1 (ms)
+  handler      the real handler in-process (decode + model + encode), full batches of the example
+               request, called as a TorchServe worker calls it (requests/s)
+  torchserve   a TorchServe serving only this model: one request at a time (c1: idle latency),
+               a closed loop at `--clients` connections (saturation), and an open-loop sweep of
+               request rates up to and past saturation (the latency-throughput curve)
+  litserve     the same archive and handler decode/encode under LitServe (the peer), same loads
+
+Every server and measurement runs in its own process; the load generator (serving.loadgen) is
+the same for both servers and reports its own CPU, and each server's processes' CPU is sampled,
+so that on a 2-core machine the share each part takes is on the record. Binary inputs go as a
+multipart field to both servers (LitServe reads nothing else). Results: a table with the ratios,
+JSON, and a PNG of latency against throughput per model, all naming the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+import models
+from serving.cpu import cpu_name
+from serving.paths import MODEL_STORE, ROOT, RUN_DIR
+
+SWEEP = (0.25, 0.5, 0.7, 0.85, 1.0, 1.15)  # open-loop rates, as fractions of the closed loop's
+
+
+# -- in-process -----------------------------------------------------------------------------------
+
+def child_inprocess(name: str, model_store: Path) -> dict:
+    """In this (fresh) process: the model alone and the handler, from the real archive."""
+    import torch
+
+    from handlers.cores import available_cores
+    from serving.inprocess import LoadedModel
+    from serving.timing import call_times
+
+    os.environ.setdefault("SERVING_WORKERS_TOTAL", "1")
+    loaded = LoadedModel(name, Path(tempfile.mkdtemp(prefix=f"bench-{name}-")), model_store)
+    handler = loaded.handler
+    # One caller with every core: the most a single process gets (the archive may give each of
+    # its workers fewer threads).
+    torch.set_num_threads(available_cores())
+    file, content_type = models.load(name).example_request
+    body = (models.MODELS_DIR / name / file).read_bytes()
+    batch = loaded.batch_size
+    items = handler.read({"body": body}, {"body": {"content-type": content_type}})
+
+    def model_alone(n: int) -> list[float]:
+        chunk = (items * n)[:n]
+        inputs = tuple(t.to(handler.device) for t in handler.collate(chunk))
+        return call_times(handler.model, inputs, min_runs=10, budget=3.0)
+
+    def handled(n: int) -> list[float]:
+        requests = [(body, content_type)] * n
+        times = []
+        for _ in range(3):
+            loaded.handle(requests)
+        deadline = time.perf_counter() + 4.0
+        while len(times) < 10 or time.perf_counter() < deadline:
+            started = time.perf_counter()
+            answers = loaded.handle(requests)
+            times.append(time.perf_counter() - started)
+            assert all(a.status == 200 for a in answers), answers[0]
+        return times
+
+    full_model, one_model = model_alone(batch), model_alone(1)
+    full_handler, one_handler = handled(batch), handled(1)
+    return {"batch": batch, "threads": torch.get_num_threads(),
+            "model_items_per_s": batch * len(items) / statistics.median(full_model),
+            "handler_req_per_s": batch / statistics.median(full_handler),
+            "forward_c1_ms": statistics.median(one_model) * 1000,
+            "handler_c1_ms": statistics.median(one_handler) * 1000,
+            "target": handler.build_info.get("target"),
+            "precision": handler.build_info.get("precision")}
+
+
+def run_child(*arguments: str, timeout: float = 600) -> dict:
+    command = [sys.executable, "-m", "serving.servedbench", *arguments]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(" / ".join(tail) or f"exit code {done.returncode}")
+    return json.loads(lines[-1])
+
+
+# -- load -----------------------------------------------------------------------------------------
+
+class Target:
+    """A server under test: its URL and headers, and the processes whose CPU it uses."""
+
+    def __init__(self, label: str, url: str, headers: dict, processes) -> None:
+        self.label, self.url, self.headers, self.processes = label, url, headers, processes
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds so far: the server's first process (TorchServe's Java frontend, LitServe's
+        main process) and the processes it started (model workers, LitServe's API server)."""
+        totals = {"frontend": 0.0, "workers": 0.0}
+        for i, proc in enumerate(self.processes()):
+            try:
+                times = proc.cpu_times()
+                totals["frontend" if i == 0 else "workers"] += times.user + times.system
+            except psutil.Error:
+                pass
+        return totals
+
+    def worker_pids(self) -> list[int]:
+        """The server's Python child processes, the largest first: the one holding the model."""
+        children = []
+        for proc in self.processes()[1:]:
+            try:
+                if "python" in proc.name().lower():
+                    children.append((proc.memory_info().rss, proc.pid))
+            except psutil.Error:
+                pass
+        return [pid for _, pid in sorted(children, reverse=True)]
+
+
+def profile(pid: int, seconds: float, out: Path) -> list[tuple[str, float]]:
+    """py-spy samples of one process for `seconds`: the functions it spends its time in (own
+    time, as a share of samples), most first. [] where py-spy is missing or not allowed."""
+    import shutil
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return []
+    done = subprocess.run([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
+                           "--rate", "100", "--format", "raw", "--nonblocking", "--output",
+                           str(out)], capture_output=True, text=True, timeout=seconds + 60)
+    if done.returncode != 0 or not out.exists():
+        return []
+    own: dict[str, int] = {}
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        leaf = stack.split(";")[-1]
+        own[leaf] = own.get(leaf, 0) + int(count)
+        total += int(count)
+    return [(frame, n / total) for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:10]]
+
+
+def load(target: Target, body_file: Path, content_type: str, binary: bool, seconds: float,
+         clients: int = 0, rate: float = 0.0, profile_to: Path | None = None) -> dict:
+    command = [sys.executable, "-m", "serving.loadgen", target.url, "--body", str(body_file),
+               "--content-type", content_type, "--seconds", str(seconds)]
+    command += ["--multipart"] if binary else []
+    command += ["--clients", str(clients)] if clients else ["--rate", f"{rate:.2f}"]
+    for key, value in target.headers.items():
+        command += ["--header", f"{key}: {value}"]
+    before = target.cpu_seconds()
+    started = time.monotonic()
+    generator = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+    hot = []
+    if profile_to is not None and target.worker_pids():
+        time.sleep(1.5)  # past the generator's warm-up
+        hot = profile(target.worker_pids()[0], max(1.0, seconds - 2), profile_to)
+    stdout, stderr = generator.communicate(timeout=seconds + 120)
+    elapsed = time.monotonic() - started
+    if generator.returncode != 0:
+        raise RuntimeError(f"load generator failed: {stderr.strip()[-500:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    # The server's CPU over the whole generator run (its warm-up included), in cores.
+    after = target.cpu_seconds()
+    result["cpu_cores"] = {part: (after[part] - before[part]) / elapsed for part in after}
+    result["server_cpu_share"] = sum(result["cpu_cores"].values())
+    if hot:
+        result["worker_profile"] = hot
+    result.update({"clients": clients, "rate": rate})
+    return result
+
+
+def measure(target: Target, body_file: Path, content_type: str, binary: bool, clients: int,
+            seconds: float, sweep: tuple[float, ...], log, profile_dir: Path | None = None) -> dict:
+    c1 = load(target, body_file, content_type, binary, min(seconds, 6.0), clients=1)
+    if not c1["ok"]:
+        raise RuntimeError(f"{target.label} answered no request with 200: {c1['statuses']}")
+    log(f"  {target.label}: c1 p50 {c1['p50_ms']:.1f} ms")
+    closed = load(target, body_file, content_type, binary, seconds, clients=clients,
+                  profile_to=profile_dir / f"{target.label}.txt" if profile_dir else None)
+    cpu = closed["cpu_cores"]
+    log(f"  {target.label}: closed loop, {clients} clients: {closed['ok_per_s']:.1f} req/s, "
+        f"p50 {closed['p50_ms']:.0f} ms, p99 {closed['p99_ms']:.0f} ms, answers {closed['statuses']}; "
+        f"CPU cores: frontend {cpu['frontend']:.2f}, workers {cpu['workers']:.2f}, "
+        f"generator {closed['generator_cpu_share']:.2f}")
+    for frame, share in closed.get("worker_profile", [])[:6]:
+        log(f"    worker {share:5.1%}  {frame}")
+    curve = []
+    for fraction in sweep:
+        point = load(target, body_file, content_type, binary, seconds,
+                     rate=max(1.0, fraction * closed["ok_per_s"]))
+        point["fraction"] = fraction
+        curve.append(point)
+        log(f"  {target.label}: open loop {point['rate']:.1f}/s -> {point['ok_per_s']:.1f} ok/s, "
+            f"p50 {point['p50_ms']:.0f} ms, p99 {point['p99_ms']:.0f} ms")
+    return {"c1": c1, "closed": closed, "open": curve}
+
+
+def wait_http(url: str, timeout: float = 180) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s")
+
+
+def tree(proc: psutil.Process | None) -> list[psutil.Process]:
+    if proc is None:
+        return []
+    try:
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def bench_torchserve(name: str, model_store: Path, body_file: Path, content_type: str,
+                     binary: bool, clients: int, seconds: float, sweep, log,
+                     idle: tuple[str, ...] = (), profile_dir: Path | None = None) -> dict:
+    from serving.torchserve import start_on_free_ports
+
+    served = [name, *[m for m in idle if m != name]]
+    instance = start_on_free_ports(RUN_DIR / "bench-serve" / name, served, model_store=model_store)
+    try:
+        target = Target("torchserve", f"{instance.inference_url}/predictions/{name}",
+                        instance.auth("inference"), lambda: tree(instance.process()))
+        return measure(target, body_file, content_type, binary, clients, seconds, sweep, log,
+                       profile_dir)
+    finally:
+        instance.stop()
+
+
+def archive_config(model_store: Path, name: str) -> dict:
+    import zipfile
+
+    import yaml
+
+    with zipfile.ZipFile(model_store / f"{name}.mar") as mar:
+        return yaml.safe_load(mar.read("model-config.yaml")) or {}
+
+
+def bench_litserve(name: str, model_store: Path, body_file: Path, content_type: str,
+                   binary: bool, clients: int, seconds: float, sweep, log,
+                   batch_timeout: float | None, profile_dir: Path | None = None) -> dict:
+    """LitServe with the archive's own batch size, workers and threads; its batch timeout is
+    the archive's maxBatchDelay unless one is given."""
+    from serving.process import stop_tree
+    from serving.torchserve import free_port
+
+    config = archive_config(model_store, name)
+    batch, workers = int(config.get("batchSize") or 1), int(config.get("minWorkers") or 1)
+    if batch_timeout is None:
+        batch_timeout = max(1, int(config.get("maxBatchDelay") or 0)) / 1000
+    port = free_port()
+    log_file = RUN_DIR / "bench-serve" / f"litserve-{name}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "serving.peer", name, "--port", str(port),
+                                 "--model-store", str(model_store), "--batch", str(batch),
+                                 "--batch-timeout", str(batch_timeout), "--workers", str(workers)],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    server = psutil.Process(proc.pid)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        target = Target("litserve", f"http://127.0.0.1:{port}/predict", {}, lambda: tree(server))
+        return measure(target, body_file, content_type, binary, clients, seconds, sweep, log,
+                       profile_dir)
+    finally:
+        stop_tree(server, 20)
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+def best_within(curve: list[dict], p99_ms: float) -> dict | None:
+    """The highest-throughput point of an open-loop curve whose p99 is within `p99_ms`."""
+    fits = [p for p in curve if p["p99_ms"] <= p99_ms and p["ok"] > 0]
+    return max(fits, key=lambda p: p["ok_per_s"]) if fits else None
+
+
+def summarise(result: dict) -> dict:
+    inproc, ts = result["inprocess"], result["torchserve"]
+    peer = result.get("litserve")
+    summary = {
+        "served_vs_handler": ts["closed"]["ok_per_s"] / inproc["handler_req_per_s"],
+        "c1_minus_forward_ms": ts["c1"]["p50_ms"] - inproc["forward_c1_ms"],
+    }
+    if peer:
+        summary["torchserve_vs_litserve"] = ts["closed"]["ok_per_s"] / peer["closed"]["ok_per_s"]
+        # At the peer's closed-loop p99: the best each server does within that latency.
+        limit = peer["closed"]["p99_ms"]
+        mine, theirs = best_within(ts["open"], limit), best_within(peer["open"], limit)
+        summary["at_litserve_p99"] = {
+            "p99_ms": limit,
+            "torchserve_ok_per_s": mine["ok_per_s"] if mine else 0.0,
+            "litserve_ok_per_s": theirs["ok_per_s"] if theirs else 0.0}
+    return summary
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| model | target | model alone items/s | handler in-process req/s | TorchServe req/s "
+             "(p50 / p99 ms) | LitServe req/s (p50 / p99 ms) | served / in-process | TorchServe / "
+             "LitServe | c1: forward ms / served p50 ms |", "|" + "---|" * 9]
+    for r in results:
+        i, ts, peer, s = r["inprocess"], r["torchserve"], r.get("litserve"), r["summary"]
+        peer_cell = (f"{peer['closed']['ok_per_s']:.1f} ({peer['closed']['p50_ms']:.0f} / "
+                     f"{peer['closed']['p99_ms']:.0f})" if peer else "not run")
+        ratio = f"{s['torchserve_vs_litserve']:.2f}x" if peer else "–"
+        lines.append(
+            f"| {r['model']} | {i['target']}/{i['precision']} | {i['model_items_per_s']:.1f} | "
+            f"{i['handler_req_per_s']:.1f} | {ts['closed']['ok_per_s']:.1f} "
+            f"({ts['closed']['p50_ms']:.0f} / {ts['closed']['p99_ms']:.0f}) | {peer_cell} | "
+            f"{s['served_vs_handler']:.2f}x | {ratio} | {i['forward_c1_ms']:.2f} / "
+            f"{ts['c1']['p50_ms']:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path, machine: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
+    for ax, r in zip(axes[0], results):
+        for server, colour in (("torchserve", "tab:blue"), ("litserve", "tab:orange")):
+            if not r.get(server):
+                continue
+            curve = sorted(r[server]["open"], key=lambda p: p["ok_per_s"])
+            x = [p["ok_per_s"] for p in curve]
+            ax.plot(x, [p["p99_ms"] for p in curve], marker="o", color=colour, label=f"{server} p99")
+            ax.plot(x, [p["p50_ms"] for p in curve], marker=".", linestyle="--", color=colour,
+                    label=f"{server} p50")
+            closed = r[server]["closed"]
+            ax.scatter([closed["ok_per_s"]], [closed["p99_ms"]], marker="x", color=colour, s=60,
+                       label=f"{server} closed loop p99")
+        ax.axvline(r["inprocess"]["handler_req_per_s"], color="grey", linestyle=":",
+                   label="handler in-process")
+        ax.set_yscale("log")
+        ax.set_xlabel("answered requests/s")
+        ax.set_ylabel("latency ms")
+        ax.set_title(f"{r['model']} ({r['inprocess']['target']}/{r['inprocess']['precision']})")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Latency against throughput, open loop ({machine})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving bench-serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", metavar="MODEL", help="default: every built model")
+    parser.add_argument("--clients", type=int, default=16, help="closed-loop connections")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per load point")
+    parser.add_argument("--sweep", type=float, nargs="+", default=list(SWEEP),
+                        help="open-loop rates as fractions of the closed loop's throughput")
+    parser.add_argument("--no-peer", action="store_true", help="skip LitServe")
+    parser.add_argument("--alongside", nargs="*", default=[], metavar="MODEL",
+                        help="TorchServe serves these models too, idle (e.g. the default "
+                        "server's other models); the load goes to the measured one alone")
+    parser.add_argument("--peer-batch-timeout", type=float,
+                        help="LitServe's batch timeout, seconds (default: the archive's "
+                        "maxBatchDelay; its batch size, workers and threads are the archive's)")
+    parser.add_argument("--profile", action="store_true", help="py-spy the (first) worker during "
+                        "each closed loop: where its time goes")
+    parser.add_argument("--model-store", default=str(MODEL_STORE))
+    parser.add_argument("--out", default=str(RUN_DIR / "bench-serve"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    model_store = Path(args.model_store)
+    if args.child:
+        print(json.dumps(child_inprocess(args.child, model_store)))
+        return 0
+    names = args.models or [m for m in models.names() if (model_store / f"{m}.mar").exists()]
+    missing = [m for m in names if not (model_store / f"{m}.mar").exists()]
+    if missing:
+        parser.error(f"no archive for {missing} in {model_store}: python -m serving build")
+    if not args.no_peer:
+        try:
+            import litserve  # noqa: F401
+        except ImportError:
+            parser.error("LitServe is not installed: pip install -r requirements-bench.txt "
+                         "(make bench-serve does), or pass --no-peer")
+    machine = cpu_name()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    log(f"CPU: {machine}")
+    results = []
+    for name in names:
+        profile_dir = out / f"profile-{name}" if args.profile else None
+        if profile_dir:
+            profile_dir.mkdir(parents=True, exist_ok=True)
+        spec = models.load(name)
+        file, content_type = spec.example_request
+        body_file = models.MODELS_DIR / name / file
+        binary = not content_type.startswith("application/json")
+        log(f"[{name}] in-process (model alone, then the handler)...")
+        inproc = run_child("--child", name, "--model-store", str(model_store))
+        log(f"  model alone {inproc['model_items_per_s']:.1f} items/s at batch {inproc['batch']}, "
+            f"{inproc['forward_c1_ms']:.2f} ms at batch 1; handler {inproc['handler_req_per_s']:.1f} "
+            f"req/s, {inproc['handler_c1_ms']:.2f} ms alone ({inproc['threads']} threads)")
+        result = {"model": name, "inprocess": inproc}
+        log(f"[{name}] TorchServe...")
+        result["torchserve"] = bench_torchserve(name, model_store, body_file, content_type, binary,
+                                                args.clients, args.seconds, tuple(args.sweep), log,
+                                                tuple(args.alongside), profile_dir)
+        if not args.no_peer:
+            log(f"[{name}] LitServe...")
+            result["litserve"] = bench_litserve(name, model_store, body_file, content_type, binary,
+                                                args.clients, args.seconds, tuple(args.sweep), log,
+                                                args.peer_batch_timeout, profile_dir)
+        result["summary"] = summarise(result)
+        results.append(result)
+    (out / "served.json").write_text(json.dumps({
+        "cpu": machine, "arch": platform.machine(), "clients": args.clients,
+        "alongside": args.alongside,
+        "seconds_per_point": args.seconds, "results": results}, indent=2))
+    print("\n" + f"CPU: {machine}; {args.clients} closed-loop clients; generator on the same machine")
+    print(table(results))
+    print(f"\nJSON: {out / 'served.json'}\nPlot: {plot(results, out / 'served.png', machine)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""python -m serving tune MODEL --p99-ms X: the serving settings that give the most throughput
+within a p99 latency limit, found against the real TorchServe (like Triton's model_analyzer).
+
+Settings searched: batchSize x maxBatchDelay x workers x threads per worker. Each candidate is
+the built archive with its model-config.yaml changed (no rebuild), served alone by a TorchServe on
+free ports, and driven by the closed-loop load generator at a rising number of connections until
+its p99 passes the limit or its throughput stops growing. A candidate's score is the most
+requests/s it answered at a p99 within the limit.
+
+The search is staged, within a time budget: workers x threads first (the largest lever on a small
+CPU), then batch sizes, then batch delays, each stage varying the best two so far. The current
+settings stay unless another candidate beats them by more than the noise (3%), or matches them
+with a clearly lower idle latency. It prints a table,
+draws every measured point (throughput against p99) with the Pareto front, and with --write puts
+the winner into models/MODEL/model-config.yaml with the figures that justify it. The archive is
+rebuilt by the next `make build` (the config is part of its digest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import models
+from serving.cpu import cpu_name
+from serving.paths import MODEL_STORE, RUN_DIR
+
+CLIENT_LADDER = (1, 2, 4, 8, 16, 32, 64)
+BEAM = 2
+KNOBS = ("batchSize", "maxBatchDelay", "workers", "threads")
+
+
+def settings_of(candidate: dict) -> dict:
+    """A candidate as model-config.yaml settings."""
+    return {"batchSize": candidate["batchSize"], "maxBatchDelay": candidate["maxBatchDelay"],
+            "minWorkers": candidate["workers"], "maxWorkers": candidate["workers"],
+            "handler": {"torch_threads": candidate["threads"]}}
+
+
+def label(candidate: dict) -> str:
+    return (f"batch {candidate['batchSize']}, delay {candidate['maxBatchDelay']} ms, "
+            f"{candidate['workers']} worker(s) x {candidate['threads']} thread(s)")
+
+
+def measure(name: str, candidate: dict, p99_ms: float, seconds: float, work: Path, log) -> dict:
+    """Serves the candidate and climbs the client ladder; every point is kept."""
+    from serving.archive import with_config
+    from serving.servedbench import Target, load, tree
+    from serving.torchserve import start_on_free_ports
+
+    store = work / "store"
+    with_config(MODEL_STORE / f"{name}.mar", store / f"{name}.mar", settings_of(candidate))
+    spec = models.load(name)
+    file, content_type = spec.example_request
+    body_file = models.MODELS_DIR / name / file
+    binary = not content_type.startswith("application/json")
+    started = time.monotonic()
+    instance = start_on_free_ports(work / "torchserve", [name], model_store=store)
+    ready_s = time.monotonic() - started
+    points, best = [], None
+    try:
+        target = Target("torchserve", f"{instance.inference_url}/predictions/{name}",
+                        instance.auth("inference"), lambda: tree(instance.process()))
+        for clients in CLIENT_LADDER:
+            point = load(target, body_file, content_type, binary, seconds, clients=clients)
+            errors = sum(n for status, n in point["statuses"].items() if status != "200")
+            points.append({"clients": clients, "ok_per_s": point["ok_per_s"],
+                           "p50_ms": point["p50_ms"], "p99_ms": point["p99_ms"], "errors": errors})
+            fits = point["p99_ms"] <= p99_ms and errors == 0
+            if fits and (best is None or point["ok_per_s"] > best["ok_per_s"]):
+                best = points[-1]
+            growing = len(points) < 2 or point["ok_per_s"] > 1.05 * points[-2]["ok_per_s"]
+            if not fits or not growing:
+                break
+    finally:
+        instance.stop()
+    result = {**candidate, "ready_s": ready_s, "points": points,
+              "score": best["ok_per_s"] if best else 0.0, "best": best}
+    log(f"  {label(candidate)}: " + (f"{best['ok_per_s']:.1f} req/s at p99 {best['p99_ms']:.0f} ms "
+        f"({best['clients']} clients)" if best else f"nothing within p99 {p99_ms:g} ms") +
+        "; points: " + ", ".join(f"c{p['clients']} {p['ok_per_s']:.0f}/s p99 {p['p99_ms']:.0f}"
+                                   for p in points))
+    return result
+
+
+def stages(current: dict, cores: int) -> list[tuple[str, list[dict]]]:
+    """Candidates per stage, each a change of one knob from the best so far (filled in later)."""
+    batch = current["batchSize"]
+    batches = sorted({1, max(1, batch // 2), batch, batch * 2})
+    delays = sorted({1, 5, 20, current["maxBatchDelay"]})
+    shapes = [(w, max(1, cores // w)) for w in range(1, cores + 1)] + [(1, 1)]
+    return [("workers", [{"workers": w, "threads": t} for w, t in dict.fromkeys(shapes)]),
+            ("batchSize", [{"batchSize": b} for b in batches]),
+            ("maxBatchDelay", [{"maxBatchDelay": d} for d in delays])]
+
+
+def idle_p50(result: dict) -> float:
+    """p50 at one client: what a request pays when the server is idle."""
+    ones = [p["p50_ms"] for p in result["points"] if p["clients"] == 1]
+    return ones[0] if ones else float("inf")
+
+
+def better(result: dict, best: dict) -> bool:
+    """More throughput within the limit by more than the noise (3%); or as much, within the
+    noise, with an idle latency at least 20% lower. Otherwise the settings found first stay."""
+    if result["score"] > best["score"] * 1.03:
+        return True
+    return result["score"] >= best["score"] * 0.97 and idle_p50(result) < 0.8 * idle_p50(best)
+
+
+def search(name: str, p99_ms: float, budget_s: float, seconds: float, log) -> dict:
+    spec = models.load(name)
+    config = spec.config
+    cores = os.cpu_count() or 1
+    current = {"batchSize": int(config.get("batchSize") or 1),
+               "maxBatchDelay": int(config.get("maxBatchDelay") or 0),
+               "workers": int(config.get("minWorkers") or 1),
+               "threads": int((config.get("handler") or {}).get("torch_threads") or
+                              max(1, cores // int(config.get("minWorkers") or 1)))}
+    work = RUN_DIR / "tune" / name
+    measured: dict[tuple, dict] = {}
+    started = time.monotonic()
+
+    def run(candidate: dict) -> dict:
+        key = tuple(candidate[k] for k in KNOBS)
+        if key not in measured:
+            measured[key] = measure(name, candidate, p99_ms, seconds, work, log)
+        return measured[key]
+
+    log(f"[{name}] the current config: {label(current)}")
+    baseline = run(current)
+    # A beam of the best two: one load point moves by ~10% between runs here, so a stage keeps
+    # the runner-up within that of the best, and the next stage varies both.
+    beam = [baseline]
+    out_of_time = False
+    for stage, changes in stages(current, cores):
+        log(f"[{name}] stage {stage}")
+        for start in list(beam):
+            for change in changes:
+                if time.monotonic() - started > budget_s:
+                    out_of_time = True
+                    break
+                run({**{k: start[k] for k in KNOBS}, **change})
+        ranked = sorted(measured.values(), key=lambda r: -r["score"])
+        beam = [r for r in ranked[:BEAM] if r["score"] >= 0.9 * ranked[0]["score"]]
+        if out_of_time:
+            log(f"[{name}] the time budget ({budget_s:.0f} s) ran out; the best so far is kept")
+            break
+    best = baseline
+    for result in sorted(measured.values(), key=lambda r: -r["score"]):
+        if better(result, best):
+            best = result
+    return {"model": name, "cpu": cpu_name(), "p99_ms": p99_ms, "seconds_per_point": seconds,
+            "elapsed_s": time.monotonic() - started, "baseline": baseline, "best": best,
+            "candidates": list(measured.values()), "complete": not out_of_time}
+
+
+def pareto(points: list[dict]) -> list[dict]:
+    """The points no other point beats on both throughput and p99."""
+    front = []
+    for p in sorted(points, key=lambda p: (p["p99_ms"], -p["ok_per_s"])):
+        if not front or p["ok_per_s"] > front[-1]["ok_per_s"]:
+            front.append(p)
+    return front
+
+
+def plot(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    everything = [{**p, "candidate": label(c)} for c in result["candidates"] for p in c["points"]]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for c in result["candidates"]:
+        ax.plot([p["p99_ms"] for p in c["points"]], [p["ok_per_s"] for p in c["points"]],
+                marker=".", linewidth=0.8, alpha=0.6, label=label(c))
+    front = pareto(everything)
+    ax.plot([p["p99_ms"] for p in front], [p["ok_per_s"] for p in front], color="black",
+            linewidth=2, label="Pareto front")
+    ax.axvline(result["p99_ms"], color="red", linestyle=":", label=f"p99 limit {result['p99_ms']:g} ms")
+    ax.set_xscale("log")
+    ax.set_xlabel("p99 ms (closed loop, rising clients)")
+    ax.set_ylabel("answered requests/s")
+    ax.set_title(f"{result['model']}: tuning ({result['cpu']})", fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def table(result: dict) -> str:
+    lines = [f"| batch | delay ms | workers x threads | req/s within p99 {result['p99_ms']:g} ms | "
+             "its p99 ms | clients | ready s |", "|---|---|---|---|---|---|---|"]
+    for c in sorted(result["candidates"], key=lambda c: -c["score"]):
+        b = c["best"] or {}
+        mark = " (chosen)" if c is result["best"] or c == result["best"] else ""
+        lines.append(f"| {c['batchSize']} | {c['maxBatchDelay']} | {c['workers']} x {c['threads']} | "
+                     f"{c['score']:.1f}{mark} | {b.get('p99_ms', float('nan')):.0f} | "
+                     f"{b.get('clients', '–')} | {c['ready_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def write_config(result: dict, path: Path) -> None:
+    """Puts the chosen settings into model-config.yaml, keeping its other lines and comments, with
+    a comment that says where they came from."""
+    best, base = result["best"], result["baseline"]
+    values = {"batchSize": best["batchSize"], "maxBatchDelay": best["maxBatchDelay"],
+              "minWorkers": best["workers"], "maxWorkers": best["workers"]}
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("# tuned:")]
+    for key, value in values.items():
+        pattern = re.compile(rf"^{key}:\s*[^#\s]*(\s*#.*)?$")
+        for i, line in enumerate(lines):
+            if pattern.match(line):
+                comment = pattern.match(line).group(1) or ""
+                lines[i] = f"{key}: {value}{comment}"
+                break
+        else:
+            lines.insert(1, f"{key}: {value}")
+    threads = f"  torch_threads: {best['threads']}"
+    at = [i for i, line in enumerate(lines) if re.match(r"^\s+torch_threads:", line)]
+    if at:
+        lines[at[0]] = threads + "   # threads per worker process"
+    else:
+        if not any(line.startswith("handler:") for line in lines):
+            lines.append("handler:")
+        lines.insert(lines.index(next(l for l in lines if l.startswith("handler:"))) + 1,
+                     threads + "   # threads per worker process")
+    b = best["best"] or {}
+    note = (f"# tuned: python -m serving tune {result['model']} --p99-ms {result['p99_ms']:g} on "
+            f"{result['cpu']}: {best['score']:.1f} req/s at p99 {b.get('p99_ms', 0):.0f} ms "
+            f"(the previous settings: {base['score']:.1f} req/s); {len(result['candidates'])} "
+            f"configurations tried")
+    lines.insert(1, note)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving tune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("--p99-ms", type=float, required=True, help="the latency limit")
+    parser.add_argument("--budget-s", type=float, default=900, help="stop starting candidates "
+                        "after this many seconds")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per load point")
+    parser.add_argument("--write", action="store_true",
+                        help="put the chosen settings into models/MODEL/model-config.yaml")
+    args = parser.parse_args(argv)
+    if args.model not in models.names():
+        parser.error(f"unknown model {args.model}; known: {' '.join(models.names())}")
+    if not (MODEL_STORE / f"{args.model}.mar").exists():
+        parser.error(f"no archive for {args.model}: python -m serving build {args.model}")
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    log(f"CPU: {cpu_name()}")
+    result = search(args.model, args.p99_ms, args.budget_s, args.seconds, log)
+    out = RUN_DIR / "tune" / args.model
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tune.json").write_text(json.dumps(result, indent=2))
+    print("\n" + table(result))
+    best, base = result["best"], result["baseline"]
+    print(f"\nchosen: {label(best)}: {best['score']:.1f} req/s within p99 {args.p99_ms:g} ms "
+          f"(the current settings: {base['score']:.1f} req/s)")
+    print(f"JSON: {out / 'tune.json'}\nPlot: {plot(result, out / 'pareto.png')}")
+    if args.write:
+        config = models.MODELS_DIR / args.model / models.SERVING_CONFIG
+        write_config(result, config)
+        print(f"wrote {config}; `make build` rebuilds the archive with it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""The served benchmark, its load generator and peer, the tuner, and how workers share the cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+import yaml
+
+import models
+from handlers.cores import SLOT, CoreShare
+from serving import loadgen, servedbench, tune
+from serving.archive import with_config
+from serving.paths import MODEL_STORE, ROOT
+
+
+# -- cores ----------------------------------------------------------------------------------------
+
+def dead_pid() -> int:
+    """A pid no process has: a child that has exited and been reaped."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_busy_worker_takes_all_cores_alone_and_a_share_beside_another(tmp_path):
+    share = tmp_path / "cores"
+    me = CoreShare(share, max_threads=8, cores=4)
+    other = CoreShare(share, max_threads=8, cores=4, pid=os.getppid())  # a live process
+    assert me.slot != other.slot
+    before = torch.get_num_threads()
+    try:
+        with me.running():
+            assert torch.get_num_threads() == 4 and me.busy_workers() == 1
+        SLOT.pack_into(other.map, other.slot * SLOT.size, os.getppid(), 1)  # the other is busy
+        with me.running():
+            assert torch.get_num_threads() == 2 and me.busy_workers() == 2
+        assert me.busy_workers() == 1  # itself idle again, the other still busy
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_worker_that_died_busy_stops_counting_and_its_slot_is_reused(tmp_path):
+    share = tmp_path / "cores"
+    gone = dead_pid()
+    ghost = CoreShare(share, max_threads=2, cores=2, pid=gone)
+    SLOT.pack_into(ghost.map, ghost.slot * SLOT.size, gone, 1)  # killed mid-batch
+    me = CoreShare(share, max_threads=2, cores=2)
+    assert me.slot == ghost.slot  # the dead worker's slot
+    assert me.busy_workers() == 0
+
+
+def test_a_capped_worker_never_takes_more_than_its_setting(tmp_path):
+    me = CoreShare(tmp_path / "cores", max_threads=1, cores=4)
+    before = torch.get_num_threads()
+    try:
+        with me.running():
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+# -- archive copies and the tuner's config writing --------------------------------------------------
+
+def test_a_tuning_copy_changes_the_serving_config_and_nothing_else(build_info, tmp_path):
+    source = MODEL_STORE / "digits.mar"
+    copy = with_config(source, tmp_path / "digits.mar",
+                       {"batchSize": 3, "minWorkers": 2, "handler": {"torch_threads": 1}})
+    with zipfile.ZipFile(source) as a, zipfile.ZipFile(copy) as b:
+        assert a.namelist() == b.namelist()
+        for name in a.namelist():
+            if name != "model-config.yaml":
+                assert a.read(name) == b.read(name), name
+        before = yaml.safe_load(a.read("model-config.yaml"))
+        after = yaml.safe_load(b.read("model-config.yaml"))
+    assert after["batchSize"] == 3 and after["minWorkers"] == 2
+    assert after["handler"] == {**before["handler"], "torch_threads": 1}
+    assert after["maxBatchDelay"] == before["maxBatchDelay"]
+
+
+def tuning_result(config: dict) -> dict:
+    best = {"batchSize": 4, "maxBatchDelay": 1, "workers": 2, "threads": 1, "score": 120.0,
+            "best": {"p99_ms": 80.0, "clients": 8}}
+    return {"model": "digits", "cpu": "a CPU", "p99_ms": 100.0, "best": best,
+            "baseline": {"score": 90.0}, "candidates": [best, {"score": 90.0}]}
+
+
+def test_the_tuner_writes_its_choice_and_keeps_the_configs_comments(tmp_path):
+    config = tmp_path / "model-config.yaml"
+    original = (models.MODELS_DIR / "digits" / models.SERVING_CONFIG).read_text()
+    config.write_text(original)
+    tune.write_config(tuning_result({}), config)
+    tune.write_config(tuning_result({}), config)  # a second run replaces, never stacks
+    text = config.read_text()
+    written = yaml.safe_load(text)
+    assert (written["batchSize"], written["maxBatchDelay"]) == (4, 1)
+    assert (written["minWorkers"], written["maxWorkers"]) == (2, 2)
+    assert written["handler"]["torch_threads"] == 1
+    assert written["handler"]["input_shape"] == [8, 8]  # the rest is kept
+    assert text.count("# tuned:") == 1 and "120.0 req/s at p99 80 ms" in text
+    kept = [line for line in original.splitlines()
+            if line.startswith("#") and not line.startswith("# tuned:")]
+    assert all(line in text for line in kept)
+
+
+def test_the_pareto_front_keeps_only_points_nothing_beats():
+    points = [{"p99_ms": 10, "ok_per_s": 100}, {"p99_ms": 20, "ok_per_s": 90},
+              {"p99_ms": 30, "ok_per_s": 150}, {"p99_ms": 5, "ok_per_s": 50}]
+    assert [p["ok_per_s"] for p in tune.pareto(points)] == [50, 100, 150]
+
+
+# -- against real servers --------------------------------------------------------------------------
+
+def example(name: str) -> tuple[Path, str]:
+    file, content_type = models.load(name).example_request
+    return models.MODELS_DIR / name / file, content_type
+
+
+def test_the_load_generator_counts_what_the_server_answers(server):
+    body, content_type = example("digits")
+    url = f"{server.inference_url}/predictions/digits"
+    headers = server.auth("inference")
+    closed = loadgen.run(url, body.read_bytes(), {"Content-Type": content_type, **headers},
+                         seconds=2, clients=2, warmup=0.5)
+    assert closed["ok"] > 20 and closed["statuses"] == {"200": closed["ok"]}
+    assert 0 < closed["p50_ms"] <= closed["p99_ms"] <= closed["max_ms"]
+    opened = loadgen.run(url, body.read_bytes(), {"Content-Type": content_type, **headers},
+                         seconds=2, rate=25, warmup=0.5)
+    assert 45 <= opened["ok"] <= 55, opened  # 25/s for 2 s, each counted once
+    refused = loadgen.run(url, b'{"pixels": [1]}', {"Content-Type": content_type, **headers},
+                          seconds=1, clients=1, warmup=0.2)
+    assert refused["ok"] == 0 and set(refused["statuses"]) == {"422"}
+
+
+def test_multipart_bodies_are_read_by_torchserve_as_the_raw_body_is(server):
+    body, content_type = example("efficientnet_lite0")
+    data, multipart_type = loadgen.multipart(body.read_bytes(), content_type)
+    url = f"{server.inference_url}/predictions/efficientnet_lite0"
+    raw = requests.post(url, data=body.read_bytes(), timeout=30,
+                        headers={"Content-Type": content_type, **server.auth("inference")})
+    form = requests.post(url, data=data, timeout=30,
+                         headers={"Content-Type": multipart_type, **server.auth("inference")})
+    assert raw.status_code == form.status_code == 200
+    assert raw.json() == form.json()
+
+
+@pytest.fixture(scope="module")
+def peer(build_info):
+    pytest.importorskip("litserve", reason="the benchmark's peer: pip install -r "
+                        "requirements-bench.txt")
+    from serving.process import stop_tree
+    from serving.torchserve import free_port
+
+    import psutil
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "serving.peer", "digits", "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        servedbench.wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
+        yield f"http://127.0.0.1:{port}/predict"
+    finally:
+        stop_tree(psutil.Process(proc.pid), 20)
+
+
+def test_the_peer_serves_the_same_archive_with_the_same_answers(server, peer):
+    body, content_type = example("digits")
+    mine = requests.post(f"{server.inference_url}/predictions/digits", data=body.read_bytes(),
+                         headers={"Content-Type": content_type, **server.auth("inference")},
+                         timeout=30)
+    theirs = requests.post(peer, data=body.read_bytes(), headers={"Content-Type": content_type},
+                           timeout=30)
+    assert mine.status_code == theirs.status_code == 200
+    assert mine.json() == theirs.json()
+    bad = requests.post(peer, json={"pixels": [[99] * 8] * 8}, timeout=30)
+    assert bad.status_code == 422 and bad.json()["detail"]["error"] == "out_of_range"
+
+
+def test_the_served_benchmark_measures_every_part_and_draws_its_curves(build_info, tmp_path, capsys):
+    pytest.importorskip("litserve", reason="pip install -r requirements-bench.txt")
+    code = servedbench.main(["digits", "--seconds", "1", "--clients", "4", "--sweep", "0.5", "1.0",
+                             "--out", str(tmp_path)])
+    assert code == 0
+    result = json.loads((tmp_path / "served.json").read_text())
+    [digits] = result["results"]
+    assert digits["inprocess"]["handler_req_per_s"] > 0 and digits["inprocess"]["forward_c1_ms"] > 0
+    for server_name in ("torchserve", "litserve"):
+        measured = digits[server_name]
+        assert measured["c1"]["ok"] > 0 and measured["closed"]["ok"] > 0
+        assert [p["fraction"] for p in measured["open"]] == [0.5, 1.0]
+        assert all(p["statuses"].get("200") == p["ok"] for p in measured["open"])
+    assert digits["summary"]["served_vs_handler"] > 0
+    assert (tmp_path / "served.png").stat().st_size > 10_000
+    out = capsys.readouterr().out
+    assert "CPU: " in out and "| digits |" in out
+
+
+def test_the_tuner_measures_a_configuration_against_the_real_server(build_info, tmp_path,
+                                                                    monkeypatch):
+    monkeypatch.setattr(tune, "RUN_DIR", tmp_path)
+    monkeypatch.setattr(tune, "CLIENT_LADDER", (1, 2))
+    result = tune.search("digits", p99_ms=1000, budget_s=0, seconds=1, log=print)
+    [only] = result["candidates"]  # no time for more than the current settings
+    assert not result["complete"] and result["best"] is only
+    assert len(only["points"]) == 2 and only["score"] > 0
+    assert only["score"] == max(p["ok_per_s"] for p in only["points"])
+    assert (tune.plot(result, tmp_path / "pareto.png")).stat().st_size > 10_000
