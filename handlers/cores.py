@@ -14,6 +14,7 @@ use, tests) the worker keeps a fixed number of threads.
 from __future__ import annotations
 
 import fcntl
+import logging
 import mmap
 import os
 import struct
@@ -21,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
 
 SHARE_ENV = "SERVING_CORE_SHARE"
 SLOTS = 256
@@ -55,7 +58,11 @@ class CoreShare:
         self.map = None
         self.slot = -1
         if path is not None:
-            self.map = self._open(Path(path))
+            try:
+                self.map = self._open(Path(path))
+            except OSError as e:  # e.g. a read-only folder: a fixed split, said in the log
+                log.warning("cannot share the cores through %s (%s); using a fixed split", path, e)
+                return
             self.slot = self._claim()
 
     @classmethod

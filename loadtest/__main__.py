@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host")
     p.add_argument("--key-file", help="the server's key_file.json (default: that of `make up`)")
     p.add_argument("--batch-users", type=int, help="closed-loop users that make one full "
-                   "batch (default: the model's batchSize in models/MODEL/model-config.yaml)")
+                   "batch per worker (default: batchSize x minWorkers in "
+                   "models/MODEL/model-config.yaml)")
     p.add_argument("--factor", type=float, default=4.0)
     p.add_argument("-t", "--duration", default="30s", help="of each of the three runs")
     p.add_argument("--out")

@@ -1,7 +1,8 @@
 """python -m loadtest overload MODEL: a model at several times its capacity.
 
-Three Locust runs against the running service. Unloaded: B users back to back (B = one full
-batch), so every request rides a full batch with nothing queued: its p99 is the reference.
+Three Locust runs against the running service. Unloaded: B users back to back (B = a full batch
+for each of the model's workers), so every request rides a full batch with nothing queued: its p99
+is the reference.
 Capacity: 2B users back to back, so a batch is always waiting and the worker never idles: the
 most the model serves. Overload: about FACTOR x capacity requests/s offered open loop
 (PacedUser: one request a second per user, each on its own phase) from two generator processes.
@@ -33,7 +34,11 @@ TARGETS = {"accepted_p99_x": 2.0, "rejected_p99_ms": 50.0, "goodput": 0.85}
 
 
 def batch_size(model: str) -> int:
-    return int(models.load(model).config.get("batchSize") or 1)
+    """B: the requests the model's workers run at once, a full batch each (batchSize x
+    minWorkers). With fewer clients than that, two workers split them into half batches: lighter
+    than one full batch, and too kind a reference."""
+    config = models.load(model).config
+    return int(config.get("batchSize") or 1) * int(config.get("minWorkers") or 1)
 
 
 class Probe(threading.Thread):

@@ -67,6 +67,15 @@ def test_a_capped_worker_never_takes_more_than_its_setting(tmp_path):
         torch.set_num_threads(before)
 
 
+def test_a_share_file_that_cannot_be_made_leaves_a_fixed_split(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    share = CoreShare(blocked / "cores", max_threads=2, cores=2)  # its folder is a file
+    assert not share.shared and share.slot == -1
+    with share.running():  # runs, with the threads it has
+        pass
+
+
 # -- archive copies and the tuner's config writing --------------------------------------------------
 
 def test_a_tuning_copy_changes_the_serving_config_and_nothing_else(build_info, tmp_path):
