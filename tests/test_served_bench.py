@@ -119,6 +119,25 @@ def test_the_tuner_writes_its_choice_and_keeps_the_configs_comments(tmp_path):
     assert all(line in text for line in kept)
 
 
+def candidate(batch: int, points: list[tuple[int, float, float]]) -> dict:
+    return {"batchSize": batch, "maxBatchDelay": 1, "workers": 1, "threads": 2, "ready_s": 1.0,
+            "points": [{"clients": c, "ok_per_s": rps, "p50_ms": p99 / 2, "p99_ms": p99, "errors": 0}
+                       for c, rps, p99 in points]}
+
+
+def test_a_recorded_search_is_decided_again_for_another_limit_and_within_the_noise():
+    current = candidate(4, [(1, 50, 20), (8, 200, 60)])
+    bigger = candidate(8, [(1, 40, 30), (8, 240, 90), (16, 300, 150)])
+    slightly = candidate(2, [(1, 55, 18), (8, 210, 58)])  # 5% more: within the noise
+    recorded = {"model": "m", "cpu": "a CPU", "baseline": dict(current),
+                "candidates": [current, bigger, slightly]}
+    loose = tune.rescore(recorded, p99_ms=200)
+    assert loose["best"]["batchSize"] == 8 and loose["best"]["score"] == 300
+    tight = tune.rescore(recorded, p99_ms=70)
+    assert tight["best"]["batchSize"] == 4  # bigger answers nothing within 70 ms at more than 240
+    assert tight["baseline"]["score"] == 200
+
+
 def test_the_pareto_front_keeps_only_points_nothing_beats():
     points = [{"p99_ms": 10, "ok_per_s": 100}, {"p99_ms": 20, "ok_per_s": 90},
               {"p99_ms": 30, "ok_per_s": 150}, {"p99_ms": 5, "ok_per_s": 50}]
