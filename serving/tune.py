@@ -3,14 +3,15 @@ within a p99 latency limit, found against the real TorchServe (like Triton's mod
 
 Settings searched: batchSize x maxBatchDelay x workers x threads per worker. Each candidate is
 the built archive with its model-config.yaml changed (no rebuild), served alone by a TorchServe on
-free ports, and driven by the closed-loop load generator at a rising number of connections until
+free ports, and driven by the closed-loop load generator at a rising number of connections (at least --clients, 16) until
 its p99 passes the limit or its throughput stops growing. A candidate's score is the most
-requests/s it answered at a p99 within the limit.
+requests/s it answered at a p99 within the limit; one that refuses a request at --clients
+connections or fewer (its queue too short for the concurrency the service is sized for) is out.
 
 The search is staged, within a time budget: workers x threads first (the largest lever on a small
 CPU), then batch sizes, then batch delays, each stage varying the best two so far. The current
-settings stay unless another candidate beats them by more than the noise (3%), or matches them
-with a clearly lower idle latency. It prints a table,
+settings stay unless another candidate beats them by more than the noise (10%), or matches them
+with a clearly lower p99 or idle latency. It prints a table,
 draws every measured point (throughput against p99) with the Pareto front, and with --write puts
 the winner into models/MODEL/model-config.yaml with the figures that justify it. The archive is
 rebuilt by the next `make build` (the config is part of its digest).
@@ -49,8 +50,21 @@ def label(candidate: dict) -> str:
             f"{candidate['threads']} thread(s)")
 
 
-def measure(name: str, candidate: dict, p99_ms: float, seconds: float, work: Path, log) -> dict:
-    """Serves the candidate and climbs the client ladder; every point is kept."""
+def score(points: list[dict], p99_ms: float, clients: int) -> tuple[float, dict | None]:
+    """(the most requests/s answered within the p99 limit, that point). Nothing when the
+    candidate refused a request at `clients` connections or fewer: its queue cannot absorb the
+    concurrency the service is sized for, whatever its throughput."""
+    if any(p["errors"] and p["clients"] <= clients for p in points):
+        return 0.0, None
+    fits = [p for p in points if p["p99_ms"] <= p99_ms and not p["errors"]]
+    best = max(fits, key=lambda p: p["ok_per_s"]) if fits else None
+    return (best["ok_per_s"] if best else 0.0), best
+
+
+def measure(name: str, candidate: dict, p99_ms: float, seconds: float, work: Path, log,
+            clients: int = 16) -> dict:
+    """Serves the candidate and climbs the client ladder, at least to `clients` (unless it refuses
+    a request first), then on while the p99 is within the limit and throughput grows."""
     from serving.archive import with_config
     from serving.servedbench import Target, load, tree
     from serving.torchserve import start_on_free_ports
@@ -64,27 +78,28 @@ def measure(name: str, candidate: dict, p99_ms: float, seconds: float, work: Pat
     started = time.monotonic()
     instance = start_on_free_ports(work / "torchserve", [name], model_store=store)
     ready_s = time.monotonic() - started
-    points, best = [], None
+    points = []
     try:
         target = Target("torchserve", f"{instance.inference_url}/predictions/{name}",
                         instance.auth("inference"), lambda: tree(instance.process()))
-        for clients in CLIENT_LADDER:
-            point = load(target, body_file, content_type, binary, seconds, clients=clients)
-            errors = sum(n for status, n in point["statuses"].items() if status != "200")
-            points.append({"clients": clients, "ok_per_s": point["ok_per_s"],
+        for connections in CLIENT_LADDER:
+            point = load(target, body_file, content_type, binary, seconds, clients=connections)
+            errors = sum(count for status, count in point["statuses"].items() if status != "200")
+            points.append({"clients": connections, "ok_per_s": point["ok_per_s"],
                            "p50_ms": point["p50_ms"], "p99_ms": point["p99_ms"], "errors": errors})
             fits = point["p99_ms"] <= p99_ms and errors == 0
-            if fits and (best is None or point["ok_per_s"] > best["ok_per_s"]):
-                best = points[-1]
             growing = len(points) < 2 or point["ok_per_s"] > 1.05 * points[-2]["ok_per_s"]
-            if not fits or not growing:
+            if errors or (connections >= clients and (not fits or not growing)):
                 break
     finally:
         instance.stop()
-    result = {**candidate, "ready_s": ready_s, "points": points,
-              "score": best["ok_per_s"] if best else 0.0, "best": best}
+    value, best = score(points, p99_ms, clients)
+    result = {**candidate, "ready_s": ready_s, "points": points, "score": value, "best": best}
+    refused = next((p["clients"] for p in points if p["errors"]), None)
     log(f"  {label(candidate)}: " + (f"{best['ok_per_s']:.1f} req/s at p99 {best['p99_ms']:.0f} ms "
-        f"({best['clients']} clients)" if best else f"nothing within p99 {p99_ms:g} ms") +
+        f"({best['clients']} clients)" if best else
+        f"refused requests at {refused} clients" if refused and refused <= clients else
+        f"nothing within p99 {p99_ms:g} ms") +
         "; points: " + ", ".join(f"c{p['clients']} {p['ok_per_s']:.0f}/s p99 {p['p99_ms']:.0f}"
                                    for p in points))
     return result
@@ -129,7 +144,8 @@ def better(result: dict, best: dict) -> bool:
         best_p99(result) < 0.8 * best_p99(best) or idle_p50(result) < 0.8 * idle_p50(best))
 
 
-def search(name: str, p99_ms: float, budget_s: float, seconds: float, log) -> dict:
+def search(name: str, p99_ms: float, budget_s: float, seconds: float, log,
+           clients: int = 16) -> dict:
     spec = models.load(name)
     config = spec.config
     cores = os.cpu_count() or 1
@@ -145,7 +161,7 @@ def search(name: str, p99_ms: float, budget_s: float, seconds: float, log) -> di
     def run(candidate: dict) -> dict:
         key = tuple(candidate[k] for k in KNOBS)
         if key not in measured:
-            measured[key] = measure(name, candidate, p99_ms, seconds, work, log)
+            measured[key] = measure(name, candidate, p99_ms, seconds, work, log, clients)
         return measured[key]
 
     log(f"[{name}] the current config: {label(current)}")
@@ -167,8 +183,9 @@ def search(name: str, p99_ms: float, budget_s: float, seconds: float, log) -> di
         if out_of_time:
             log(f"[{name}] the time budget ({budget_s:.0f} s) ran out; the best so far is kept")
             break
-    return {"model": name, "cpu": cpu_name(), "p99_ms": p99_ms, "seconds_per_point": seconds,
-            "elapsed_s": time.monotonic() - started, "baseline": baseline,
+    return {"model": name, "cpu": cpu_name(), "p99_ms": p99_ms, "clients": clients,
+            "seconds_per_point": seconds, "elapsed_s": time.monotonic() - started,
+            "baseline": baseline,
             "best": choose(baseline, list(measured.values())),
             "candidates": list(measured.values()), "complete": not out_of_time}
 
@@ -184,15 +201,13 @@ def choose(baseline: dict, candidates: list[dict]) -> dict:
     return best
 
 
-def rescore(result: dict, p99_ms: float) -> dict:
+def rescore(result: dict, p99_ms: float, clients: int = 16) -> dict:
     """A recorded search decided again for another p99 limit (or rule), from its load points."""
     for candidate in result["candidates"]:
-        fits = [p for p in candidate["points"] if p["p99_ms"] <= p99_ms and not p["errors"]]
-        candidate["best"] = max(fits, key=lambda p: p["ok_per_s"]) if fits else None
-        candidate["score"] = candidate["best"]["ok_per_s"] if fits else 0.0
+        candidate["score"], candidate["best"] = score(candidate["points"], p99_ms, clients)
     key = lambda c: tuple(c[k] for k in KNOBS)  # noqa: E731
     baseline = next(c for c in result["candidates"] if key(c) == key(result["baseline"]))
-    return {**result, "p99_ms": p99_ms, "baseline": baseline,
+    return {**result, "p99_ms": p99_ms, "clients": clients, "baseline": baseline,
             "best": choose(baseline, result["candidates"])}
 
 
@@ -236,6 +251,12 @@ def table(result: dict) -> str:
              "its p99 ms | clients | ready s |", "|---|---|---|---|---|---|---|"]
     for c in sorted(result["candidates"], key=lambda c: -c["score"]):
         b = c["best"] or {}
+        refused = next((p["clients"] for p in c["points"] if p["errors"]), None)
+        if not b and refused is not None:
+            lines.append(f"| {c['batchSize']} | {c['maxBatchDelay']} | {c['workers']} x "
+                         f"{c['threads']} | out: refused requests at {refused} clients | | | "
+                         f"{c['ready_s']:.1f} |")
+            continue
         mark = " (chosen)" if c is result["best"] or c == result["best"] else ""
         shared = "up to " if c["workers"] * c["threads"] > (os.cpu_count() or 1) else ""
         lines.append(f"| {c['batchSize']} | {c['maxBatchDelay']} | {c['workers']} x {shared}{c['threads']} | "
@@ -287,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=900, help="stop starting candidates "
                         "after this many seconds")
     parser.add_argument("--seconds", type=float, default=5.0, help="per load point")
+    parser.add_argument("--clients", type=int, default=16, help="the concurrency the service must "
+                        "absorb: a candidate that refuses a request at this many connections or "
+                        "fewer (its queue too short) is out")
     parser.add_argument("--recorded", metavar="TUNE_JSON", help="decide from a recorded search "
                         "(its tune.json) instead of measuring again: another --p99-ms, say")
     parser.add_argument("--write", action="store_true",
@@ -298,11 +322,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no archive for {args.model}: python -m serving build {args.model}")
     log = lambda line: print(line, flush=True)  # noqa: E731
     if args.recorded:
-        result = rescore(json.loads(Path(args.recorded).read_text()), args.p99_ms)
+        result = rescore(json.loads(Path(args.recorded).read_text()), args.p99_ms, args.clients)
         log(f"decided again from {args.recorded} (measured on {result['cpu']})")
     else:
         log(f"CPU: {cpu_name()}")
-        result = search(args.model, args.p99_ms, args.budget_s, args.seconds, log)
+        result = search(args.model, args.p99_ms, args.budget_s, args.seconds, log, args.clients)
     out = RUN_DIR / "tune" / args.model
     out.mkdir(parents=True, exist_ok=True)
     (out / "tune.json").write_text(json.dumps(result, indent=2))

@@ -202,7 +202,9 @@ def test_overload_is_refused_fast_in_json_and_accepted_requests_stay_fast(server
     assert result["errors"] == 0, output[-3000:]
     assert result["rejected_rps"] > 0 and result["accepted_rps"] > 0
     assert result["goodput"] > 0.5
-    assert result["accepted_p99_ms"] < 4 * result["unloaded_p99_ms"]  # 14x with a 128-long queue
+    # 14x with a 128-long queue; 2.4-3.5x measured with the shipped 12 (EfficientNet's unloaded
+    # reference is now a batch of 2 per worker, ~70 ms at p99, so each queued batch weighs more).
+    assert result["accepted_p99_ms"] < 5 * result["unloaded_p99_ms"]
 
 
 def test_a_short_soak_keeps_memory_and_answers_steady(server, tmp_path):

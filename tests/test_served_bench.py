@@ -138,6 +138,13 @@ def test_a_recorded_search_is_decided_again_for_another_limit_and_within_the_noi
     assert tight["baseline"]["score"] == 200
 
 
+def test_a_candidate_that_refuses_at_the_planned_concurrency_is_out():
+    points = [{"clients": 8, "ok_per_s": 150, "p99_ms": 80, "errors": 0},
+              {"clients": 16, "ok_per_s": 148, "p99_ms": 160, "errors": 69}]
+    assert tune.score(points, p99_ms=250, clients=16) == (0.0, None)
+    assert tune.score(points, p99_ms=250, clients=8) == (150, points[0])
+
+
 def test_the_pareto_front_keeps_only_points_nothing_beats():
     points = [{"p99_ms": 10, "ok_per_s": 100}, {"p99_ms": 20, "ok_per_s": 90},
               {"p99_ms": 30, "ok_per_s": 150}, {"p99_ms": 5, "ok_per_s": 50}]
