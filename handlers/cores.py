@@ -99,14 +99,12 @@ class CoreShare:
 
     def busy_workers(self) -> int:
         """Workers marked busy whose process still lives (a worker killed mid-batch is not)."""
-        count = 0
-        for i in range(SLOTS):
-            pid, busy = SLOT.unpack_from(self.map, i * SLOT.size)
-            if busy and pid and (pid == self.pid or alive(pid)):
-                count += 1
-        return count
+        return sum(1 for pid, busy in SLOT.iter_unpack(self.map)
+                   if busy and pid and (pid == self.pid or alive(pid)))
 
     def threads_now(self) -> int:
+        if self.max_threads == 1:  # nothing to decide (the others still see this one busy)
+            return 1
         busy = max(1, self.busy_workers())
         return max(1, min(self.max_threads, self.cores // busy))
 
@@ -126,8 +124,3 @@ class CoreShare:
             yield
         finally:
             SLOT.pack_into(self.map, offset, self.pid, 0)
-
-    def release(self) -> None:
-        if self.slot >= 0:
-            SLOT.pack_into(self.map, self.slot * SLOT.size, 0, 0)
-            self.slot = -1

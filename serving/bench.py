@@ -90,8 +90,9 @@ def child_measure(args) -> dict:
             "peak_rss_mb": peak_rss_mb}
 
 
-def run_child(*arguments: str, timeout: float = 900) -> dict:
-    command = [sys.executable, "-m", "serving.bench", *arguments]
+def run_child(*arguments: str, timeout: float = 900, module: str = "serving.bench") -> dict:
+    """Runs `python -m module arguments` in a fresh process; its last JSON line is the result."""
+    command = [sys.executable, "-m", module, *arguments]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:

@@ -33,6 +33,7 @@ from pathlib import Path
 import psutil
 
 import models
+from serving.bench import run_child
 from serving.cpu import cpu_name
 from serving.paths import MODEL_STORE, ROOT, RUN_DIR
 
@@ -87,16 +88,6 @@ def child_inprocess(name: str, model_store: Path) -> dict:
             "handler_c1_ms": statistics.median(one_handler) * 1000,
             "target": handler.build_info.get("target"),
             "precision": handler.build_info.get("precision")}
-
-
-def run_child(*arguments: str, timeout: float = 600) -> dict:
-    command = [sys.executable, "-m", "serving.servedbench", *arguments]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-        raise RuntimeError(" / ".join(tail) or f"exit code {done.returncode}")
-    return json.loads(lines[-1])
 
 
 # -- load -----------------------------------------------------------------------------------------
@@ -420,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         body_file = models.MODELS_DIR / name / file
         binary = not content_type.startswith("application/json")
         log(f"[{name}] in-process (model alone, then the handler)...")
-        inproc = run_child("--child", name, "--model-store", str(model_store))
+        inproc = run_child("--child", name, "--model-store", str(model_store),
+                           module="serving.servedbench", timeout=600)
         log(f"  model alone {inproc['model_items_per_s']:.1f} items/s at batch {inproc['batch']}, "
             f"{inproc['forward_c1_ms']:.2f} ms at batch 1; handler {inproc['handler_req_per_s']:.1f} "
             f"req/s, {inproc['handler_c1_ms']:.2f} ms alone ({inproc['threads']} threads)")
