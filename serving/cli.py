@@ -14,6 +14,11 @@ from serving.prometheus import Prometheus, PrometheusError
 from serving.torchserve import Instance, ServeError
 
 
+def served_models() -> list[str]:
+    """SERVING_MODELS (space-separated: a pod serving one model), else every model folder."""
+    return os.environ.get("SERVING_MODELS", "").split() or list(models.NAMES)
+
+
 def curl_example(instance: Instance, name: str) -> str:
     file, content_type = models.load(name).example_request
     path = (models.MODELS_DIR / name / file).relative_to(ROOT)
@@ -54,7 +59,7 @@ def cmd_build(args) -> int:
 
 def cmd_up(args) -> int:
     instance = Instance.from_config()
-    names = args.models or list(models.NAMES)
+    names = args.models or served_models()
     if instance.process():
         print(f"TorchServe already runs (pid {instance.process().pid}); `make down` stops it.")
     else:
@@ -101,8 +106,9 @@ def cmd_serve(args) -> int:
     import signal
 
     # Ports: config.properties, or SERVING_<KEY>_PORT (behind the compose front door: inference).
-    instance = Instance.from_config(bind=os.environ.get("SERVING_BIND", "127.0.0.1"))
-    names = args.models or list(models.NAMES)
+    instance = Instance.from_config(bind=os.environ.get("SERVING_BIND", "127.0.0.1"),
+                                    metrics_bind=os.environ.get("SERVING_METRICS_BIND"))
+    names = args.models or served_models()
     if not args.no_build:
         build_all(names)
     stopping = []
@@ -160,7 +166,7 @@ def cmd_down(args) -> int:
 def cmd_ready(args) -> int:
     """Exit 0 when every named model (default: all) has a live READY worker; for health checks."""
     instance = Instance.from_config()
-    names = args.models or list(models.NAMES)
+    names = args.models or served_models()
     status = {name: instance.model_ready(name) for name in names}
     for name, ready in status.items():
         workers = ", ".join(f"{w.get('pid')}:{w.get('status')}" for w in instance.workers(name))
@@ -184,7 +190,7 @@ def cmd_latency(args) -> int:
     import requests
 
     instance = Instance.from_config()
-    names = args.models or list(models.NAMES)
+    names = args.models or served_models()
     print(f"{'model':20s} {'first ms':>9s} {'n':>4s} {'median ms':>10s} {'p90 ms':>8s} "
           f"{'p99 ms':>8s} {'min ms':>8s}")
     with requests.Session() as session:
@@ -219,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         from serving import servedbench
 
         return servedbench.main(argv[1:])
+    if argv[:1] == ["deploy"]:
+        from serving import deploy
+
+        return deploy.main(argv[1:])
     if argv[:1] == ["tune"]:
         from serving import tune
 
@@ -303,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench-serve", help="per model: in-process, TorchServe and LitServe on the "
                    "same archive, closed loop and an open-loop sweep (python -m serving bench-serve "
                    "--help)")
+    sub.add_parser("deploy", help="Kubernetes and KServe manifests from the model folders and the "
+                   "measured capacity; capacity plan (python -m serving deploy --help)")
     sub.add_parser("tune", help="the batch size, delay, workers and threads with the most "
                    "throughput within a p99 limit, against the real TorchServe: MODEL --p99-ms X "
                    "(python -m serving tune --help)")

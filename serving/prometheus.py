@@ -43,6 +43,9 @@ class Prometheus:
     torchserve_metrics: str = "127.0.0.1:8082"
     loadtest_metrics: str = f"127.0.0.1:{LOADTEST_METRICS_PORT}"
     scrape_interval: str | None = None  # None: as prometheus/prometheus.yml says
+    # Several TorchServe instances, as (pod name, host:port): each scraped with the namespace and
+    # pod labels the Prometheus Operator adds in a cluster (the autoscaler's per-pod series).
+    torchserve_pods: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def at(cls, url: str) -> "Prometheus":
@@ -69,6 +72,9 @@ class Prometheus:
         targets = {"torchserve": self.torchserve_metrics, "loadtest": self.loadtest_metrics}
         for job in config["scrape_configs"]:
             job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+            if job["job_name"] == "torchserve" and self.torchserve_pods:
+                job["static_configs"] = [{"targets": [target], "labels": {
+                    "namespace": "model-serving", "pod": pod}} for pod, target in self.torchserve_pods]
         config["rule_files"] = [str(CONFIG_DIR / f) for f in config["rule_files"]]
         if self.scrape_interval:
             config["global"]["scrape_interval"] = self.scrape_interval

@@ -98,6 +98,8 @@ class Instance:
     base_config: Path = CONFIG_PROPERTIES
     host: str = "127.0.0.1"  # where this machine reaches the instance
     bind: str = "127.0.0.1"  # where inference and metrics listen (0.0.0.0 inside a container)
+    metrics_bind: str | None = None  # metrics elsewhere than inference (a pod: inference stays
+    # on loopback behind the front door beside it; Prometheus scrapes metrics from outside)
     ports: dict[str, int] = field(default_factory=dict)
 
     PORT_KEYS = ("inference", "management", "metrics", "grpc_inference", "grpc_management",
@@ -191,7 +193,7 @@ class Instance:
             # Management and gRPC stay on loopback wherever the instance runs (a container
             # too): only inference, and metrics for Prometheus, listen on `bind`.
             "management_address": f"http://127.0.0.1:{self.ports['management']}",
-            "metrics_address": f"http://{self.bind}:{self.ports['metrics']}",
+            "metrics_address": f"http://{self.metrics_bind or self.bind}:{self.ports['metrics']}",
             "grpc_inference_address": "127.0.0.1",
             "grpc_management_address": "127.0.0.1",
             "grpc_inference_port": str(self.ports["grpc_inference"]),

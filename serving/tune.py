@@ -91,10 +91,12 @@ def measure(name: str, candidate: dict, p99_ms: float, seconds: float, work: Pat
             growing = len(points) < 2 or point["ok_per_s"] > 1.05 * points[-2]["ok_per_s"]
             if errors or (connections >= clients and (not fits or not growing)):
                 break
+        rss_mb = sum(p.memory_info().rss for p in tree(instance.process())) / 2 ** 20
     finally:
         instance.stop()
     value, best = score(points, p99_ms, clients)
-    result = {**candidate, "ready_s": ready_s, "points": points, "score": value, "best": best}
+    result = {**candidate, "ready_s": ready_s, "points": points, "score": value, "best": best,
+              "rss_mb": rss_mb}
     refused = next((p["clients"] for p in points if p["errors"]), None)
     log(f"  {label(candidate)}: " + (f"{best['ok_per_s']:.1f} req/s at p99 {best['p99_ms']:.0f} ms "
         f"({best['clients']} clients)" if best else

@@ -1,0 +1,487 @@
+"""Capacity: what one replica serves within its p99 target, how many replicas a request rate
+needs, and a check of that model against a real multi-instance run on this machine.
+
+measure   per model, the shipped archive on a real TorchServe, a closed-loop client ladder: the
+          most requests/s answered within the model's p99 target (model.yaml loadtest.slo), and
+          the server's resident memory. deploy/capacity.json; `deploy render` sizes the
+          autoscaler and the pods from it.
+simulate  a discrete-event model of the serving path: requests (Poisson arrivals, or closed-loop
+          clients with no think time) spread over replicas by least outstanding requests (nginx's
+          least_conn), each replica a FIFO queue feeding `workers` workers that batch as
+          TorchServe does (queued requests are taken at once, up to batchSize; a lone request
+          waits up to maxBatchDelay for company), a batch of b taking s(b): the handler's own
+          time for b requests measured in-process (decode + model + encode, the replica's torch
+          threads), plus a fixed per-request time outside the worker (frontend, proxy, client)
+          that holds the client but no worker. M/D/c with batching; no think time.
+verify    the model against real runs here: N TorchServe instances on loopback, each pinned to
+          its own core, behind the real nginx front door (the pod's, with its key check),
+          driven by distributed Locust (a master and worker processes) up a user ladder.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import random
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import models
+from serving.cpu import cpu_name
+from serving.paths import MODEL_STORE, ROOT, RUN_DIR
+
+CAPACITY_FILE = ROOT / "deploy" / "capacity.json"
+USER_LADDER = (1, 2, 4, 8, 16, 32)
+
+
+def slo_p99_ms(name: str) -> float:
+    return float((models.load(name).loadtest.get("slo") or {}).get("p99_ms") or 1000)
+
+
+def shipped(name: str) -> dict:
+    """The archive's serving settings as a tuner candidate (model-config.yaml)."""
+    config = models.load(name).config
+    workers = int(config.get("minWorkers") or 1)
+    return {"batchSize": int(config.get("batchSize") or 1),
+            "maxBatchDelay": int(config.get("maxBatchDelay") or 0),
+            "workers": workers,
+            "threads": int((config.get("handler") or {}).get("torch_threads") or
+                           max(1, (os.cpu_count() or 1) // workers))}
+
+
+# -- per-replica capacity, measured -------------------------------------------------------------
+
+SCALE_UP_LOAD = 0.85  # of a replica's capacity: the queue wait there is the autoscaler's second signal
+
+
+def measure(names: list[str], seconds: float, log=print) -> dict:
+    """Each model's shipped archive on its own TorchServe (one replica): the client ladder of the
+    tuner, scored at the model's p99 target; the handler's service times for the queueing model,
+    and from that model the mean queue wait of a replica at 85% of its capacity."""
+    from serving.tune import measure as climb
+
+    result = {"cpu": cpu_name(), "cores": os.cpu_count(), "measured": time.strftime("%Y-%m-%d"),
+              "seconds_per_point": seconds, "models": {}}
+    for name in names:
+        candidate, p99 = shipped(name), slo_p99_ms(name)
+        log(f"[{name}] one replica as shipped, p99 target {p99:g} ms")
+        point = climb(name, candidate, p99, seconds, RUN_DIR / "capacity" / name, log)
+        if not point["best"]:
+            raise RuntimeError(f"{name}: nothing within p99 {p99:g} ms on this machine")
+        times = service_times(name, candidate["threads"], candidate["batchSize"], "example")
+        s = interpolate(times)
+        delay_s = candidate["maxBatchDelay"] / 1000
+        one = next(p for p in point["points"] if p["clients"] == 1)
+        overhead_s = max(0.0, one["p50_ms"] / 1000 - s(1) - delay_s)
+        capacity = point["best"]["ok_per_s"]
+        saturation = candidate["workers"] * candidate["batchSize"] / s(candidate["batchSize"])
+        busy = simulate(s, 1, candidate["workers"], candidate["batchSize"], delay_s,
+                        rate=SCALE_UP_LOAD * min(capacity, saturation), overhead_s=overhead_s)
+        waited = queue_wait(name, SCALE_UP_LOAD * capacity, seconds,
+                            RUN_DIR / "capacity" / name / "queue")
+        log(f"  service s(1) {s(1) * 1000:.2f} ms, s({candidate['batchSize']}) "
+            f"{s(candidate['batchSize']) * 1000:.2f} ms; outside the worker {overhead_s * 1000:.2f} "
+            f"ms; queue wait at {SCALE_UP_LOAD:.0%} load: measured {waited * 1000:.2f} ms, "
+            f"model {busy['mean_wait_ms']:.2f} ms")
+        result["models"][name] = {
+            **candidate, "p99_target_ms": p99, "replica_rps": round(capacity, 1),
+            "p99_ms_at_capacity": round(point["best"]["p99_ms"], 1),
+            "clients_at_capacity": point["best"]["clients"],
+            "rss_mb": round(point["rss_mb"]), "cores": candidate["workers"] * candidate["threads"],
+            "service_s": {str(b): round(t, 6) for b, t in times.items()},
+            "overhead_s": round(overhead_s, 6),
+            "queue_wait_s_at_scale_up": round(waited, 6),
+            "model_queue_wait_s_at_scale_up": round(busy["mean_wait_ms"] / 1000, 6),
+            "points": point["points"]}
+    return result
+
+
+def torchserve_counters(metrics_url: str, model: str) -> dict[str, float]:
+    """TorchServe's per-model counters from its Prometheus endpoint, summed over label sets."""
+    import requests
+
+    totals: dict[str, float] = {}
+    for line in requests.get(f"{metrics_url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("ts_") and f'model_name="{model}"' in line:
+            metric = line.split("{", 1)[0]
+            totals[metric] = totals.get(metric, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def queue_wait(name: str, rate: float, seconds: float, work: Path) -> float:
+    """The mean time a request waits in TorchServe's queue (ts_queue_latency_microseconds, the
+    autoscaler's second signal) with the shipped archive under an open-loop `rate`."""
+    from serving.servedbench import Target, load, tree
+    from serving.torchserve import start_on_free_ports
+
+    spec = models.load(name)
+    file, content_type = spec.example_request
+    instance = start_on_free_ports(work, [name])
+    try:
+        target = Target("torchserve", f"{instance.inference_url}/predictions/{name}",
+                        instance.auth("inference"), lambda: tree(instance.process()))
+        before = torchserve_counters(instance.metrics_url, name)
+        load(target, models.MODELS_DIR / name / file, content_type,
+             not content_type.startswith("application/json"), seconds, rate=rate)
+        after = torchserve_counters(instance.metrics_url, name)
+    finally:
+        instance.stop()
+    served = after["ts_inference_requests_total"] - before.get("ts_inference_requests_total", 0)
+    waited = after["ts_queue_latency_microseconds"] - before.get("ts_queue_latency_microseconds", 0)
+    return waited / 1e6 / served
+
+
+def load_capacity(path: Path = CAPACITY_FILE) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no measured capacity; run `python -m serving deploy "
+                                "measure` on a machine like the nodes you deploy to")
+    return json.loads(path.read_text())
+
+
+# -- service times, measured in-process ---------------------------------------------------------
+
+def child_service_times(name: str, threads: int, batches: list[int], model_store: str,
+                        bodies_from: str) -> dict:
+    """In a fresh process: the handler's time per batch size, over the model's load-test bodies
+    ("payloads", what Locust sends) or its example request ("example", what the tuner's and
+    `measure`'s generator sends)."""
+    import torch
+
+    from serving.inprocess import LoadedModel
+
+    os.environ["SERVING_WORKERS_TOTAL"] = "1"
+    loaded = LoadedModel(name, Path(tempfile.mkdtemp(prefix=f"capacity-{name}-")),
+                         Path(model_store))
+    torch.set_num_threads(threads)
+    spec = models.load(name)
+    if bodies_from == "payloads":
+        bodies, content_type = spec.payloads(), spec.payload_content_type
+    else:
+        file, content_type = spec.example_request
+        bodies = [(models.MODELS_DIR / name / file).read_bytes()]
+    rng = random.Random(0)
+    times = {}
+    for b in batches:
+        runs = []
+        deadline = time.perf_counter() + 3.0
+        while len(runs) < 8 or time.perf_counter() < deadline:
+            batch = [(rng.choice(bodies), content_type) for _ in range(b)]
+            started = time.perf_counter()
+            answers = loaded.handle(batch)
+            runs.append(time.perf_counter() - started)
+            assert all(a.status == 200 for a in answers), answers[0]
+        times[b] = statistics.median(runs[2:])
+    return {"threads": torch.get_num_threads(), "seconds": times}
+
+
+def service_times(name: str, threads: int, batch: int, bodies_from: str,
+                  model_store: Path = MODEL_STORE) -> dict:
+    from serving.bench import run_child
+
+    batches = sorted({1, 2, *[2 ** k for k in range(2, 8) if 2 ** k < batch], batch})
+    result = run_child("service-times", name, str(threads), ",".join(map(str, batches)),
+                       str(model_store), bodies_from, module="serving.capacity")
+    return {int(b): s for b, s in result["seconds"].items()}
+
+
+def interpolate(times: dict[int, float]) -> Callable[[int], float]:
+    """s(b) between the measured batch sizes, linearly."""
+    sizes = sorted(times)
+
+    def s(b: int) -> float:
+        if b in times:
+            return times[b]
+        hi = next((x for x in sizes if x > b), sizes[-1])
+        lo = max((x for x in sizes if x < b), default=sizes[0])
+        if hi == lo:
+            return times[lo] * b / lo
+        return times[lo] + (times[hi] - times[lo]) * (b - lo) / (hi - lo)
+
+    return s
+
+
+# -- the queueing model -------------------------------------------------------------------------
+
+def simulate(service: Callable[[int], float], replicas: int, workers: int, batch: int,
+             delay_s: float, clients: int = 0, rate: float = 0.0, overhead_s: float = 0.0,
+             requests: int = 20000, seed: int = 0) -> dict:
+    """Throughput and latency of the model above, after a warm-up of a tenth of the requests.
+    `clients` > 0: closed loop; otherwise Poisson arrivals at `rate` per second.
+
+    Batching follows TorchServe 0.12 (Model.pollInferJob): an idle worker takes what is queued,
+    up to batchSize, and unless the batch is full it keeps polling for more until maxBatchDelay
+    has passed; while it does, it holds the model's queue lock, so other idle workers wait."""
+    if (clients > 0) == (rate > 0):
+        raise ValueError("give clients (closed loop) or rate (open loop)")
+    rng = random.Random(seed)
+    queues = [deque() for _ in range(replicas)]      # arrival times waiting
+    idle = [workers] * replicas
+    outstanding = [0] * replicas
+    forming: list[list | None] = [None] * replicas   # the batch a worker is filling
+    tokens = [0] * replicas
+    events: list[tuple] = []
+    seq = 0
+
+    def push(at: float, kind: str, replica: int = 0, data: object = None) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(events, (at, seq, kind, replica, data))
+
+    def start(now: float, replica: int, taken: list) -> None:
+        waits.extend(now - arrived for arrived in taken)
+        push(now + service(len(taken)), "done", replica, taken)
+
+    def dispatch(now: float, replica: int) -> None:
+        queue = queues[replica]
+        while forming[replica] is None and idle[replica] and queue:
+            idle[replica] -= 1
+            taken = [queue.popleft() for _ in range(min(batch, len(queue)))]
+            if len(taken) == batch or delay_s <= 0:
+                start(now, replica, taken)
+            else:
+                forming[replica] = taken
+                tokens[replica] += 1
+                push(now + delay_s, "timer", replica, tokens[replica])
+
+    def arrive(now: float) -> None:
+        least = min(outstanding)
+        replica = rng.choice([i for i, n in enumerate(outstanding) if n == least])
+        outstanding[replica] += 1
+        if forming[replica] is not None:
+            forming[replica].append(now)
+            if len(forming[replica]) == batch:
+                start(now, replica, forming[replica])
+                forming[replica] = None
+        else:
+            queues[replica].append(now)
+        dispatch(now, replica)
+
+    latencies: list[float] = []
+    finished_at: list[float] = []
+    waits: list[float] = []  # arrival to the start of its batch: queue and batch forming
+    warmup = requests // 10
+    if clients:
+        for _ in range(clients):
+            push(rng.uniform(0, 1e-3), "arrive")
+    else:
+        push(rng.expovariate(rate), "arrive")
+    while events and len(latencies) < requests + warmup:
+        now, _, kind, replica, data = heapq.heappop(events)
+        if kind == "arrive":
+            arrive(now)
+            if not clients:
+                push(now + rng.expovariate(rate), "arrive")
+        elif kind == "timer":
+            if forming[replica] is not None and data == tokens[replica]:
+                start(now, replica, forming[replica])
+                forming[replica] = None
+                dispatch(now, replica)
+        else:  # a batch done: its requests answered after the time outside the worker
+            idle[replica] += 1
+            outstanding[replica] -= len(data)
+            for arrived in data:
+                latencies.append(now + overhead_s - arrived)
+                finished_at.append(now + overhead_s)
+                if clients:
+                    push(now + overhead_s, "arrive")
+            dispatch(now, replica)
+    kept = sorted(latencies[warmup:])
+    span = finished_at[-1] - finished_at[warmup]
+    return {"throughput": (len(kept) - 1) / span if span > 0 else 0.0,
+            "p50_ms": kept[len(kept) // 2] * 1000,
+            "p99_ms": kept[min(len(kept) - 1, int(0.99 * len(kept)))] * 1000,
+            "mean_ms": statistics.fmean(kept) * 1000,
+            "mean_wait_ms": statistics.fmean(waits[warmup:]) * 1000}
+
+
+def capacity_at(p99_ms: float, run: Callable[[int], dict], ladder=USER_LADDER) -> tuple[float, list]:
+    """The most throughput whose p99 is within the target, over a client ladder."""
+    points = [{"clients": c, **run(c)} for c in ladder]
+    fits = [p["throughput"] for p in points if p["p99_ms"] <= p99_ms]
+    return (max(fits) if fits else 0.0), points
+
+
+def replicas_for(rate: float, service: Callable[[int], float], workers: int, batch: int,
+                 delay_s: float, overhead_s: float, p99_ms: float, limit: int = 64) -> dict:
+    """The fewest replicas whose open-loop p99 at `rate` is within the target."""
+    for replicas in range(1, limit + 1):
+        saturation = replicas * workers * batch / service(batch)
+        if rate >= 0.95 * saturation:
+            continue
+        point = simulate(service, replicas, workers, batch, delay_s, rate=rate,
+                         overhead_s=overhead_s, requests=20000)
+        if point["p99_ms"] <= p99_ms:
+            return {"replicas": replicas, **point, "utilisation": rate / saturation}
+    raise ValueError(f"{rate} req/s needs more than {limit} replicas")
+
+
+# -- the multi-instance run ---------------------------------------------------------------------
+
+@contextmanager
+def pinned(cores: set[int]):
+    """Children started inside inherit this CPU affinity (TorchServe's frontend and workers)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+class FrontDoor:
+    """The pod's nginx front door (docker/nginx), here on loopback in front of `upstreams`."""
+
+    def __init__(self, run_dir: Path, upstreams: list[str], key: str, port: int) -> None:
+        self.run_dir, self.port, self.key = run_dir, port, key
+        run_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "TORCHSERVE_INFERENCE": " ".join(upstreams),
+               "FRONTDOOR_PORT": f"127.0.0.1:{port}", "FRONTDOOR_KEY": key}
+        config = subprocess.run(["sh", str(ROOT / "docker" / "nginx" / "render.sh"),
+                                 str(ROOT / "docker" / "nginx" / "nginx.conf")], env=env,
+                                check=True, capture_output=True, text=True).stdout
+        # Its temporary files and pid under this run folder (the image puts them in /tmp).
+        config = config.replace("/tmp/nginx", str(run_dir / "nginx"))
+        self.config = run_dir / "nginx.conf"
+        self.config.write_text(config)
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        import shutil
+
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(nginx).exists():
+            raise RuntimeError("nginx is not installed: apt-get install nginx-light (make setup "
+                               "does this as root)")
+        log = open(self.run_dir / "nginx.log", "ab")
+        self.process = subprocess.Popen([nginx, "-c", str(self.config), "-e", "stderr",
+                                         "-g", "daemon off;"], stdout=log, stderr=log,
+                                        start_new_session=True)
+        from serving.servedbench import wait_http
+
+        wait_http(f"http://127.0.0.1:{self.port}/nginx-health", timeout=20)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def cluster_instances(name: str, replicas: int, run_dir: Path, settings: dict) -> list:
+    """`replicas` TorchServe instances of one model with the cluster's config.properties (token
+    check off, inference on loopback: the front door checks the key), each pinned to a core."""
+    from serving.archive import with_config
+    from serving.deploy import write_cluster_config
+    from serving.torchserve import start_on_free_ports
+
+    store = run_dir / "store"
+    with_config(MODEL_STORE / f"{name}.mar", store / f"{name}.mar", settings)
+    config_dir = write_cluster_config(run_dir / "config")
+    cores = sorted(os.sched_getaffinity(0))
+    instances = []
+    try:
+        for i in range(replicas):
+            with pinned({cores[i % len(cores)]}):
+                instances.append(start_on_free_ports(
+                    run_dir / f"replica-{i}" / "torchserve", [name], model_store=store,
+                    base_config=config_dir / "config.properties"))
+    except Exception:
+        for instance in instances:
+            instance.stop()
+        raise
+    return instances
+
+
+def locust_point(name: str, host: str, users: int, duration: str, out: Path, key_file: Path,
+                 processes: int) -> dict:
+    from loadtest import user_class_name
+    from loadtest.runner import MEASURE_ONLY, locust, seconds, stats
+    from serving.torchserve import free_port
+
+    out.mkdir(parents=True, exist_ok=True)
+    locust(out, host, users, users, duration, [user_class_name(name)], processes=processes,
+           extra=MEASURE_ONLY, key_file=str(key_file), metrics_port=free_port())
+    row = stats(out)[name]
+    count, failures = int(row["Request Count"]), int(row["Failure Count"])
+    return {"clients": users, "throughput": (count - failures) / seconds(duration),
+            "p50_ms": float(row["50%"]), "p99_ms": float(row["99%"]), "failures": failures}
+
+
+def verify(name: str, replicas_list: list[int], duration: str, processes: int, log=print) -> dict:
+    """Per replica count: the measured ladder through nginx and distributed Locust, and the
+    model's prediction for the same ladder."""
+    from serving.tune import settings_of
+
+    candidate = {**shipped(name), "workers": 1, "threads": 1}  # a replica per core here
+    p99 = slo_p99_ms(name)
+    work = RUN_DIR / "capacity-verify" / name
+    log(f"[{name}] service times in-process, 1 thread, batch 1..{candidate['batchSize']}")
+    times = service_times(name, 1, candidate["batchSize"], "payloads")
+    s = interpolate(times)
+    key = secrets.token_hex(16)
+    key_file = work / "key_file.json"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(json.dumps({"inference": {"key": key}}))
+    runs = []
+    overhead_s = None
+    for replicas in replicas_list:
+        log(f"[{name}] {replicas} replica(s), 1 worker x 1 thread each, pinned one per core")
+        instances = cluster_instances(name, replicas, work / f"r{replicas}", settings_of(candidate))
+        from serving.torchserve import free_port
+
+        door = FrontDoor(work / f"r{replicas}" / "nginx",
+                         [f"127.0.0.1:{i.ports['inference']}" for i in instances], key, free_port())
+        try:
+            door.start()
+            host = f"http://127.0.0.1:{door.port}"
+            points = []
+            for users in USER_LADDER:
+                point = locust_point(name, host, users, duration,
+                                     work / f"r{replicas}" / f"u{users}", key_file, processes)
+                log(f"  {users:3d} users: {point['throughput']:7.1f} req/s  p50 "
+                    f"{point['p50_ms']:6.0f} ms  p99 {point['p99_ms']:6.0f} ms  "
+                    f"failures {point['failures']}")
+                points.append(point)
+        finally:
+            door.stop()
+            for instance in instances:
+                instance.stop()
+        if overhead_s is None:  # one constant from the one-client point of the first run
+            overhead_s = max(0.0, points[0]["p50_ms"] / 1000 - s(1))
+        runs.append({"replicas": replicas, "points": points})
+    results = []
+    for run in runs:
+        replicas = run["replicas"]
+        measured = max([p["throughput"] for p in run["points"]
+                        if p["p99_ms"] <= p99 and not p["failures"]], default=0.0)
+        predicted, model_points = capacity_at(p99, lambda c: simulate(
+            s, replicas, 1, candidate["batchSize"], candidate["maxBatchDelay"] / 1000,
+            clients=c, overhead_s=overhead_s, requests=5000), ladder=USER_LADDER)
+        results.append({**run, "model_points": model_points, "measured_rps": measured,
+                        "predicted_rps": predicted,
+                        "error": (predicted - measured) / measured if measured else None})
+    return {"model": name, "cpu": cpu_name(), "cores": os.cpu_count(), "p99_target_ms": p99,
+            "duration": duration, "locust_processes": processes, "settings": candidate,
+            "service_s": times, "overhead_s": overhead_s, "runs": results}
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["service-times"]:  # the child of service_times()
+        name, threads, batches, store, bodies_from = argv[1:6]
+        print(json.dumps(child_service_times(name, int(threads),
+                                             [int(b) for b in batches.split(",")], store,
+                                             bodies_from)))
+        return 0
+    raise SystemExit(f"unknown: {argv}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
