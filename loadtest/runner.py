@@ -23,7 +23,8 @@ SHAPES = {"constant": None, "step_ramp": HERE / "shapes" / "step_ramp.py",
 def locust(out: Path, host: str, users: int, spawn_rate: float, duration: str, classes: list[str],
            shape: str = "constant", processes: int = 0, metrics_port: int = LOADTEST_METRICS_PORT,
            extra: list[str] = (), metrics_host: str = "127.0.0.1",
-           key_file: str | None = None) -> int:
+           key_file: str | None = None, log: Path | None = None) -> int:
+    """Runs Locust headless; its output goes to ours, or to `log` (runs that only measure)."""
     files = [str(HERE / "locustfile.py")] + ([str(SHAPES[shape])] if SHAPES[shape] else [])
     command = [sys.executable, "-m", "locust", "-f", ",".join(files), "--headless",
                "-u", str(users), "-r", str(spawn_rate), "-t", duration, "-H", host,
@@ -35,7 +36,10 @@ def locust(out: Path, host: str, users: int, spawn_rate: float, duration: str, c
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     if key_file:  # the server's inference key, for every Locust process
         env[KEY_ENV] = inference_key(key_file)
-    return subprocess.call(command, cwd=ROOT, env=env)
+    if log is None:
+        return subprocess.call(command, cwd=ROOT, env=env)
+    with open(log, "ab") as out:
+        return subprocess.call(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def instance_of(key_file: str | None) -> Instance:

@@ -81,7 +81,7 @@ def measure(names: list[str], seconds: float, log=print) -> dict:
         s = interpolate(times)
         delay_s = candidate["maxBatchDelay"] / 1000
         one = next(p for p in point["points"] if p["clients"] == 1)
-        overhead_s = max(0.0, one["p50_ms"] / 1000 - s(1) - delay_s)
+        overhead_s = max(0.0, 1 / one["ok_per_s"] - s(1) - delay_s)  # as predict() takes it
         capacity = point["best"]["ok_per_s"]
         saturation = candidate["workers"] * candidate["batchSize"] / s(candidate["batchSize"])
         busy = simulate(s, 1, candidate["workers"], candidate["batchSize"], delay_s,
@@ -213,9 +213,11 @@ def interpolate(times: dict[int, float]) -> Callable[[int], float]:
 
 def simulate(service: Callable[[int], float], replicas: int, workers: int, batch: int,
              delay_s: float, clients: int = 0, rate: float = 0.0, overhead_s: float = 0.0,
-             requests: int = 20000, seed: int = 0) -> dict:
+             requests: int = 20000, seed: int = 0, queue_size: int = 0) -> dict:
     """Throughput and latency of the model above, after a warm-up of a tenth of the requests.
-    `clients` > 0: closed loop; otherwise Poisson arrivals at `rate` per second.
+    `clients` > 0: closed loop; otherwise Poisson arrivals at `rate` per second. `queue_size`
+    > 0: a replica whose queue holds that many refuses the next request at once (TorchServe's
+    jobQueueSize, a 503), which counts in "refused" and not in the latencies.
 
     Batching follows TorchServe 0.12 (Model.pollInferJob): an idle worker takes what is queued,
     up to batchSize, and unless the batch is full it keeps polling for more until maxBatchDelay
@@ -253,8 +255,14 @@ def simulate(service: Callable[[int], float], replicas: int, workers: int, batch
                 push(now + delay_s, "timer", replica, tokens[replica])
 
     def arrive(now: float) -> None:
+        nonlocal refused
         least = min(outstanding)
         replica = rng.choice([i for i, n in enumerate(outstanding) if n == least])
+        if queue_size and len(queues[replica]) >= queue_size:
+            refused += 1
+            if clients:  # the client hears at once and sends again
+                push(now + max(overhead_s, 1e-4), "arrive")
+            return
         outstanding[replica] += 1
         if forming[replica] is not None:
             forming[replica].append(now)
@@ -268,6 +276,7 @@ def simulate(service: Callable[[int], float], replicas: int, workers: int, batch
     latencies: list[float] = []
     finished_at: list[float] = []
     waits: list[float] = []  # arrival to the start of its batch: queue and batch forming
+    refused = 0
     warmup = requests // 10
     if clients:
         for _ in range(clients):
@@ -300,13 +309,14 @@ def simulate(service: Callable[[int], float], replicas: int, workers: int, batch
             "p50_ms": kept[len(kept) // 2] * 1000,
             "p99_ms": kept[min(len(kept) - 1, int(0.99 * len(kept)))] * 1000,
             "mean_ms": statistics.fmean(kept) * 1000,
-            "mean_wait_ms": statistics.fmean(waits[warmup:]) * 1000}
+            "mean_wait_ms": statistics.fmean(waits[warmup:]) * 1000,
+            "refused": refused}
 
 
 def capacity_at(p99_ms: float, run: Callable[[int], dict], ladder=USER_LADDER) -> tuple[float, list]:
     """The most throughput whose p99 is within the target, over a client ladder."""
     points = [{"clients": c, **run(c)} for c in ladder]
-    fits = [p["throughput"] for p in points if p["p99_ms"] <= p99_ms]
+    fits = [p["throughput"] for p in points if p["p99_ms"] <= p99_ms and not p.get("refused")]
     return (max(fits) if fits else 0.0), points
 
 
@@ -406,13 +416,21 @@ def locust_point(name: str, host: str, users: int, duration: str, out: Path, key
     from loadtest.runner import MEASURE_ONLY, locust, seconds, stats
     from serving.torchserve import free_port
 
+    import psutil
+
     out.mkdir(parents=True, exist_ok=True)
+    before, started = psutil.cpu_times(), time.monotonic()
     locust(out, host, users, users, duration, [user_class_name(name)], processes=processes,
-           extra=MEASURE_ONLY, key_file=str(key_file), metrics_port=free_port())
+           extra=MEASURE_ONLY, key_file=str(key_file), metrics_port=free_port(),
+           log=out / "locust.log")
+    after, elapsed = psutil.cpu_times(), time.monotonic() - started
     row = stats(out)[name]
     count, failures = int(row["Request Count"]), int(row["Failure Count"])
+    # Everything the machine ran (servers, nginx, Locust, Locust's start and stop), in cores.
+    busy = sum(after) - after.idle - after.iowait - (sum(before) - before.idle - before.iowait)
     return {"clients": users, "throughput": (count - failures) / seconds(duration),
-            "p50_ms": float(row["50%"]), "p99_ms": float(row["99%"]), "failures": failures}
+            "p50_ms": float(row["50%"]), "p99_ms": float(row["99%"]), "failures": failures,
+            "busy_cores": busy / elapsed, "requests": count}
 
 
 def verify(name: str, replicas_list: list[int], duration: str, processes: int, log=print) -> dict:
@@ -425,13 +443,11 @@ def verify(name: str, replicas_list: list[int], duration: str, processes: int, l
     work = RUN_DIR / "capacity-verify" / name
     log(f"[{name}] service times in-process, 1 thread, batch 1..{candidate['batchSize']}")
     times = service_times(name, 1, candidate["batchSize"], "payloads")
-    s = interpolate(times)
     key = secrets.token_hex(16)
     key_file = work / "key_file.json"
     key_file.parent.mkdir(parents=True, exist_ok=True)
     key_file.write_text(json.dumps({"inference": {"key": key}}))
-    runs = []
-    overhead_s = None
+    runs: list[dict] = []
     for replicas in replicas_list:
         log(f"[{name}] {replicas} replica(s), 1 worker x 1 thread each, pinned one per core")
         instances = cluster_instances(name, replicas, work / f"r{replicas}", settings_of(candidate))
@@ -454,23 +470,82 @@ def verify(name: str, replicas_list: list[int], duration: str, processes: int, l
             door.stop()
             for instance in instances:
                 instance.stop()
-        if overhead_s is None:  # one constant from the one-client point of the first run
-            overhead_s = max(0.0, points[0]["p50_ms"] / 1000 - s(1))
         runs.append({"replicas": replicas, "points": points})
-    results = []
-    for run in runs:
-        replicas = run["replicas"]
+    result = {"model": name, "cpu": cpu_name(), "cores": os.cpu_count(), "p99_target_ms": p99,
+              "duration": duration, "locust_processes": processes, "settings": candidate,
+              "job_queue_size": int(models.load(name).config.get("jobQueueSize") or 0),
+              "service_s": {str(b): t for b, t in times.items()}, "runs": runs}
+    return predict(result)
+
+
+def predict(result: dict) -> dict:
+    """The queueing model's ladder for each measured run of `verify`, and the comparison: the most
+    requests/s within the p99 target with nothing refused, measured and predicted."""
+    s = interpolate({int(b): t for b, t in result["service_s"].items()})
+    settings, p99 = result["settings"], result["p99_target_ms"]
+    result.setdefault("job_queue_size",
+                      int(models.load(result["model"]).config.get("jobQueueSize") or 0))
+    # One constant, the time outside the worker, from the one-client point of the first run: its
+    # mean cycle (one client: 1 / throughput) less the handler's time for one request and the
+    # batch delay a lone request waits.
+    first = result["runs"][0]["points"][0]
+    result["overhead_s"] = max(0.0, 1 / first["throughput"] - s(1)
+                               - settings["maxBatchDelay"] / 1000)
+    # And a bound the queueing model does not know: the machine's cores over the CPU one request
+    # costs, everything on the machine included (worker, frontend, nginx, Locust), taken at the
+    # first run's busiest point that refused nothing. It binds once replicas and the load they
+    # serve want more cores than there are; in a cluster each replica has its own and the
+    # generator runs elsewhere.
+    busiest = max((p for p in result["runs"][0]["points"] if not p["failures"] and "busy_cores" in p),
+                  key=lambda p: p["throughput"], default=None)
+    result["cpu_s_per_request"] = busiest["busy_cores"] / busiest["throughput"] if busiest else None
+    cpu_bound = (result["cores"] / result["cpu_s_per_request"] if result["cpu_s_per_request"]
+                 else float("inf"))
+    for run in result["runs"]:
+        ladder = [p["clients"] for p in run["points"]]
         measured = max([p["throughput"] for p in run["points"]
                         if p["p99_ms"] <= p99 and not p["failures"]], default=0.0)
         predicted, model_points = capacity_at(p99, lambda c: simulate(
-            s, replicas, 1, candidate["batchSize"], candidate["maxBatchDelay"] / 1000,
-            clients=c, overhead_s=overhead_s, requests=5000), ladder=USER_LADDER)
-        results.append({**run, "model_points": model_points, "measured_rps": measured,
-                        "predicted_rps": predicted,
-                        "error": (predicted - measured) / measured if measured else None})
-    return {"model": name, "cpu": cpu_name(), "cores": os.cpu_count(), "p99_target_ms": p99,
-            "duration": duration, "locust_processes": processes, "settings": candidate,
-            "service_s": times, "overhead_s": overhead_s, "runs": results}
+            s, run["replicas"], settings["workers"], settings["batchSize"],
+            settings["maxBatchDelay"] / 1000, clients=c, overhead_s=result["overhead_s"],
+            requests=5000, queue_size=result["job_queue_size"]), ladder=ladder)
+        bounded = min(predicted, cpu_bound)
+        run.update({"model_points": model_points, "measured_rps": measured,
+                    "predicted_rps": predicted, "cpu_bound_rps": cpu_bound,
+                    "predicted_bounded_rps": bounded,
+                    "error": (predicted - measured) / measured if measured else None,
+                    "error_bounded": (bounded - measured) / measured if measured else None})
+    return result
+
+
+def plot(result: dict, path: Path) -> Path:
+    """Throughput against p99 per replica count: each measured ladder and the model's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for i, run in enumerate(result["runs"]):
+        color = f"C{i}"
+        ok = [p for p in run["points"] if not p["failures"]]
+        ax.plot([p["throughput"] for p in ok], [p["p99_ms"] for p in ok], "o-", color=color,
+                label=f"{run['replicas']} replica(s), measured")
+        model = [p for p in run["model_points"] if not p.get("refused")]
+        ax.plot([p["throughput"] for p in model], [p["p99_ms"] for p in model], "x--",
+                color=color, label=f"{run['replicas']} replica(s), queueing model")
+    ax.axhline(result["p99_target_ms"], color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("requests/s answered (closed loop, 1-32 Locust users; refusing points left out)")
+    ax.set_ylabel("p99 latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title(f"{result['model']}: replicas of 1 worker x 1 thread, one core each, behind "
+                 f"nginx\n{result['cpu']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str]) -> int:

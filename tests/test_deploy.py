@@ -200,6 +200,12 @@ def test_every_container_is_hardened_limited_and_probed(rendered):
             assert not context.get("privileged"), name
             limits = container.get("resources", {}).get("limits", {})
             assert {"cpu", "memory"} <= set(limits), f"{name}: limits {limits}"
+            assert "/tmp" in {m["mountPath"] for m in container.get("volumeMounts", [])}, \
+                f"{name}: a read-only root and no writable /tmp"
+            if container["name"] in ("torchserve", "kserve-container"):
+                assert "/app/run" in {m["mountPath"] for m in container["volumeMounts"]}, name
+            volumes = {v["name"] for v in pod.get("volumes", [])}
+            assert {m["name"] for m in container.get("volumeMounts", [])} <= volumes, name
             assert container.get("livenessProbe"), f"{name}: no liveness probe"
             if container.get("ports"):  # takes connections: not sent any before it is ready
                 assert container.get("readinessProbe"), f"{name}: no readiness probe"
