@@ -535,6 +535,9 @@ def plot(result: dict, path: Path) -> Path:
         ax.plot([p["throughput"] for p in model], [p["p99_ms"] for p in model], "x--",
                 color=color, label=f"{run['replicas']} replica(s), queueing model")
     ax.axhline(result["p99_target_ms"], color="grey", lw=0.8, ls=":")
+    if result.get("cpu_s_per_request"):
+        ax.axvline(result["cores"] / result["cpu_s_per_request"], color="black", lw=0.8, ls="-.",
+                   label="the machine's CPU bound")
     ax.set_xlabel("requests/s answered (closed loop, 1-32 Locust users; refusing points left out)")
     ax.set_ylabel("p99 latency (ms)")
     ax.set_yscale("log")
