@@ -365,16 +365,12 @@ def adapter_config(monitoring_namespace: str) -> dict:
 
 # -- distributed Locust -------------------------------------------------------------------------
 
-def host_env(name: str) -> str:
-    from loadtest import host_env as env_name
-
-    return env_name(name)
-
-
 def locust_objects(names: list[str], workers: int, users: int, duration: str,
                    prometheus_url: str) -> list[dict]:
     """A master (a Job: the run, then its report and SLO verdict as the exit code) and workers (a
     Deployment), every model's user class sending to that model's Service."""
+    from loadtest import host_env
+
     env = [{"name": "SERVING_INFERENCE_KEY", "valueFrom": {"secretKeyRef": {
                "name": KEY_SECRET, "key": "key"}}},
            {"name": "PYTHONPATH", "value": "/app"},

@@ -101,6 +101,8 @@ def test_capacity_matches_the_shipped_serving_settings():
     a changed batch size, delay or worker count needs a new `deploy measure`."""
     measured = capacity.load_capacity()
     for name in models.names():
+        assert name in measured["models"], (f"{name}: no measured capacity; run `python -m "
+                                            f"serving deploy measure {name}`, then `... render`")
         entry = measured["models"][name]
         for knob, value in capacity.shipped(name).items():
             assert entry[knob] == value, f"{name}: {knob} {entry[knob]} measured, {value} shipped"
