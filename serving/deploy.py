@@ -101,11 +101,15 @@ def cluster_properties() -> str:
     TorchServe's own keys are new at every start, so replicas could not share them."""
     lines = [
         "# config.properties for Kubernetes and KServe pods, from the repository's config.properties",
-        "# by `python -m serving deploy render`. The differences: the inference key is checked by",
-        "# the front door beside TorchServe (nginx, a Secret's key, the same in every replica), not",
-        "# by TorchServe, whose keys are new at every start; inference listens on the pod's loopback.",
+        "# by `python -m serving deploy render`. The difference: TorchServe's token check is off, as",
+        "# its keys are new at every start and replicas cannot share them. On Kubernetes the front",
+        "# door beside TorchServe (nginx) checks one key from a Secret and TorchServe listens on the",
+        "# pod's loopback; on KServe authentication belongs to KServe's ingress.",
+        "# What each setting is for: the comments of config.properties in the repository.",
     ]
     for line in CONFIG_PROPERTIES.read_text().splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue  # the repository's comments speak of its own token check
         key = line.partition("=")[0].strip()
         if key == "disable_token_authorization":
             line = "disable_token_authorization=true"
