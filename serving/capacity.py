@@ -43,6 +43,13 @@ CAPACITY_FILE = ROOT / "deploy" / "capacity.json"
 USER_LADDER = (1, 2, 4, 8, 16, 32)
 
 
+def outside_worker_s(one_client_rps: float, s: Callable[[int], float], delay_s: float) -> float:
+    """The model's one constant: the time a request spends outside the worker (frontend, proxy,
+    client), from a one-client run: its mean cycle (1 / throughput) less the handler's time for
+    one request and the batch delay a lone request waits."""
+    return max(0.0, 1 / one_client_rps - s(1) - delay_s)
+
+
 def slo_p99_ms(name: str) -> float:
     return float((models.load(name).loadtest.get("slo") or {}).get("p99_ms") or 1000)
 
@@ -81,7 +88,7 @@ def measure(names: list[str], seconds: float, log=print) -> dict:
         s = interpolate(times)
         delay_s = candidate["maxBatchDelay"] / 1000
         one = next(p for p in point["points"] if p["clients"] == 1)
-        overhead_s = max(0.0, 1 / one["ok_per_s"] - s(1) - delay_s)  # as predict() takes it
+        overhead_s = outside_worker_s(one["ok_per_s"], s, delay_s)
         capacity = point["best"]["ok_per_s"]
         saturation = candidate["workers"] * candidate["batchSize"] / s(candidate["batchSize"])
         busy = simulate(s, 1, candidate["workers"], candidate["batchSize"], delay_s,
@@ -436,6 +443,7 @@ def locust_point(name: str, host: str, users: int, duration: str, out: Path, key
 def verify(name: str, replicas_list: list[int], duration: str, processes: int, log=print) -> dict:
     """Per replica count: the measured ladder through nginx and distributed Locust, and the
     model's prediction for the same ladder."""
+    from serving.torchserve import free_port
     from serving.tune import settings_of
 
     candidate = {**shipped(name), "workers": 1, "threads": 1}  # a replica per core here
@@ -451,8 +459,6 @@ def verify(name: str, replicas_list: list[int], duration: str, processes: int, l
     for replicas in replicas_list:
         log(f"[{name}] {replicas} replica(s), 1 worker x 1 thread each, pinned one per core")
         instances = cluster_instances(name, replicas, work / f"r{replicas}", settings_of(candidate))
-        from serving.torchserve import free_port
-
         door = FrontDoor(work / f"r{replicas}" / "nginx",
                          [f"127.0.0.1:{i.ports['inference']}" for i in instances], key, free_port())
         try:
@@ -483,14 +489,9 @@ def predict(result: dict) -> dict:
     requests/s within the p99 target with nothing refused, measured and predicted."""
     s = interpolate({int(b): t for b, t in result["service_s"].items()})
     settings, p99 = result["settings"], result["p99_target_ms"]
-    result.setdefault("job_queue_size",
-                      int(models.load(result["model"]).config.get("jobQueueSize") or 0))
-    # One constant, the time outside the worker, from the one-client point of the first run: its
-    # mean cycle (one client: 1 / throughput) less the handler's time for one request and the
-    # batch delay a lone request waits.
-    first = result["runs"][0]["points"][0]
-    result["overhead_s"] = max(0.0, 1 / first["throughput"] - s(1)
-                               - settings["maxBatchDelay"] / 1000)
+    # The time outside the worker from the one-client point of the first run.
+    result["overhead_s"] = outside_worker_s(result["runs"][0]["points"][0]["throughput"], s,
+                                            settings["maxBatchDelay"] / 1000)
     # And a bound the queueing model does not know: the machine's cores over the CPU one request
     # costs, everything on the machine included (worker, frontend, nginx, Locust), taken at the
     # first run's busiest point that refused nothing. It binds once replicas and the load they

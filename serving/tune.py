@@ -148,14 +148,10 @@ def better(result: dict, best: dict) -> bool:
 
 def search(name: str, p99_ms: float, budget_s: float, seconds: float, log,
            clients: int = 16) -> dict:
-    spec = models.load(name)
-    config = spec.config
+    from serving.capacity import shipped
+
     cores = os.cpu_count() or 1
-    current = {"batchSize": int(config.get("batchSize") or 1),
-               "maxBatchDelay": int(config.get("maxBatchDelay") or 0),
-               "workers": int(config.get("minWorkers") or 1),
-               "threads": int((config.get("handler") or {}).get("torch_threads") or
-                              max(1, cores // int(config.get("minWorkers") or 1)))}
+    current = shipped(name)
     work = RUN_DIR / "tune" / name
     measured: dict[tuple, dict] = {}
     started = time.monotonic()
