@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-serve.txt requirements-bench.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup prometheus nginx deploy capacity new build up down ready latency loadtest bench bench-serve tune worst-case fuzz overload soak compose-up compose-down test clean
+.PHONY: setup prometheus nginx deploy capacity new build up down ready latency loadtest bench bench-serve tune worst-case fuzz overload soak compose-up compose-down arm64-up arm64-down test clean
 
 # A virtual environment with the pinned dependencies; redone when requirements.txt changes.
 $(STAMP): requirements.txt requirements-serve.txt requirements-bench.txt
@@ -89,6 +89,18 @@ compose-up: setup        ## docker compose up on a machine with no registry or b
 
 compose-down: setup      ## stop and remove what compose-up started, volumes too
 	docker/compose.sh down -v
+
+# Graviton on this x86 machine, under qemu: the arm64 images, digits and minilm built on arm64
+# (reusing the weights `make build` trained here), TorchServe arm64 behind the front door on
+# 127.0.0.1:8080. Tens of minutes the first time (README, "Graviton (arm64)").
+ARM64_MODELS ?= digits minilm
+arm64-up: build          ## arm64 (Graviton) images, models built on arm64, served; emulated on x86
+	ARCH=arm64 docker/compose.sh --profile build build torchserve builder
+	ARCH=arm64 docker/compose.sh run --rm builder $(ARM64_MODELS) --target torchscript --precision fp32
+	ARM64_MODELS="$(ARM64_MODELS)" ARCH=arm64 docker/compose.sh up -d torchserve frontdoor
+
+arm64-down: setup        ## stop and remove what arm64-up started, volumes too
+	ARCH=arm64 docker/compose.sh down -v
 
 test: setup              ## unit and integration tests (starts its own TorchServe on free ports)
 	$(PY) -m pytest -ra

@@ -26,11 +26,13 @@ if [ "$arch" = "$native" ]; then
   tar -C "$root" -c . | docker import --change 'ENV LANG=C.UTF-8' - "$tag"
 else
   # `docker import` labels the image with the engine's own architecture (Docker 20.10 ignores
-  # --platform there); the classic builder, FROM scratch, labels it with the one asked for.
+  # --platform there); the classic builder, FROM scratch, labels it with the one asked for. arm64
+  # with its variant (v8): without it BuildKit does not match the local image and asks a registry.
   context=$(mktemp -d /var/tmp/model-serving-base-context.XXXXXX)
   trap 'rm -rf "$root" "$context"' EXIT
   tar -C "$root" -cf "$context/rootfs.tar" .
   printf 'FROM scratch\nADD rootfs.tar /\nENV LANG=C.UTF-8\n' > "$context/Dockerfile"
-  DOCKER_BUILDKIT=0 docker build -q --platform "linux/$arch" -t "$tag" "$context"
+  DOCKER_BUILDKIT=0 docker build -q --platform "linux/$arch$([ "$arch" = arm64 ] && echo /v8)" \
+    -t "$tag" "$context"
 fi
 docker image ls "$tag"

@@ -11,24 +11,32 @@ cudaErrorNoDevice and CUDA_ERROR_NO_DEVICE), except the kernel-registration call
 while loading, which succeed and do nothing. torch then imports, reports no CUDA device
 (torch.cuda.is_available() is False) and runs on the CPU; nothing CUDA can be called.
 
-    python docker/torch_cuda_stubs.py SITE_PACKAGES/torch OUT_DIR [--cc aarch64-linux-gnu-gcc]
+    python docker/torch_cuda_stubs.py --needs-stubs     exit 0 when the installed torch lists
+                                                        CUDA libraries as requirements
+    python docker/torch_cuda_stubs.py --install [--cc cc]   stubs into torch/lib, and the CUDA
+                                                        requirements dropped from torch's metadata
 
-then copy OUT_DIR/lib*.so* into SITE_PACKAGES/torch/lib (on its RUNPATH). Needs readelf and a C
-compiler for the target. Status: issue 12 groundwork, checked by hand (torch 2.13.0 aarch64 under
-qemu: imports, matmul and TorchScript run, is_available() False); not yet used by the image.
+--install writes the stubs beside torch's own libraries (on their RUNPATH) and removes the CUDA
+packages from the installed torch's Requires-Dist, so that pip neither installs them later nor
+reports them missing: the image says what it left out, once. Needs readelf and a C compiler for
+torch's architecture. The Dockerfile's deps stage runs it (docker/install-torch.sh) for CPU images
+whose torch resolved to a CUDA build, as PyPI's aarch64 torch does.
 
 Under qemu-user on an x86 host, torch's CPU detection (cpuinfo) dereferences NULL when
 /sys/devices/system/cpu/cpu*/regs/identification/midr_el1 is missing, as it is on x86 hosts:
-there a container needs a stand-in folder with those files bound over /sys/devices/system/cpu
-(`-v fakecpu:/sys/devices/system/cpu:ro`). A real Graviton host has them.
+docker/compose.sh (ARCH=arm64) writes a stand-in that docker/compose.emulated-arm64.yml binds
+over /sys/devices/system/cpu. A real Graviton host has those files.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import importlib.metadata
 import re
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 # Libraries every Linux system has: never stubbed.
@@ -38,6 +46,8 @@ SYSTEM = re.compile(r"^(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|ld
 UNVERSIONED = (("cuFile", "libcufile.so.0"), ("cusparseLt", "libcusparseLt.so.0"),
                ("nccl", "libnccl.so.2"), ("cu", "libcuda.so.1"))
 NO_DEVICE = 100
+# The requirements a CUDA build of torch lists that a CPU image leaves out.
+CUDA_PACKAGES = re.compile(r"^(nvidia-|cuda-|triton\b)", re.IGNORECASE)
 
 
 def readelf(*args: str) -> str:
@@ -111,21 +121,56 @@ def version_script(versions: dict[str, set[str]]) -> str:
     return "\n".join(nodes) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("torch_dir", type=Path, help="the installed torch package folder")
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--cc", default="cc", help="a C compiler for the wheel's architecture")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    for soname, versions in needs(args.torch_dir).items():
-        c_file, map_file = args.out / f"{soname}.c", args.out / f"{soname}.map"
+def cuda_requirements() -> list[str]:
+    return [r for r in importlib.metadata.requires("torch") or [] if CUDA_PACKAGES.match(r)]
+
+
+def drop_cuda_requirements() -> list[str]:
+    """Removes the CUDA packages from the installed torch's METADATA; returns what it removed."""
+    metadata = Path(importlib.metadata.distribution("torch")._path) / "METADATA"
+    lines = metadata.read_text().splitlines(keepends=True)
+    dropped = [line for line in lines
+               if line.startswith("Requires-Dist:") and CUDA_PACKAGES.match(line.split(":", 1)[1].strip())]
+    metadata.write_text("".join(line for line in lines if line not in dropped))
+    return [line.split(":", 1)[1].strip() for line in dropped]
+
+
+def write_stubs(torch_dir: Path, out: Path, cc: str) -> list[Path]:
+    written = []
+    for soname, versions in needs(torch_dir).items():
+        c_file, map_file = out / f"{soname}.c", out / f"{soname}.map"
         c_file.write_text(source(set().union(*versions.values()) if versions else set()))
         map_file.write_text(version_script(versions))
-        subprocess.run([args.cc, "-shared", "-fPIC", "-O1", "-o", str(args.out / soname),
+        subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(out / soname),
                         f"-Wl,-soname,{soname}", f"-Wl,--version-script={map_file}", str(c_file)],
                        check=True)
-        print(f"{soname}: {sum(len(n) for n in versions.values())} functions")
+        print(f"stub {soname}: {sum(len(n) for n in versions.values())} functions")
+        written.append(out / soname)
+    return written
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--needs-stubs", action="store_true",
+                      help="exit 0 when the installed torch lists CUDA packages as requirements")
+    mode.add_argument("--install", action="store_true",
+                      help="stubs into torch/lib; CUDA requirements dropped from torch's metadata")
+    mode.add_argument("--out", type=Path, help="only write the stubs (and their sources) here")
+    parser.add_argument("--cc", default="cc", help="a C compiler for torch's architecture")
+    args = parser.parse_args()
+    if args.needs_stubs:
+        return 0 if cuda_requirements() else 1
+    torch_dir = Path(importlib.metadata.distribution("torch").locate_file("torch"))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_stubs(torch_dir, args.out, args.cc)
+        return 0
+    with tempfile.TemporaryDirectory() as out:
+        for stub in write_stubs(torch_dir, Path(out), args.cc):
+            shutil.copy2(stub, torch_dir / "lib" / stub.name)
+    dropped = drop_cuda_requirements()
+    print(f"torch {importlib.metadata.version('torch')} without its CUDA packages: {', '.join(dropped)}")
     return 0
 
 

@@ -8,6 +8,9 @@ from typing import NamedTuple
 # models on the server. Each worker's intra-op threads default to cores / that number: more threads
 # than cores, e.g. three workers of two threads each on two cores, cut throughput several times.
 WORKERS_ENV = "SERVING_WORKERS_TOTAL"
+# The CPU settings the launcher gives the workers (serving.cpu.worker_environment); each worker
+# logs the ones it got, so the worker log says what a figure ran with (Graviton's included).
+CPU_ENV = ("OMP_NUM_THREADS", "LRU_CACHE_CAPACITY", "THP_MEM_ALLOC_ENABLE", "DNNL_DEFAULT_FPMATH_MODE")
 
 # What the build can produce and the workers can load (see handlers/artifacts.py).
 TARGETS = ("eager", "torchscript", "inductor", "neuron")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
-from handlers import WORKERS_ENV, artifacts
+from handlers import CPU_ENV, WORKERS_ENV, artifacts
 from handlers.cores import CoreShare, available_cores
 from handlers.metrics import HandlerMetrics
 
@@ -289,11 +290,14 @@ class ModelHandler:
         self.load_resources(model_dir)
         self.warm_up()
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name)
-        log.info("%s ready: %s/%s on %s with %s threads, batch buckets %s, in %.1fs",
-                 context.model_name, self.build_info["target"], self.build_info["precision"],
-                 self.device, f"up to {self.core_share.max_threads} (cores shared by the busy "
-                 "workers)" if self.core_share.shared else torch.get_num_threads(),
-                 self.batch_buckets, time.perf_counter() - started)
+        log.info("%s ready: %s/%s on %s with %s threads, batch buckets %s, in %.1fs; CPU: %s, "
+                 "torch's kernels %s, %s", context.model_name, self.build_info["target"],
+                 self.build_info["precision"], self.device,
+                 f"up to {self.core_share.max_threads} (cores shared by the busy workers)"
+                 if self.core_share.shared else torch.get_num_threads(),
+                 self.batch_buckets, time.perf_counter() - started, platform.machine(),
+                 torch.backends.cpu.get_cpu_capability(),
+                 " ".join(f"{k}={os.environ[k]}" for k in CPU_ENV if k in os.environ) or "no CPU settings")
 
     def warm_up(self) -> None:
         """Runs every batch size and input shape twice, so live traffic never pays for the first

@@ -52,7 +52,11 @@ def archive(spec: ModelSpec, artifact: Path, config: dict, info: dict, work_dir:
     subprocess.run(command, check=True, env={**os.environ, "TMPDIR": str(work_dir / "tmp")})
     model_store.mkdir(parents=True, exist_ok=True)
     target = model_store / f"{archive_name}.mar"
-    os.replace(out / f"{archive_name}.mar", target)  # atomic: a running server never sees half a file
+    # Copied beside the target, then renamed over it: atomic, so a running server never sees half
+    # a file, also where model_store is another file system (a volume) than the build folder.
+    partial = model_store / f".{archive_name}.mar.partial"
+    shutil.copyfile(out / f"{archive_name}.mar", partial)
+    os.replace(partial, target)
     return target
 
 

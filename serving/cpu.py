@@ -13,8 +13,27 @@ import platform
 from pathlib import Path
 
 
+# Bits of the auxiliary vector's AT_HWCAP (16) and AT_HWCAP2 (26) on arm64 (asm/hwcap.h): the
+# kernel prints /proc/cpuinfo's "Features" from the same bits.
+ARM64_HWCAPS = {(16, 22): "sve", (26, 1): "sve2", (26, 13): "i8mm", (26, 14): "bf16"}
+
+
+def arm64_hwcap_flags() -> set[str]:
+    """The Arm features this process may use, from the auxiliary vector. Under qemu-user the
+    emulated CPU's (QEMU_CPU); /proc/cpuinfo there is the x86 host's, whose flags mean nothing to
+    an arm64 process."""
+    import ctypes
+
+    getauxval = ctypes.CDLL(None).getauxval
+    getauxval.restype = ctypes.c_ulong
+    words = {kind: getauxval(kind) for kind in (16, 26)}
+    return {name for (kind, bit), name in ARM64_HWCAPS.items() if words[kind] >> bit & 1}
+
+
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     if cpuinfo is None:
+        if platform.machine() == "aarch64":
+            return arm64_hwcap_flags()
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
@@ -37,6 +56,13 @@ def cpu_name() -> str:
     names = [line.partition(":")[2].strip() for line in cpuinfo.splitlines()
              if line.startswith("model name")]
     flags = cpu_flags(cpuinfo)
+    if platform.machine() == "aarch64":
+        parts = sorted({line.partition(":")[2].strip() for line in cpuinfo.splitlines()
+                        if line.startswith("CPU part")})
+        # No "CPU part" on arm64 means qemu-user, showing the host's /proc/cpuinfo.
+        names = [f"Arm CPU part {', '.join(parts)}" if parts else
+                 f"aarch64 emulated by qemu on {names[0] if names else 'another architecture'}"]
+        flags = cpu_flags()
     features = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "bf16", "sve") if f in flags]
     return f"{names[0] if names else platform.machine()}, {os.cpu_count()} cores, " \
         f"{' '.join(features) or 'no AVX2'}"

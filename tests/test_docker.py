@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -22,37 +21,14 @@ import requests
 
 from models.efficientnet_lite0.photos import encoded
 from serving.paths import ROOT
-from serving.torchserve import free_port
+from tests.compose_stack import ComposeStack, engine_answers
 
 SKIP = os.environ.get("SKIP_DOCKER_TESTS") == "1"
 pytestmark = pytest.mark.skipif(SKIP, reason="SKIP_DOCKER_TESTS=1: the Docker test was skipped on purpose")
 
 PROJECT = "model-serving-test"
-COMPOSE = [str(ROOT / "docker" / "compose.sh"), "-p", PROJECT]
-# The compose services' ports on the host network, as shipped. Where one is taken (`make up`'s
-# service runs), the stack runs on free ports of its own instead (stack_ports).
-PORTS = {"frontdoor": 8080, "management": 8081, "metrics": 8082, "inference": 8085,
-         "grpc_inference": 7070, "grpc_management": 7071, "prometheus": 9090, "locust": 9646}
-STACK = dict(PORTS)  # the ports the running stack uses
-OVERRIDE: dict[str, str] = {}  # COMPOSE_OVERRIDE for compose.sh, when the stack has its own ports
-
-
-def compose(*args: str, timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([*COMPOSE, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **OVERRIDE})
-    if check and done.returncode != 0:
-        raise AssertionError(f"docker compose {' '.join(args)} failed ({done.returncode}):\n"
-                             f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return done
-
-
-def container(service: str) -> str:
-    return compose("ps", "-a", "-q", service).stdout.strip()
-
-
-def inspect(service: str, template: str) -> str:
-    return subprocess.run(["docker", "inspect", "-f", template, container(service)],
-                          capture_output=True, text=True, check=True).stdout.strip()
+STACK = ComposeStack(PROJECT)
+compose, container, inspect, url, key = STACK, STACK.container, STACK.inspect, STACK.url, STACK.key
 
 
 def config(*files: str, profiles: tuple[str, ...] = ()) -> dict:
@@ -90,8 +66,11 @@ def test_the_committed_compose_file_is_valid():
         assert service["mem_limit"] and service["pids_limit"], name
     assert not any("lifecycle" in arg or "admin-api" in arg
                    for arg in services["prometheus"]["command"])
-    everything = config("docker-compose.yml", profiles=("distributed", "grafana"))["services"]
-    assert {"locust-master", "locust-worker", "grafana"} <= set(everything)
+    everything = config("docker-compose.yml", profiles=("distributed", "grafana", "build"))["services"]
+    assert {"locust-master", "locust-worker", "grafana", "builder"} <= set(everything)
+    assert everything["builder"]["entrypoint"] == ["python", "-m", "serving", "build"]
+    assert everything["builder"]["build"]["target"] == "builder"
+    assert {v["target"] for v in everything["builder"]["volumes"]} == {"/app/model_store"}
     assert "--master" in everything["locust-master"]["command"]
     assert "--worker" in everything["locust-worker"]["entrypoint"]
     grafana = everything["grafana"]["environment"]
@@ -101,6 +80,17 @@ def test_the_committed_compose_file_is_valid():
                   profiles=("distributed", "grafana"))["services"]
     assert {name: s.get("network_mode") for name, s in host.items()} == \
         {name: "host" for name in host}
+    # arm64: TorchServe and the builder only; under emulation both see the stand-in CPU folder,
+    # read-only, and the builder the host build's weights, read-only.
+    arm64 = config("docker-compose.yml", "docker/compose.host.yml", "docker/compose.arm64.yml",
+                   "docker/compose.emulated-arm64.yml", profiles=("build",))["services"]
+    assert {n: s.get("platform") for n, s in arm64.items() if s.get("platform")} == \
+        {"torchserve": "linux/arm64", "builder": "linux/arm64"}
+    for name in ("torchserve", "builder"):
+        mounts = {v["target"]: v for v in arm64[name]["volumes"]}
+        assert mounts["/sys/devices/system/cpu"]["read_only"], name
+        assert bool(mounts["/app/model_store"].get("read_only")) == (name == "torchserve"), name
+    assert {v["target"]: v.get("read_only") for v in arm64["builder"]["volumes"]}["/app/host-build"]
 
 
 def test_the_grafana_dashboard_plots_the_recorded_series():
@@ -114,7 +104,7 @@ def test_the_grafana_dashboard_plots_the_recorded_series():
 @pytest.fixture(scope="module")
 def image() -> dict:
     """The compose images, built (needs no ports: runs while `make up`'s service does)."""
-    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+    if not engine_answers():
         pytest.fail("no Docker engine answers: start one (docker/start-engine.sh, as .ci/run does), "
                     "or set SKIP_DOCKER_TESTS=1 to skip this test on purpose")
     started = time.monotonic()
@@ -125,68 +115,22 @@ def image() -> dict:
     return {"built_s": built, "size": size}
 
 
-def stack_ports(work: Path) -> None:
-    """Free ports for every service, through the environment the images read (SERVING_*_PORT,
-    FRONTDOOR_PORT) and a compose override with Prometheus' config and the Locust command."""
-    STACK.update({name: free_port() for name in PORTS})
-    prometheus_yml = (ROOT / "prometheus" / "prometheus.yml").read_text() \
-        .replace("127.0.0.1:8082", f"127.0.0.1:{STACK['metrics']}") \
-        .replace("127.0.0.1:9646", f"127.0.0.1:{STACK['locust']}")
-    (work / "prometheus.yml").write_text(prometheus_yml)
-    frontdoor, prometheus = f"http://127.0.0.1:{STACK['frontdoor']}", f"127.0.0.1:{STACK['prometheus']}"
-    override = {"services": {
-        "torchserve": {"environment": {f"SERVING_{key.upper()}_PORT": str(STACK[key]) for key in
-                                       ("inference", "management", "metrics", "grpc_inference",
-                                        "grpc_management")}},
-        "frontdoor": {"environment": {"TORCHSERVE_INFERENCE": f"127.0.0.1:{STACK['inference']}",
-                                      "FRONTDOOR_PORT": str(STACK["frontdoor"])}},
-        "prometheus": {
-            "command": ["--config.file=/etc/prometheus/prometheus.yml",
-                        "--storage.tsdb.path=/prometheus", f"--web.listen-address={prometheus}"],
-            "volumes": [f"{work / 'prometheus.yml'}:/etc/prometheus/prometheus.yml:ro"],
-            "healthcheck": {"test": ["CMD", "curl", "-fs", f"http://{prometheus}/-/ready"]}},
-        "locust": {"command": [
-            "run", "--host", frontdoor, "--prometheus-url", f"http://{prometheus}",
-            "--metrics-host", "127.0.0.1", "--metrics-port", str(STACK["locust"]), "-u", "6",
-            "-t", "20s", "--slo-p95-ms", "30000", "--slo-p99-ms", "60000", "--slo-min-rps", "0.1"]},
-    }}
-    (work / "compose.ports.yml").write_text(json.dumps(override, indent=2))
-    OVERRIDE["COMPOSE_OVERRIDE"] = str(work / "compose.ports.yml")
-
-
-def url(service: str, path: str = "") -> str:
-    return f"http://127.0.0.1:{STACK[service]}{path}"
-
-
 @pytest.fixture(scope="module")
 def stack(image, tmp_path_factory):
-    busy = [p for p in PORTS.values() if socket.socket().connect_ex(("127.0.0.1", p)) == 0]
-    if busy:
-        stack_ports(tmp_path_factory.mktemp("compose"))
-        print(f"\nports {busy} are taken (`make up`'s service?): the stack runs on {STACK}")
+    if busy := STACK.busy_ports():
+        STACK.use_free_ports(tmp_path_factory.mktemp("compose"))
+        print(f"\nports {busy} are taken (`make up`'s service?): the stack runs on {STACK.ports}")
     built, size = image["built_s"], image["size"]
     started = time.monotonic()
     compose("up", "-d")
     try:
-        deadline = time.monotonic() + 300
-        while inspect("torchserve", "{{.State.Health.Status}}") != "healthy":
-            assert time.monotonic() < deadline, compose("logs", "torchserve", check=False).stdout[-3000:]
-            time.sleep(2)
+        STACK.wait_healthy("torchserve", 300)
         healthy = time.monotonic() - started
         print(f"\nimages built in {built:.0f}s; model-serving:cpu is {size / 1e9:.2f} GB; "
               f"`up` to healthy in {healthy:.1f}s")
         yield {"size": size, "healthy_s": healthy}
     finally:
-        compose("down", "-v", check=False)
-        STACK.update(PORTS)
-        OVERRIDE.clear()
-
-
-def key(api: str = "inference") -> dict[str, str]:
-    """The key TorchServe wrote inside its container, read as a user would."""
-    done = subprocess.run(["docker", "exec", container("torchserve"), "python", "-m", "serving",
-                           "key", api], capture_output=True, text=True, check=True)
-    return {"Authorization": f"Bearer {done.stdout.strip()}"}
+        STACK.down()
 
 
 def test_torchserve_answers_every_model(stack):
@@ -248,7 +192,7 @@ def test_torchserve_runs_as_a_non_root_user_on_a_read_only_filesystem(stack):
             listening.setdefault(int(port, 16), set()).add(address)
     loopback = {"0100007F", "0000000000000000FFFF00000100007F",  # 127.0.0.1, ::ffff:127.0.0.1
                 "00000000000000000000000001000000"}                  # ::1
-    for port in (STACK["management"], STACK["grpc_inference"], STACK["grpc_management"]):
+    for port in (STACK.ports["management"], STACK.ports["grpc_inference"], STACK.ports["grpc_management"]):
         assert listening.get(port) and listening[port] <= loopback, (port, listening)
 
 
