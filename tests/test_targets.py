@@ -12,6 +12,7 @@ import pytest
 import requests
 import torch
 
+from handlers import CPU_ENV
 from handlers.artifacts import NEURON_MISSING
 from models.digits.model import split
 from serving.build import BuildError, build
@@ -39,6 +40,7 @@ def test_graviton3_workers_get_the_aws_recommended_environment():
     env = worker_environment("aarch64", cpu_flags(GRAVITON3), cores=8, workers=3)
     assert env == {"OMP_NUM_THREADS": "2", "LRU_CACHE_CAPACITY": "1024",
                    "THP_MEM_ALLOC_ENABLE": "1", "DNNL_DEFAULT_FPMATH_MODE": "BF16"}
+    assert set(env) <= set(CPU_ENV)  # every setting a worker gets, its READY line logs
 
 
 def test_graviton2_gets_no_bf16_fast_math():
