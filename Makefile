@@ -96,7 +96,7 @@ compose-down: setup      ## stop and remove what compose-up started, volumes too
 ARM64_MODELS ?= digits minilm
 arm64-up: build          ## arm64 (Graviton) images, models built on arm64, served; emulated on x86
 	ARCH=arm64 docker/compose.sh --profile build build torchserve builder
-	ARCH=arm64 docker/compose.sh run --rm builder $(ARM64_MODELS) --target torchscript --precision fp32
+	ARCH=arm64 docker/compose.sh run --rm builder $(ARM64_MODELS) --no-timing --target torchscript --precision fp32
 	ARM64_MODELS="$(ARM64_MODELS)" ARCH=arm64 docker/compose.sh up -d torchserve frontdoor
 
 arm64-down: setup        ## stop and remove what arm64-up started, volumes too

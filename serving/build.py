@@ -69,7 +69,11 @@ PREFERRED_TARGETS = ("neuron", "inductor", "torchscript", "eager")
 
 def choose(passing: list[dict]) -> dict:
     """By speedup over eager (each measured against eager in the same process, so candidates
-    measured at different moments compare fairly), with the preferences above among equals."""
+    measured at different moments compare fairly), with the preferences above among equals; by
+    the preferences alone where the build did not time them (--no-timing)."""
+    if any(r["speedup"] is None for r in passing):
+        return min(passing, key=lambda r: (PREFERRED_PRECISIONS.index(r["precision"]),
+                                           PREFERRED_TARGETS.index(r["target"])))
     best = max(r["speedup"] for r in passing)
     equals = [r for r in passing if r["speedup"] * EQUALLY_FAST >= best]
     return min(equals, key=lambda r: (PREFERRED_PRECISIONS.index(r["precision"]),
@@ -113,15 +117,18 @@ class Reference:
     results: list[dict] = field(default_factory=list)
 
 
-def reference(spec: ModelSpec, work_dir: Path, label: str) -> Reference:
+def reference(spec: ModelSpec, work_dir: Path, label: str, timed: bool = True) -> Reference:
     eager = spec.load_eager(work_dir).eval()
     batch = int(spec.config.get("batchSize", 1))
     ref = Reference(eager, spec.prepare_export(eager) if spec.prepare_export else eager, batch,
                     spec.example_inputs(batch), spec.parity_inputs())
     with torch.inference_mode():
         check_output(spec, eager(*ref.parity_batches[0]))
-    ref.eager_seconds = timing.median_seconds(eager, ref.timing_inputs)
-    say(label, f"eager: {ref.eager_seconds * 1000:.1f} ms per batch of {batch}")
+    if timed:
+        ref.eager_seconds = timing.median_seconds(eager, ref.timing_inputs)
+        say(label, f"eager: {ref.eager_seconds * 1000:.1f} ms per batch of {batch}")
+    else:
+        ref.eager_seconds = None
     return ref
 
 
@@ -154,7 +161,7 @@ def check_output(spec: ModelSpec, output) -> None:
 # -- try one candidate ---------------------------------------------------------------------------
 
 def try_candidate(spec: ModelSpec, ref: Reference, t: str, p: str, work_dir: Path, device: str,
-                  neuron: NeuronOptions | None, label: str) -> dict:
+                  neuron: NeuronOptions | None, label: str, timed: bool = True) -> dict:
     """Exports, loads as a worker would, gates and times one candidate. Raises TargetUnavailable
     or ParityError; returns its figures."""
     entry = {"target": t, "precision": p}
@@ -178,10 +185,15 @@ def try_candidate(spec: ModelSpec, ref: Reference, t: str, p: str, work_dir: Pat
     if fixed and not options.dynamic_batch:
         exported = targets.FixedShape(exported, spec.dims, fixed_batch, fixed_length)
     entry["parity"] = check_parity(label, spec.gate, p, ref.eager, exported, ref.parity_batches)
+    entry["status"] = "passed"
+    if not timed:
+        entry["batch_ms"] = entry["speedup"] = None
+        say(label, f"{t}/{p}: passed its gate ({entry['parity']['gate']}); not timed "
+                   f"(export {entry['export_seconds']:.1f}s)")
+        return entry
     seconds, speedup = timing.paired_speedup(ref.eager, exported, ref.timing_inputs)
     entry["batch_ms"] = round(seconds * 1000, 2)
     entry["speedup"] = round(speedup, 2)
-    entry["status"] = "passed"
     say(label, f"{t}/{p}: passed its gate ({entry['parity']['gate']}); {entry['batch_ms']:.1f} ms "
                f"per batch of {ref.batch}, {entry['speedup']:.2f}x eager "
                f"(export {entry['export_seconds']:.1f}s)")
@@ -221,9 +233,11 @@ def ship(spec: ModelSpec, ref: Reference, results: list[dict], request: dict, di
     chosen = choose(passing)
     skipped = [f"{r['target']}/{r['precision']} ({r['status']})" for r in results
                if r["status"] != "passed"]
-    say(archive_name, f"shipping {chosen['target']}/{chosen['precision']}: the fastest of "
-                      f"{len(passing)} that passed (within {EQUALLY_FAST - 1:.0%}: fp32 first, "
-                      f"then {' > '.join(PREFERRED_TARGETS[1:])})"
+    timed = chosen["speedup"] is not None
+    say(archive_name, f"shipping {chosen['target']}/{chosen['precision']}: the "
+                      + (f"fastest of {len(passing)} that passed (within {EQUALLY_FAST - 1:.0%}: "
+                         if timed else f"first of {len(passing)} that passed, not timed (")
+                      + f"fp32 first, then {' > '.join(PREFERRED_TARGETS[1:])})"
                       + (f"; not shipped: {', '.join(skipped)}" if skipped else ""))
     device = request["device"]
     evaluation = spec.evaluate(load_artifact(chosen, device)) if spec.evaluate else {}
@@ -233,8 +247,10 @@ def ship(spec: ModelSpec, ref: Reference, results: list[dict], request: dict, di
         "torch": torch.__version__, "arch": platform.machine(),
         "inputs_sha256": digest,
         "chosen_because": "named on the command line" if named else
-                          f"fastest passing candidate at batch {ref.batch}",
-        "eager_batch_ms": round(ref.eager_seconds * 1000, 2), "timing_batch": ref.batch,
+                          f"fastest passing candidate at batch {ref.batch}" if timed else
+                          "the preferred passing candidate (not timed)",
+        "eager_batch_ms": round(ref.eager_seconds * 1000, 2) if timed else None,
+        "timing_batch": ref.batch,
         "parity": chosen["parity"], "evaluation": evaluation,
         "candidates": [{k: v for k, v in r.items() if k != "artifact"} for r in results],
     }
@@ -246,9 +262,12 @@ def ship(spec: ModelSpec, ref: Reference, results: list[dict], request: dict, di
 def build(name: str, force: bool = False, model_store: Path = MODEL_STORE,
           work_root: Path = BUILD_DIR, target: str | None = None, precision: str | None = None,
           device: str = "cpu", neuron: NeuronOptions | None = None,
-          archive_name: str | None = None, spec: ModelSpec | None = None) -> dict:
+          archive_name: str | None = None, spec: ModelSpec | None = None,
+          timed: bool = True) -> dict:
     """Builds model_store/<archive_name or NAME>.mar unless it is up to date; returns its info.
-    `spec`: a model folder outside models/ (tests), instead of the one NAME names."""
+    `spec`: a model folder outside models/ (tests), instead of the one NAME names. timed=False:
+    parity gates only, no timing, the preferred passing candidate shipped (where timings would
+    mean nothing, as under emulation)."""
     spec = spec or models.load(name)
     if target:
         try:
@@ -262,6 +281,8 @@ def build(name: str, force: bool = False, model_store: Path = MODEL_STORE,
     plan = candidates(spec, target, precision, device)
     request = {"candidates": plan, "device": device, "arch": platform.machine(),
                "neuron": asdict(neuron) if neuron else None}
+    if not timed:  # another choice: not up to date with a timed build
+        request["timed"] = False
     digest = inputs_digest(spec, request)
     if not force and mar.exists() and info_file.exists():
         info = json.loads(info_file.read_text())
@@ -273,11 +294,12 @@ def build(name: str, force: bool = False, model_store: Path = MODEL_STORE,
     started = time.perf_counter()
     say(archive_name, f"loading the eager model; candidates: "
                       f"{', '.join(f'{t}/{p}' for t, p in plan)}")
-    ref = reference(spec, work_dir, archive_name)
+    ref = reference(spec, work_dir, archive_name, timed)
     results = []
     for t, p in plan:
         try:
-            results.append(try_candidate(spec, ref, t, p, work_dir, device, neuron, archive_name))
+            results.append(try_candidate(spec, ref, t, p, work_dir, device, neuron, archive_name,
+                                         timed))
         except (TargetUnavailable, ParityError) as e:
             status = "unavailable" if isinstance(e, TargetUnavailable) else "failed parity"
             results.append({"target": t, "precision": p, "status": status, "reason": str(e)})

@@ -50,7 +50,7 @@ def cmd_build(args) -> int:
                                    dynamic_batch=args.neuron_dynamic_batch,
                                    cores=2 if args.neuron_cores is None else args.neuron_cores)
         build_all(args.models, force=args.force, target=args.target, precision=args.precision,
-                  device=args.device, neuron=neuron)
+                  device=args.device, neuron=neuron, timed=not args.no_timing)
     except (BuildError, ValueError) as e:
         print(f"error: {e}")
         return 1
@@ -257,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
                    "CPU has it (shipped only if it passes its gate and is >10%% faster)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="compile for this device (cuda: for TorchServe's deviceType gpu)")
+    p.add_argument("--no-timing", action="store_true", help="parity gates only; ship the "
+                   "preferred passing candidate (fp32, then the most ahead-of-time target): where "
+                   "timings mean nothing, as under emulation")
     neuron = p.add_argument_group("neuron target (Inferentia2 / Trainium, needs torch-neuronx)")
     neuron.add_argument("--neuron-batch-size", type=int, help="traced batch size "
                         "(default: the model's batchSize); partial batches are padded to it")

@@ -78,6 +78,14 @@ def test_among_equally_fast_candidates_the_most_ahead_of_time_target_wins():
     assert choose([script, far]) is script
 
 
+def test_untimed_candidates_are_chosen_by_the_preferences_alone():
+    eager = {"target": "eager", "precision": "fp32", "speedup": None}
+    script = {"target": "torchscript", "precision": "fp32", "speedup": None}
+    low = {"target": "inductor", "precision": "bf16", "speedup": None}
+    assert choose([eager, low, script]) is script
+    assert choose([low]) is low
+
+
 def test_candidates_named_and_default():
     spec = models.load("digits")
     assert candidates(spec, "torchscript", "fp32", "cpu") == [("torchscript", "fp32")]
