@@ -90,10 +90,10 @@ compose-up: setup        ## docker compose up on a machine with no registry or b
 compose-down: setup      ## stop and remove what compose-up started, volumes too
 	docker/compose.sh down -v
 
-# Graviton on this x86 machine, under qemu: the arm64 images, digits and minilm built on arm64
+# Graviton on this x86 machine, under qemu: the arm64 images, the models built on arm64
 # (reusing the weights `make build` trained here), TorchServe arm64 behind the front door on
 # 127.0.0.1:8080. Tens of minutes the first time (README, "Graviton (arm64)").
-ARM64_MODELS ?= digits minilm
+ARM64_MODELS ?= digits
 arm64-up: build          ## arm64 (Graviton) images, models built on arm64, served; emulated on x86
 	ARCH=arm64 docker/compose.sh --profile build build torchserve builder
 	ARCH=arm64 docker/compose.sh run --rm builder $(ARM64_MODELS) --no-timing --target torchscript --precision fp32

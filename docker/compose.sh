@@ -10,7 +10,7 @@
 # archives (a build step cannot mount what torch needs under qemu) and the builder service makes
 # them, reusing the weights the host's build trained (build/*/*.pt; training emulated takes hours):
 #   ARCH=arm64 docker/compose.sh --profile build build torchserve builder
-#   ARCH=arm64 docker/compose.sh run --rm builder digits minilm --no-timing --target torchscript --precision fp32
+#   ARCH=arm64 docker/compose.sh run --rm builder digits --no-timing --target torchscript --precision fp32
 #   ARCH=arm64 docker/compose.sh up -d torchserve frontdoor
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,7 @@
-"""Graviton (arm64) for real: the arm64 images built on the Docker engine, digits and minilm
-exported, parity-checked and archived on arm64, and served by the arm64 TorchServe in the compose
-stack, whose answers must equal (within the parity gates) those of the x86 build of this session.
+"""Graviton (arm64) for real: the arm64 images built on the Docker engine, digits exported,
+parity-checked and archived on arm64 (every target and precision), and served by the arm64
+TorchServe in the compose stack, whose answers must equal (within the parity gates) those of the
+x86 build of this session.
 
 On an x86 machine everything arm64 runs under qemu (docker/enable-arm64-emulation.sh; registering
 it needs root), 10-50x slower than natively: this is the slowest test file (docker/compose.sh
@@ -28,8 +29,8 @@ SKIP = os.environ.get("SKIP_DOCKER_TESTS") == "1" or os.environ.get("SKIP_ARM64_
 pytestmark = pytest.mark.skipif(SKIP, reason="SKIP_DOCKER_TESTS=1 or SKIP_ARM64_TESTS=1: the "
                                 "arm64 test was skipped on purpose")
 
-# digits in `make test` (CI's budget); ARM64_MODELS="digits minilm" adds MiniLM, whose build and
-# warm-up take tens of minutes emulated (README, "Graviton (arm64)", has that run's output).
+# digits in `make test` (CI's budget); ARM64_MODELS="digits minilm" adds MiniLM, whose emulated
+# build alone had not finished after 25 minutes here (README, "Graviton (arm64)").
 MODELS = tuple(os.environ.get("ARM64_MODELS", "digits").split())
 EMULATED = platform.machine() != "aarch64"
 ARM64 = ComposeStack("model-serving-arm64-test", {"ARCH": "arm64", "ARM64_MODELS": " ".join(MODELS)})
