@@ -5,10 +5,11 @@
 # service on the host's network (docker/compose.host.yml). Where Docker Hub is reachable, plain
 # `docker compose up -d` needs none of this.
 #   docker/compose.sh up -d      docker/compose.sh ps      docker/compose.sh down -v
-# ARCH=arm64: TorchServe (and the builder) as linux/arm64 images (docker/compose.arm64.yml). On an
-# x86 host that runs under qemu (docker/enable-arm64-emulation.sh): the images are built without
+# ARCH=arm64: the images built from docker/Dockerfile as linux/arm64 (docker/compose.arm64.yml). On
+# an x86 host they run under qemu (docker/enable-arm64-emulation.sh): the images are built without
 # archives (a build step cannot mount what torch needs under qemu) and the builder service makes
-# them, reusing the weights the host's build trained (build/*/*.pt; training emulated takes hours):
+# them, reusing the weights the host's build trained (build/*/*.pt; digits' training emulated had
+# not finished after 24 minutes):
 #   ARCH=arm64 docker/compose.sh --profile build build torchserve builder
 #   ARCH=arm64 docker/compose.sh run --rm builder digits --no-timing --target torchscript --precision fp32
 #   ARCH=arm64 docker/compose.sh up -d torchserve frontdoor
@@ -32,7 +33,7 @@ if [ "$arch" = "$native" ]; then
   fi
 elif [ "$arch" = arm64 ]; then
   docker/enable-arm64-emulation.sh >&2
-  # Prometheus and the front door stay native: only TorchServe and the builder are arm64.
+  # Prometheus and the front door stay native: their base is this machine's.
   export PROMETHEUS_BASE_IMAGE=${PROMETHEUS_BASE_IMAGE:-model-serving-base:bookworm}
   docker/build-base-image.sh "$PROMETHEUS_BASE_IMAGE" >&2
   export BASE_IMAGE=${BASE_IMAGE:-model-serving-base:bookworm-arm64}
