@@ -25,17 +25,17 @@ if [ ! -s docker/certs/ca-bundle.crt ] && [ -s /etc/ssl/certs/ca-certificates.cr
   cp /etc/ssl/certs/ca-certificates.crt docker/certs/ca-bundle.crt
 fi
 torch=$(grep -E '^torch==' requirements-serve.txt)
+# Prometheus and the front door always run natively: their base is this machine's.
+export PROMETHEUS_BASE_IMAGE=${PROMETHEUS_BASE_IMAGE:-model-serving-base:bookworm}
+ARCH="$native" docker/build-base-image.sh "$PROMETHEUS_BASE_IMAGE" >&2
 if [ "$arch" = "$native" ]; then
-  export BASE_IMAGE=${BASE_IMAGE:-model-serving-base:bookworm}
-  ARCH="$native" docker/build-base-image.sh "$BASE_IMAGE" >&2
+  export BASE_IMAGE=${BASE_IMAGE:-$PROMETHEUS_BASE_IMAGE}
+  [ "$BASE_IMAGE" = "$PROMETHEUS_BASE_IMAGE" ] || ARCH="$native" docker/build-base-image.sh "$BASE_IMAGE" >&2
   if ! ls docker/wheels/torch-*"$(uname -m)".whl >/dev/null 2>&1; then
     "$python" -m pip download -q --no-deps -d docker/wheels "$torch" >&2
   fi
 elif [ "$arch" = arm64 ]; then
   docker/enable-arm64-emulation.sh >&2
-  # Prometheus and the front door stay native: their base is this machine's.
-  export PROMETHEUS_BASE_IMAGE=${PROMETHEUS_BASE_IMAGE:-model-serving-base:bookworm}
-  ARCH="$native" docker/build-base-image.sh "$PROMETHEUS_BASE_IMAGE" >&2
   export BASE_IMAGE=${BASE_IMAGE:-model-serving-base:bookworm-arm64}
   ARCH=arm64 docker/build-base-image.sh "$BASE_IMAGE" >&2
   export BUILD_MODELS=${BUILD_MODELS:-0}

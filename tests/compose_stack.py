@@ -38,6 +38,20 @@ class ComposeStack:
                                  f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         return done
 
+    def bases(self) -> dict[str, dict]:
+        """Each service built here: the base image docker/compose.sh gives its build, and that
+        image's architecture on this engine (None: not there, so a build would ask a registry)."""
+        services = json.loads(self("--profile", "build", "config", "--format", "json").stdout)["services"]
+        found = {}
+        for name, service in services.items():
+            if "build" not in service:
+                continue
+            base = service["build"]["args"]["BASE_IMAGE"]
+            done = subprocess.run(["docker", "image", "inspect", "-f", "{{.Architecture}}", base],
+                                  capture_output=True, text=True)
+            found[name] = {"image": base, "arch": done.stdout.strip() if done.returncode == 0 else None}
+        return found
+
     def container(self, service: str) -> str:
         """The service's container (not a `compose run` one-off of the same service)."""
         return subprocess.run(

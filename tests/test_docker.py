@@ -102,6 +102,18 @@ def test_the_grafana_dashboard_plots_the_recorded_series():
     assert recorded and all(f"record: {r}" in rules for r in recorded), recorded
 
 
+def test_every_image_builds_on_a_base_made_here():
+    """No registry here: a base image that is not on the engine fails the build (CI ran into it)."""
+    if not engine_answers():
+        pytest.fail("no Docker engine answers: start one (docker/start-engine.sh, as .ci/run does), "
+                    "or set SKIP_DOCKER_TESTS=1 to skip this test on purpose")
+    native = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    bases = STACK.bases()
+    assert set(bases) >= {"torchserve", "builder", "frontdoor", "prometheus", "locust"}, bases
+    assert all(b == {"image": "model-serving-base:bookworm", "arch": native} for b in bases.values()), bases
+
+
 @pytest.fixture(scope="module")
 def image() -> dict:
     """The compose images, built (needs no ports: runs while `make up`'s service does)."""
