@@ -152,7 +152,8 @@ def test_the_emulated_cpu_reports_bf16_and_the_graviton_bf16_path_runs(images):
     """The emulated CPU (docker/compose.emulated-arm64.yml) is Graviton3-like: the BF16 extension
     and 256-bit SVE, so the worker environment turns on oneDNN's bf16 fast math, torch's kernels
     are its SVE256 ones, and a bf16 matmul agrees with fp32. As a Graviton2 (QEMU_CPU=neoverse-n1)
-    the same image sees no bf16 and leaves fast math off."""
+    the same image sees no bf16 and leaves fast math off; it multiplies no matrices there: under
+    qemu 7.2 torch's NVPL BLAS never returns from an untransposed product without SVE (README)."""
     settings = ("import json, torch\nfrom serving.cpu import cpu_flags, cpu_name, worker_environment\n"
                 "facts = {'flags': sorted(cpu_flags()), 'env': worker_environment(workers=2),"
                 " 'cpu': cpu_name(), 'capability': torch.backends.cpu.get_cpu_capability()}\n")
