@@ -16,6 +16,7 @@ from models.digits.model import split
 from models.minilm.model import source_dir
 from models.efficientnet_lite0.photos import encoded
 from serving.torchserve import Instance, port_in_use
+from tests.numerics import assert_held_out_count_matches, assert_same_top_k
 
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -42,7 +43,8 @@ def test_digits_accuracy_over_http_equals_the_offline_accuracy(server, build_inf
     right = sum(int(p == y) for p, y in zip(served, y_test.tolist()))
     offline = build_info["digits"]["evaluation"]
     assert right / len(y_test) >= 0.95
-    assert (right, len(y_test)) == (offline["held_out_correct"], offline["held_out_size"])
+    assert len(y_test) == offline["held_out_size"]
+    assert_held_out_count_matches(right, offline, build_info["digits"]["precision"])
 
 
 @pytest.mark.parametrize("photo", ["chelsea", "cat"])
@@ -102,7 +104,13 @@ def test_concurrent_requests_are_batched(server):
     assert all(r.status_code == 200 for r in responses)
     sizes = [int(r.headers["x-batch-size"]) for r in responses]
     assert max(sizes) > 1, sizes
-    assert len({json.dumps(r.json()) for r in responses}) == 1  # batching changes no answer
+    # Batching changes no answer beyond float rounding: a batch of 4 and a batch of 1 take other
+    # kernel paths (an AMD EPYC with AVX-512 moved a probability's 6th decimal, 0.372759 vs 0.37276),
+    # so the same classes in the same order with probabilities within 1e-4.
+    first = responses[0].json()["predictions"]
+    for response in responses[1:]:
+        assert_same_top_k(response.json()["predictions"], first)
+
 
 
 GRID = [[0] * 8] * 8
