@@ -7,6 +7,12 @@
 #   docker/install-torch.sh REQUIREMENTS   (run by docker/Dockerfile's deps stage)
 set -euo pipefail
 requirement=$(grep -E '^torch==' "$1")
+if [ "${ACCELERATOR:-cpu}" = cuda ]; then
+  # The GPU image (KServe's gpu variant): PyPI's x86-64 torch is the CUDA build; it comes with its
+  # CUDA packages (several GB). Build it with --build-arg TORCH_INDEX= so that PyPI's is chosen.
+  pip install --find-links /wheels ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} "$requirement"
+  exit 0
+fi
 pip install --find-links /wheels ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} --no-deps "$requirement"
 here=$(dirname "$0")
 if [ "${ACCELERATOR:-cpu}" = cpu ] && python "$here/torch_cuda_stubs.py" --needs-stubs; then

@@ -72,6 +72,8 @@ def cmd_run(args) -> int:
             "locust exit code": code}
     path = report.write(prom, started, ended, out, meta, active_seconds=seconds(args.duration))
     print(f"\nReport: {path}\nLocust's own: {out / 'locust.html'}, {out / 'locust_stats.csv'}")
+    if args.echo:
+        report.echo(out)
     return code
 
 
@@ -165,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slo-p99-ms", type=float)
     p.add_argument("--slo-max-error-rate", type=float)
     p.add_argument("--slo-min-rps", type=float)
+    p.add_argument("--echo", action="store_true",
+                   help="print the report and CSVs whole into the log (a Kubernetes Job: "
+                        "`python -m serving deploy results` gets them back)")
     p.add_argument("--locust-args", nargs=argparse.REMAINDER, default=[],
                    help="anything after this goes to locust as is")
     p.set_defaults(func=cmd_run)

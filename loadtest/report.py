@@ -398,3 +398,35 @@ def write(prom: Prometheus, start: float, end: float, out: Path, meta: dict | No
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# -- a report that leaves the pod it was made in ------------------------------------------------
+
+ECHO_BEGIN, ECHO_END = "===== BEGIN FILE {} =====", "===== END FILE {} ====="
+ECHOED_SUFFIXES = (".md", ".csv", ".json")
+
+
+def echo(out: Path) -> None:
+    """Print the run's text files whole, between markers: in a Kubernetes Job the pod and its
+    volumes go with it, its log stays (`kubectl logs`), and `files_in_log` gets the files back."""
+    for path in sorted(p for p in out.iterdir() if p.suffix in ECHOED_SUFFIXES and p.is_file()):
+        print(ECHO_BEGIN.format(path.name), flush=True)
+        print(path.read_text(errors="replace").rstrip("\n"), flush=True)
+        print(ECHO_END.format(path.name), flush=True)
+
+
+def files_in_log(log: str) -> dict[str, str]:
+    """The files `echo` printed into a log: name -> text (a file cut off by the log's end is
+    left out)."""
+    found, name, lines = {}, None, []
+    for line in log.splitlines():
+        if name is None:
+            if line.startswith("===== BEGIN FILE ") and line.endswith(" ====="):
+                name, lines = line[len("===== BEGIN FILE "):-len(" =====")], []
+        elif line == ECHO_END.format(name):
+            found[Path(name).name] = "\n".join(lines) + "\n"
+            name = None
+        else:
+            lines.append(line)
+    return found
+

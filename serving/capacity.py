@@ -357,11 +357,14 @@ def pinned(cores: set[int]):
 class FrontDoor:
     """The pod's nginx front door (docker/nginx), here on loopback in front of `upstreams`."""
 
-    def __init__(self, run_dir: Path, upstreams: list[str], key: str, port: int) -> None:
+    def __init__(self, run_dir: Path, upstreams: list[str], key: str, port: int,
+                 extra_env: dict[str, str] | None = None) -> None:
+        """`extra_env`: more of render.sh's settings (TORCHSERVE_READY, FRONTDOOR_MAX_REQUESTS),
+        as a pod sets them."""
         self.run_dir, self.port, self.key = run_dir, port, key
         run_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "TORCHSERVE_INFERENCE": " ".join(upstreams),
-               "FRONTDOOR_PORT": f"127.0.0.1:{port}", "FRONTDOOR_KEY": key}
+               "FRONTDOOR_PORT": f"127.0.0.1:{port}", "FRONTDOOR_KEY": key, **(extra_env or {})}
         config = subprocess.run(["sh", str(ROOT / "docker" / "nginx" / "render.sh"),
                                  str(ROOT / "docker" / "nginx" / "nginx.conf")], env=env,
                                 check=True, capture_output=True, text=True).stdout

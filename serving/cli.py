@@ -114,6 +114,11 @@ def cmd_serve(args) -> int:
     stopping = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stopping.append(signum))
+    readiness = None
+    if os.environ.get("SERVING_READY_PORT"):  # GET /ready for the front door to proxy (pods)
+        from serving.readiness import ReadinessEndpoint
+
+        readiness = ReadinessEndpoint(names, int(os.environ["SERVING_READY_PORT"])).start()
     instance.start(names)
     print(f"TorchServe started; listening on {instance.bind}; waiting for READY...", flush=True)
     try:
@@ -131,8 +136,11 @@ def cmd_serve(args) -> int:
         except ChildProcessError:
             pass
         now = time.monotonic()
-        for name in names:
-            if instance.model_ready(name):
+        status = {name: instance.model_ready(name) for name in names}
+        if readiness:
+            readiness.update(status)
+        for name, ready in status.items():
+            if ready:
                 unready_since.pop(name, None)
             else:
                 unready_since.setdefault(name, now)
@@ -143,6 +151,8 @@ def cmd_serve(args) -> int:
                   "the container is restarted", flush=True)
             instance.stop()
             return 1
+    if readiness:
+        readiness.update({name: False for name in names}, state="draining" if stopping else "stopped")
     if stopping:
         waited = instance.drain(names, grace=args.drain_grace)
         print(f"Drained in {waited:.1f}s; stopping TorchServe...", flush=True)

@@ -8,6 +8,12 @@
 #                         so replicas behind one Service cannot share them; there TorchServe listens
 #                         on the pod's loopback with its token check off and this key (a Secret,
 #                         the same for every replica) is checked here instead.
+#   FRONTDOOR_MAX_REQUESTS  requests to the models in flight at once through this nginx (default
+#                         256); more are answered 429. Bodies over 1 MB wait in /tmp while they
+#                         arrive, so /tmp needs this many times the 10 MB body limit: a pod's
+#                         volume for /tmp is sized from it (serving/deploy.py)
+#   TORCHSERVE_READY      host:port of `serving serve`'s readiness endpoint (SERVING_READY_PORT):
+#                         GET /ready is passed to it, for the kubelet's probes; unset, no /ready
 set -eu
 template=${1:-/etc/nginx/nginx.conf.template}
 : "${TORCHSERVE_INFERENCE:?host:port of TorchServe's inference API}" "${FRONTDOOR_PORT:=8080}"
@@ -25,5 +31,13 @@ if [ -n "${FRONTDOOR_KEY:-}" ]; then
     fi
     FRONTDOOR_AUTH="if (\$http_authorization != \"Bearer ${FRONTDOOR_KEY}\") { return 401; }"
 fi
-export TORCHSERVE_SERVERS FRONTDOOR_PORT FRONTDOOR_AUTH
-envsubst '${TORCHSERVE_SERVERS} ${FRONTDOOR_PORT} ${FRONTDOOR_AUTH}' < "$template"
+: "${FRONTDOOR_MAX_REQUESTS:=256}"
+case "$FRONTDOOR_MAX_REQUESTS" in
+    ''|*[!0-9]*) echo "FRONTDOOR_MAX_REQUESTS: a whole number" >&2; exit 1 ;;
+esac
+FRONTDOOR_READY=""
+if [ -n "${TORCHSERVE_READY:-}" ]; then
+    FRONTDOOR_READY="location = /ready { proxy_pass http://${TORCHSERVE_READY}/ready; proxy_connect_timeout 2s; proxy_read_timeout 5s; }"
+fi
+export TORCHSERVE_SERVERS FRONTDOOR_PORT FRONTDOOR_AUTH FRONTDOOR_MAX_REQUESTS FRONTDOOR_READY
+envsubst '${TORCHSERVE_SERVERS} ${FRONTDOOR_PORT} ${FRONTDOOR_AUTH} ${FRONTDOOR_MAX_REQUESTS} ${FRONTDOOR_READY}' < "$template"

@@ -1,0 +1,69 @@
+"""The pod's readiness over HTTP, from the process that already watches it.
+
+`serving serve` checks every second that each model has a READY worker whose process is alive
+(TorchServe's /ping stays healthy while workers are dead). With SERVING_READY_PORT set it also
+answers `GET /ready` on the pod's loopback with what it last saw: 200 when every model is ready,
+503 while starting, draining or when a model has no live worker. The front door proxies /ready to
+it, so the kubelet's probes are plain HTTP GETs: no `python -m serving ready` (an interpreter and
+torch imported every few seconds inside the pod's CPU limit).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class ReadinessEndpoint:
+    def __init__(self, models: list[str], port: int, bind: str = "127.0.0.1") -> None:
+        self._lock = threading.Lock()
+        self._models = {name: False for name in models}
+        self._state, self._since = "starting", time.time()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if self.path.split("?")[0] != "/ready":
+                    return self._answer(404, {"error": "not_found", "detail": "GET /ready"})
+                ready, body = endpoint.snapshot()
+                self._answer(200 if ready else 503, body)
+
+            def _answer(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:  # a probe every few seconds: not worth a line
+                pass
+
+        self.server = ThreadingHTTPServer((bind, port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True,
+                                        name="readiness")
+
+    def start(self) -> "ReadinessEndpoint":
+        self._thread.start()
+        return self
+
+    def update(self, models: dict[str, bool], state: str = "serving") -> None:
+        with self._lock:
+            if state != self._state:
+                self._state, self._since = state, time.time()
+            self._models.update(models)
+
+    def snapshot(self) -> tuple[bool, dict]:
+        with self._lock:
+            ready = self._state == "serving" and all(self._models.values())
+            return ready, {"ready": ready, "state": self._state,
+                           "since_s": round(time.time() - self._since, 1),
+                           "models": dict(self._models)}
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
