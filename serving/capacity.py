@@ -70,18 +70,25 @@ def shipped(name: str) -> dict:
 SCALE_UP_LOAD = 0.85  # of a replica's capacity: the queue wait there is the autoscaler's second signal
 
 
+MEASURED_THROUGH = "the pod's front door (nginx, docker/nginx)"
+
+
 def measure(names: list[str], seconds: float, log=print) -> dict:
-    """Each model's shipped archive on its own TorchServe (one replica): the client ladder of the
-    tuner, scored at the model's p99 target; the handler's service times for the queueing model,
+    """Each model's shipped archive on its own TorchServe (one replica) behind the pod's nginx
+    front door: the client ladder of the tuner, scored at the model's p99 target; the handler's service times for the queueing model,
     and from that model the mean queue wait of a replica at 85% of its capacity."""
     from serving.tune import measure as climb
 
     result = {"cpu": cpu_name(), "cores": os.cpu_count(), "measured": time.strftime("%Y-%m-%d"),
-              "seconds_per_point": seconds, "models": {}}
+              "seconds_per_point": seconds, "through": MEASURED_THROUGH, "models": {}}
     for name in names:
         candidate, p99 = shipped(name), slo_p99_ms(name)
         log(f"[{name}] one replica as shipped, p99 target {p99:g} ms")
-        point = climb(name, candidate, p99, seconds, RUN_DIR / "capacity" / name, log)
+        # Through the pod's front door, as every request in a pod passes it.
+        from serving.deploy import FRONTDOOR_MAX_REQUESTS
+
+        point = climb(name, candidate, p99, seconds, RUN_DIR / "capacity" / name, log,
+                      front_door={"FRONTDOOR_MAX_REQUESTS": str(FRONTDOOR_MAX_REQUESTS)})
         if not point["best"]:
             raise RuntimeError(f"{name}: nothing within p99 {p99:g} ms on this machine")
         times = service_times(name, candidate["threads"], candidate["batchSize"], "example")
@@ -388,6 +395,12 @@ class FrontDoor:
         from serving.servedbench import wait_http
 
         wait_http(f"http://127.0.0.1:{self.port}/nginx-health", timeout=20)
+
+    def process_handle(self):
+        """nginx's master process as psutil sees it (its workers are its children)."""
+        import psutil
+
+        return psutil.Process(self.process.pid) if self.process else None
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -222,8 +222,16 @@ def liveness_probe() -> dict:
             "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6}
 
 
-def wait_before_stopping() -> dict:
-    return {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_S)]}}}
+def torchserve_lifecycle(entry: dict, variant: dict) -> dict:
+    """The TorchServe container's probes, stop, resources and security, the same in a Deployment
+    and in a KServe predictor. Loading can take minutes (archives unpacked, models warmed up):
+    until the startup probe passes neither readiness nor liveness counts."""
+    return {"startupProbe": ready_probe(period=5, failures=60),
+            "readinessProbe": ready_probe(),
+            "livenessProbe": liveness_probe(),
+            "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_S)]}}},
+            "resources": torchserve_resources(entry, variant),
+            "securityContext": container_security()}
 
 
 def torchserve_env(extra: list[dict]) -> list[dict]:
@@ -288,14 +296,7 @@ def deployment(name: str, entry: dict, variant: dict, image: str) -> dict:
             {"name": "SERVING_CONFIG", "value": f"{CONFIG_MOUNT}/config.properties"},
             {"name": "SERVING_MODELS", "value": name}]),
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        # Loading can take minutes (archives unpacked, models warmed up): until then neither
-        # readiness nor liveness counts.
-        "startupProbe": ready_probe(period=5, failures=60),
-        "readinessProbe": ready_probe(),
-        "livenessProbe": liveness_probe(),
-        "lifecycle": wait_before_stopping(),
-        "resources": torchserve_resources(entry, variant),
-        "securityContext": container_security(),
+        **torchserve_lifecycle(entry, variant),
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
                          {"name": "run", "mountPath": "/app/run"},
                          {"name": "tmp", "mountPath": "/tmp"}],
@@ -609,12 +610,7 @@ def inference_service(name: str, entry: dict, variant_name: str, variant: dict,
                 "runtime": f"{APP}-torchserve-{variant_name}",
                 "storageUri": f"{storage_uri.rstrip('/')}/{variant_name}/{name}",
                 "env": [{"name": "SERVING_MODELS", "value": name}],
-                "startupProbe": ready_probe(period=5, failures=60),
-                "readinessProbe": ready_probe(),
-                "livenessProbe": liveness_probe(),
-                "lifecycle": wait_before_stopping(),
-                "resources": torchserve_resources(entry, variant),
-                "securityContext": container_security(),
+                **torchserve_lifecycle(entry, variant),
                 "volumeMounts": [{"name": "run", "mountPath": "/app/run"},
                                  {"name": "tmp", "mountPath": "/tmp"}],
             },

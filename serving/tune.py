@@ -62,12 +62,16 @@ def score(points: list[dict], p99_ms: float, clients: int) -> tuple[float, dict 
 
 
 def measure(name: str, candidate: dict, p99_ms: float, seconds: float, work: Path, log,
-            clients: int = 16) -> dict:
+            clients: int = 16, front_door: dict | None = None) -> dict:
     """Serves the candidate and climbs the client ladder, at least to `clients` (unless it refuses
-    a request first), then on while the p99 is within the limit and throughput grows."""
+    a request first), then on while the p99 is within the limit and throughput grows.
+
+    `front_door` (render.sh's settings, e.g. FRONTDOOR_MAX_REQUESTS): as a Kubernetes pod runs
+    it, TorchServe with the cluster's config (no token check) behind the pod's nginx front door
+    with a key, every request through nginx and its CPU counted with the server's."""
     from serving.archive import with_config
     from serving.servedbench import Target, load, tree
-    from serving.torchserve import start_on_free_ports
+    from serving.torchserve import free_port, start_on_free_ports
 
     store = work / "store"
     with_config(MODEL_STORE / f"{name}.mar", store / f"{name}.mar", settings_of(candidate))
@@ -76,12 +80,30 @@ def measure(name: str, candidate: dict, p99_ms: float, seconds: float, work: Pat
     body_file = models.MODELS_DIR / name / file
     binary = not content_type.startswith("application/json")
     started = time.monotonic()
-    instance = start_on_free_ports(work / "torchserve", [name], model_store=store)
+    door = None
+    if front_door is None:
+        instance = start_on_free_ports(work / "torchserve", [name], model_store=store)
+    else:
+        from serving.capacity import FrontDoor
+        from serving.deploy import write_cluster_config
+
+        config = write_cluster_config(work / "config") / "config.properties"
+        instance = start_on_free_ports(work / "torchserve", [name], model_store=store,
+                                       base_config=config)
     ready_s = time.monotonic() - started
     points = []
     try:
-        target = Target("torchserve", f"{instance.inference_url}/predictions/{name}",
-                        instance.auth("inference"), lambda: tree(instance.process()))
+        if front_door is None:
+            target = Target("torchserve", f"{instance.inference_url}/predictions/{name}",
+                            instance.auth("inference"), lambda: tree(instance.process()))
+        else:
+            door = FrontDoor(work / "nginx", [f"127.0.0.1:{instance.ports['inference']}"],
+                             "capacity-key-" + "0" * 16, free_port(), extra_env=front_door)
+            door.start()
+            target = Target("torchserve behind the front door",
+                            f"http://127.0.0.1:{door.port}/predictions/{name}",
+                            {"Authorization": f"Bearer {door.key}"},
+                            lambda: tree(instance.process()) + tree(door.process_handle()))
         for connections in CLIENT_LADDER:
             point = load(target, body_file, content_type, binary, seconds, clients=connections)
             errors = sum(count for status, count in point["statuses"].items() if status != "200")
@@ -93,6 +115,8 @@ def measure(name: str, candidate: dict, p99_ms: float, seconds: float, work: Pat
                 break
         rss_mb = sum(p.memory_info().rss for p in tree(instance.process())) / 2 ** 20
     finally:
+        if door:
+            door.stop()
         instance.stop()
     value, best = score(points, p99_ms, clients)
     result = {**candidate, "ready_s": ready_s, "points": points, "score": value, "best": best,

@@ -106,6 +106,8 @@ def test_capacity_matches_the_shipped_serving_settings():
     """The measured figures the autoscaler is sized from belong to the archives as configured:
     a changed batch size, delay or worker count needs a new `deploy measure`."""
     measured = capacity.load_capacity()
+    # Every request in a pod passes the front door: the thresholds are measured through it.
+    assert measured.get("through") == capacity.MEASURED_THROUGH
     for name in models.names():
         assert name in measured["models"], (f"{name}: no measured capacity; run `python -m "
                                             f"serving deploy measure {name}`, then `... render`")
@@ -615,6 +617,19 @@ def test_monitoring_objects_carry_the_label_kube_prometheus_stack_selects(render
     assert {f.split("/")[0] for f, _ in monitors} == {"kubernetes", "kserve", "locust"}
     for file, doc in monitors:
         assert doc["metadata"]["labels"].get("release") == deploy.PROMETHEUS_RELEASE, file
+    # Each serving stack's PodMonitor selects its pods and a port they name (06f9d44's KServe
+    # pods had no metrics port and no monitor: KEDA's query had no data).
+    for file, doc in monitors:
+        if doc["kind"] != "PodMonitor" or file.startswith("locust"):
+            continue
+        stack = file.split("/")[0]
+        selector = doc["spec"]["selector"]["matchLabels"]
+        pods = [pod for pod_stack, labels, pod in serving_pods(rendered)
+                if pod_stack == stack and selects(selector, labels)]
+        assert pods, f"{file}: selects no {stack} pod"
+        for pod in pods:
+            ports = {p["name"] for c in pod["containers"] for p in c.get("ports", [])}
+            assert {e["port"] for e in doc["spec"]["podMetricsEndpoints"]} <= ports, file
     other = tmp_render(prometheus_release="monitoring-stack")
     assert all(d["metadata"]["labels"]["release"] == "monitoring-stack"
                for _, d in documents(other) if d["kind"] in ("PodMonitor", "PrometheusRule"))
