@@ -441,7 +441,7 @@ def kserve_admission_errors(isvc: dict) -> list[str]:
     """What KServe's InferenceService validating webhook refuses, for the fields this project
     uses; the same code in v0.18.0, v0.19.0 and v0.20.0 (pkg/apis/serving/v1beta1/
     inference_service_validation.go: validateInferenceServiceName,
-    validateInferenceServiceAutoscaler, validateExactlyOneImplementation,
+    validateInferenceServiceAutoscaler, validateBlockedEnvVars, validateExactlyOneImplementation,
     validateAutoScalingCompExtension -> validateScalingKedaCompExtension -> validateScaleTarget)."""
     errors = []
     meta, predictor = isvc["metadata"], isvc["spec"]["predictor"]
@@ -454,6 +454,11 @@ def kserve_admission_errors(isvc: dict) -> list[str]:
     implementations = int("model" in predictor) + int(bool(predictor.get("containers")))
     if implementations != 1:
         errors.append("exactly one of model or containers")
+    # validateBlockedEnvVars (pkg/validation/env_policy.go, DefaultBlockedEnvVars): PYTHONPATH.
+    containers = [predictor.get("model", {}), *predictor.get("containers", []),
+                  *predictor.get("initContainers", [])]
+    if any(e.get("name") == "PYTHONPATH" for c in containers for e in c.get("env", [])):
+        errors.append("PYTHONPATH is a blocked environment variable")
     mode = annotations.get("serving.kserve.io/deploymentMode")
     if mode in ("Standard", "RawDeployment") and autoscaler == "keda":
         if "scaleMetric" in predictor:
@@ -504,6 +509,9 @@ def test_kserve_admission_check_refuses_what_kserve_refuses():
     assert kserve_admission_errors(isvc) == ["the target threshold value should not be empty"]
     metric["external"]["target"] = {"type": "Value", "value": "10"}
     assert kserve_admission_errors(isvc) == []
+    isvc["spec"]["predictor"]["model"]["env"] = [{"name": "PYTHONPATH", "value": "/x"}]
+    assert kserve_admission_errors(isvc) == ["PYTHONPATH is a blocked environment variable"]
+    isvc["spec"]["predictor"]["model"]["env"] = []
     isvc["metadata"]["name"] = "Digits_CPU"
     isvc["spec"]["predictor"]["containers"] = [{"name": "kserve-container"}]
     assert kserve_admission_errors(isvc) == ["name format", "exactly one of model or containers"]
@@ -524,6 +532,10 @@ def test_kserve_runs_each_model_on_its_runtime_behind_the_front_door(rendered):
         formats = {(f["name"], f.get("version")) for f in runtime["supportedModelFormats"]}
         assert (model["modelFormat"]["name"], model["modelFormat"].get("version")) in formats
         assert model.get("protocolVersion", "v1") in runtime["protocolVersions"], file
+        # The ServingRuntime webhook refuses the same blocked variables in the runtime's containers
+        # (pkg/webhook/admission/servingruntime/servingruntime_webhook.go, validateBlockedEnvVars).
+        assert not [c["name"] for c in runtime["containers"]
+                    if "PYTHONPATH" in env_of(c)], model["runtime"]
         served = next((c for c in pod["containers"] if c["name"] == "transformer-container"),
                       pod["containers"][0])
         assert served["image"].startswith("model-serving-frontdoor"), file
