@@ -34,10 +34,10 @@ class TextEmbedder(ModelHandler):
         self.buckets = sorted(int(b) for b in self.settings["sequence_buckets"])
 
     def texts(self, payload: Payload) -> list[str]:
-        if payload.content_type.startswith("text/"):
-            return [payload.text()]
-        body = payload.json()
-        if isinstance(body, dict) and "texts" in body:
+        body = None if payload.content_type.startswith("text/") else payload.json()
+        if body is None:  # text/plain: the whole body is one text, checked as the others are
+            texts = [payload.text()]
+        elif isinstance(body, dict) and "texts" in body:
             texts = body["texts"]
         elif isinstance(body, dict) and "text" in body:
             texts = [body["text"]]

@@ -198,6 +198,16 @@ def test_text_decode_refuses_bad_input(text_handler, body, status, error):
     assert (e.status, e.error) == (status, error)
 
 
+@pytest.mark.parametrize("body", [b"   \n\t  ", "\u3000\u00a0\u2003".encode()])
+def test_a_whitespace_only_text_is_refused_in_every_form(text_handler, body):
+    """No embedding of nothing: a text of only whitespace is refused as plain text as in JSON
+    (the plain form used to return an embedding for it)."""
+    e = refused(text_handler, Payload(body, "text/plain"))
+    assert (e.status, e.error) == (422, "empty_text")
+    e = refused(text_handler, json_payload({"text": body.decode()}))
+    assert (e.status, e.error) == (422, "empty_text")
+
+
 def test_text_decode_refuses_invalid_utf8(text_handler):
     e = refused(text_handler, Payload(b"\xff\xfe", "text/plain"))
     assert (e.status, e.error) == (400, "not_utf8")
