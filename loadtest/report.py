@@ -418,15 +418,15 @@ def echo(out: Path) -> None:
 def files_in_log(log: str) -> dict[str, str]:
     """The files `echo` printed into a log: name -> text (a file cut off by the log's end is
     left out)."""
+    prefix, suffix = ECHO_BEGIN.split("{}")
     found, name, lines = {}, None, []
     for line in log.splitlines():
         if name is None:
-            if line.startswith("===== BEGIN FILE ") and line.endswith(" ====="):
-                name, lines = line[len("===== BEGIN FILE "):-len(" =====")], []
+            if line.startswith(prefix) and line.endswith(suffix):
+                name, lines = line[len(prefix):-len(suffix)], []
         elif line == ECHO_END.format(name):
             found[Path(name).name] = "\n".join(lines) + "\n"
             name = None
         else:
             lines.append(line)
     return found
-

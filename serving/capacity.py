@@ -75,8 +75,10 @@ MEASURED_THROUGH = "the pod's front door (nginx, docker/nginx)"
 
 def measure(names: list[str], seconds: float, log=print) -> dict:
     """Each model's shipped archive on its own TorchServe (one replica) behind the pod's nginx
-    front door: the client ladder of the tuner, scored at the model's p99 target; the handler's service times for the queueing model,
-    and from that model the mean queue wait of a replica at 85% of its capacity."""
+    front door, as every request in a pod passes it: the client ladder of the tuner, scored at the
+    model's p99 target; the handler's service times for the queueing model, and from that model
+    the mean queue wait of a replica at 85% of its capacity."""
+    from serving.deploy import FRONTDOOR_MAX_REQUESTS
     from serving.tune import measure as climb
 
     result = {"cpu": cpu_name(), "cores": os.cpu_count(), "measured": time.strftime("%Y-%m-%d"),
@@ -84,9 +86,6 @@ def measure(names: list[str], seconds: float, log=print) -> dict:
     for name in names:
         candidate, p99 = shipped(name), slo_p99_ms(name)
         log(f"[{name}] one replica as shipped, p99 target {p99:g} ms")
-        # Through the pod's front door, as every request in a pod passes it.
-        from serving.deploy import FRONTDOOR_MAX_REQUESTS
-
         point = climb(name, candidate, p99, seconds, RUN_DIR / "capacity" / name, log,
                       front_door={"FRONTDOOR_MAX_REQUESTS": str(FRONTDOOR_MAX_REQUESTS)})
         if not point["best"]:

@@ -80,23 +80,20 @@ def measure(name: str, candidate: dict, p99_ms: float, seconds: float, work: Pat
     body_file = models.MODELS_DIR / name / file
     binary = not content_type.startswith("application/json")
     started = time.monotonic()
-    door = None
-    if front_door is None:
-        instance = start_on_free_ports(work / "torchserve", [name], model_store=store)
-    else:
-        from serving.capacity import FrontDoor
+    door, options = None, {}
+    if front_door is not None:
         from serving.deploy import write_cluster_config
 
-        config = write_cluster_config(work / "config") / "config.properties"
-        instance = start_on_free_ports(work / "torchserve", [name], model_store=store,
-                                       base_config=config)
+        options["base_config"] = write_cluster_config(work / "config") / "config.properties"
+    instance = start_on_free_ports(work / "torchserve", [name], model_store=store, **options)
     ready_s = time.monotonic() - started
     points = []
     try:
-        if front_door is None:
-            target = Target("torchserve", f"{instance.inference_url}/predictions/{name}",
-                            instance.auth("inference"), lambda: tree(instance.process()))
-        else:
+        target = Target("torchserve", f"{instance.inference_url}/predictions/{name}",
+                        instance.auth("inference"), lambda: tree(instance.process()))
+        if front_door is not None:
+            from serving.capacity import FrontDoor
+
             door = FrontDoor(work / "nginx", [f"127.0.0.1:{instance.ports['inference']}"],
                              "capacity-key-" + "0" * 16, free_port(), extra_env=front_door)
             door.start()
