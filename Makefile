@@ -27,6 +27,14 @@ $(TOOLS)/.checkov-$(CHECKOV_VERSION):
 	$(TOOLS)/bin/python -m pip install --quiet --progress-bar off checkov==$(CHECKOV_VERSION)
 	rm -f $(TOOLS)/.checkov-* && touch $@
 
+# Clients nobody here wrote (KServe's SDK), for the protocol tests: their own environment too.
+CLIENTS := .venv-clients
+CLIENTS_STAMP := $(CLIENTS)/.installed-$(shell sha256sum requirements-clients.txt | cut -c1-12)
+$(CLIENTS_STAMP): requirements-clients.txt
+	$(PYTHON) -m venv $(CLIENTS)
+	$(CLIENTS)/bin/python -m pip install --quiet --progress-bar off -r requirements-clients.txt
+	rm -f $(CLIENTS)/.installed-* && touch $@
+
 setup: $(STAMP) prometheus nginx
 
 # Prometheus 2.42 from Debian's packages; run by hand on loopback, never as a system service.
@@ -111,7 +119,7 @@ arm64-up: build          ## arm64 (Graviton) images, models built on arm64, serv
 arm64-down: setup        ## stop and remove what arm64-up started, volumes too
 	ARCH=arm64 docker/compose.sh down -v
 
-test: setup $(TOOLS)/.checkov-$(CHECKOV_VERSION)  ## unit and integration tests (starts its own TorchServe on free ports)
+test: setup $(TOOLS)/.checkov-$(CHECKOV_VERSION) $(CLIENTS_STAMP)  ## unit and integration tests (starts its own TorchServe on free ports)
 	$(PY) -m pytest -ra
 
 clean:

@@ -2,6 +2,7 @@
 
 Body: `{"<input_key>": [[...], ...]}` (or the bare nested list), of the shape and value range set
 in model-config.yaml, e.g. an 8x8 grid of pixel intensities 0..16 for the digits model.
+KServe v1: each instance is such a body.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from handlers.base import JSON, ModelHandler, Payload, unprocessable
-from handlers.classification import load_labels, predictions_schema, top_k
+from handlers.classification import TopKAnswer, load_labels
 
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -34,7 +35,7 @@ def shape_of(value, path: str = "input") -> list[int]:
     return []
 
 
-class ArrayClassifier(ModelHandler):
+class ArrayClassifier(TopKAnswer, ModelHandler):
     """A fixed-shape numeric array in (JSON), the top-k classes out."""
 
     settings_defaults = {"input_key": "inputs", "input_shape": None, "value_range": None,
@@ -61,8 +62,6 @@ class ArrayClassifier(ModelHandler):
                 raise unprocessable("out_of_range", f"{key} values must lie in [{low}, {high}]")
         return [tensor]
 
-    def encode(self, outputs: torch.Tensor) -> dict:
-        return {"predictions": top_k(outputs[0], self.labels, self.settings["top_k"])}
 
     def warmup_items(self) -> list[torch.Tensor]:
         return [torch.zeros(self.settings["input_shape"])]
@@ -72,9 +71,6 @@ class ArrayClassifier(ModelHandler):
         return {JSON: {"type": "object", "required": [key], "properties": {key: nested_array_schema(
             self.settings["input_shape"] or [], self.settings["value_range"])}}}
 
-    def answer_schema(self) -> dict:
-        return {"type": "object", "required": ["predictions"],
-                "properties": {"predictions": predictions_schema(self.settings["top_k"])}}
 
 
 def nested_array_schema(shape, value_range=None, integer: bool = False) -> dict:

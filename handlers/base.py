@@ -6,6 +6,7 @@ A model's handler subclasses `ModelHandler` and says only what is specific to it
     collate(items)  -> input tensors   items -> one batch for the model (default: stack)
     encode(outputs) -> JSON-able dict  the model's output rows for one request -> its answer
     warmup_items()  -> list of items   one representative item per input shape the model will see
+    prediction(row) -> JSON-able       one item's answer, as KServe's v1 protocol lists it
 
 TorchServe calls `initialize(context)` once per worker and `handle(data, context)` per batch of
 requests; each request gets its own answer, and a bad one is answered with a 4xx JSON error
@@ -19,6 +20,8 @@ import json
 import logging
 import os
 import platform
+import base64
+import binascii
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +46,12 @@ ERROR_SCHEMA = {"type": "object", "required": ["error", "detail"],
 # Field names a request body may arrive under: raw POST bodies are "body"; multipart uploads use the
 # form field's name, for which "data" and "file" are the usual ones.
 PAYLOAD_FIELDS = ("data", "body", "file")
+
+# KServe's v1 protocol: `POST /v1/models/<m>:predict` with `{"instances": [...]}`, answered
+# `{"predictions": [...]}`, one per instance. The front door (docker/nginx/nginx.conf) routes it
+# to TorchServe's /predictions/<m> with this header; the same handler reads and answers it.
+PROTOCOL_HEADER = "x-inference-protocol"
+NATIVE, KSERVE_V1 = "native", "kserve-v1"
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "max_request_bytes": 8 * 1024 * 1024,
@@ -238,6 +247,50 @@ class ModelHandler:
     def warmup_items(self) -> list[Any]:
         raise NotImplementedError
 
+    def prediction(self, row: torch.Tensor) -> Any:
+        """One item's answer: an entry of v1's `predictions`."""
+        raise NotImplementedError
+
+    def predictions(self, outputs: torch.Tensor) -> list[Any]:
+        return [self.prediction(row) for row in outputs]
+
+    def instance_payload(self, instance: Any) -> Payload:
+        """One v1 instance as the body decode() reads; by default a JSON value, as the body would
+        be (the image kind takes `{"b64": ...}`)."""
+        return Payload(instance, JSON, int(self.settings["max_json_depth"]),
+                       int(self.settings["max_json_number_chars"]))
+
+    def decode_instances(self, instances: list[Any]) -> list[Any]:
+        """A v1 request's instances -> items, one per instance; a refusal names the instance."""
+        items: list[Any] = []
+        for i, instance in enumerate(instances):
+            try:
+                decoded = self.decode(self.instance_payload(instance))
+            except RequestError as e:
+                raise RequestError(e.status, e.error, f"instances[{i}]: {e.detail}") from None
+            if len(decoded) != 1:
+                raise unprocessable("wrong_shape", f"instances[{i}] holds {len(decoded)} inputs; "
+                                    "an instance is one input")
+            items.extend(decoded)
+        return items
+
+    def instance_schema(self) -> dict:
+        """JSON Schema of one v1 instance: by default the JSON body's."""
+        return self.request_schema()[JSON]
+
+    def prediction_schema(self) -> dict:
+        """JSON Schema of one entry of v1's `predictions`."""
+        raise NotImplementedError
+
+    def kserve_v1_schemas(self) -> dict:
+        """v1's request and answer for this model, as JSON Schema."""
+        limit = self.settings["max_items_per_request"]
+        return {"request": {"type": "object", "required": ["instances"], "properties": {
+                    "instances": {"type": "array", "items": self.instance_schema(), "minItems": 1,
+                                  **({"maxItems": limit} if limit is not None else {})}}},
+                "answer": {"type": "object", "required": ["predictions"], "properties": {
+                    "predictions": {"type": "array", "items": self.prediction_schema()}}}}
+
     def request_schema(self) -> dict:
         """JSON Schema of a request body (per content type: {content type: schema})."""
         raise NotImplementedError
@@ -315,18 +368,37 @@ class ModelHandler:
         if limit is not None and value > limit:
             raise RequestError(413, "too_large", f"{what} is {value:,}; the limit is {limit:,}")
 
-    def read(self, row: dict, headers: dict | None) -> list[Any]:
+    def read(self, row: dict, headers: dict | None, protocol: str = NATIVE) -> list[Any]:
         payload = Payload.from_row(row, headers,
                                    max_json_depth=int(self.settings["max_json_depth"]),
                                    max_json_number_chars=int(self.settings["max_json_number_chars"]))
         self.enforce_limit("max_request_bytes", payload.size(), "the request body in bytes")
         if payload.is_empty():
             raise bad_request("empty_body", "the request body is empty")
-        items = self.decode(payload)
+        if protocol == KSERVE_V1:
+            items = self.decode_instances(self.instances(payload))
+        else:
+            items = self.decode(payload)
         if not items:
             raise unprocessable("no_input", "the request holds no input")
         self.enforce_limit("max_items_per_request", len(items), "the number of inputs")
         return items
+
+    def instances(self, payload: Payload) -> list[Any]:
+        body = payload.json()
+        if not isinstance(body, dict) or "instances" not in body:
+            raise unprocessable("missing_field", 'KServe v1: send {"instances": [...]}, one entry '
+                                "per input")
+        instances = body["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise unprocessable("wrong_type", '"instances" must be a non-empty list')
+        self.enforce_limit("max_items_per_request", len(instances), "the number of instances")
+        return instances
+
+    def answer(self, output: torch.Tensor, protocol: str) -> Any:
+        if protocol == KSERVE_V1:
+            return {"predictions": self.predictions(output)}
+        return self.encode(output)
 
     def bucket(self, n: int) -> int:
         return next(b for b in self.batch_buckets if b >= n)
@@ -365,6 +437,7 @@ class ModelHandler:
             "request": self.request_schema(),
             "answer": self.answer_schema(),
             "error": ERROR_SCHEMA,
+            "kserve_v1": self.kserve_v1_schemas(),
             "limits": {k: v for k, v in self.settings.items() if k.startswith("max_")},
             "batch_buckets": self.batch_buckets,
             "build": {k: info.get(k) for k in ("target", "precision", "device", "arch", "torch",
@@ -391,11 +464,13 @@ class ModelHandler:
             statuses[idx] = error.status
             responses[idx] = self.reply(context, idx, error.status, error.body())
 
+        protocols = [request_protocol(self.request_headers(context, idx)) for idx in range(len(data))]
         try:
             accepted: list[tuple[int, list[Any]]] = []
             for idx, row in enumerate(data):
                 try:
-                    accepted.append((idx, self.read(row, self.request_headers(context, idx))))
+                    accepted.append((idx, self.read(row, self.request_headers(context, idx),
+                                                    protocols[idx])))
                 except BaseException as e:  # noqa: BLE001 - answered per request, see failure_answer
                     if is_fatal(e):
                         raise
@@ -413,7 +488,8 @@ class ModelHandler:
                     refuse(idx, output)
                     continue
                 try:
-                    responses[idx] = self.reply(context, idx, 200, self.encode(output))
+                    responses[idx] = self.reply(context, idx, 200,
+                                                self.answer(output, protocols[idx]))
                 except BaseException as e:  # noqa: BLE001
                     if is_fatal(e):
                         raise
@@ -481,6 +557,24 @@ class ModelHandler:
             context.set_response_status(status, body.get("error", ""), idx)
         context.set_response_content_type(idx, JSON)
         return json.dumps(body)
+
+
+def request_protocol(headers: dict | None) -> str:
+    """The protocol a request speaks, from PROTOCOL_HEADER (TorchServe keeps header names as sent)."""
+    for name, value in (headers or {}).items():
+        if name.lower() == PROTOCOL_HEADER and isinstance(value, str):
+            return KSERVE_V1 if value.strip().lower() == KSERVE_V1 else NATIVE
+    return NATIVE
+
+
+def decode_base64(value: Any, where: str) -> bytes:
+    """Binary data in JSON, as KServe's v1 and TensorFlow Serving carry it: `{"b64": "..."}`."""
+    if not isinstance(value, dict) or set(value) != {"b64"} or not isinstance(value["b64"], str):
+        raise unprocessable("wrong_type", f'{where}: send binary data as {{"b64": "<base64>"}}')
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise bad_request("bad_base64", f"{where}: not valid base64: {e}") from None
 
 
 def is_describe(context) -> bool:

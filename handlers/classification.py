@@ -36,3 +36,21 @@ PREDICTION_SCHEMA = {
 def predictions_schema(k: int) -> dict:
     """The k most probable classes, most probable first."""
     return {"type": "array", "items": PREDICTION_SCHEMA, "minItems": 1, "maxItems": k}
+
+
+class TopKAnswer:
+    """A classifier handler's answers (with `self.labels` and the `top_k` setting): each item's
+    k most probable classes; a request of one item is answered `{"predictions": [...]}`."""
+
+    def prediction(self, row: torch.Tensor) -> list[dict]:
+        return top_k(row, self.labels, self.settings["top_k"])
+
+    def prediction_schema(self) -> dict:
+        return predictions_schema(self.settings["top_k"])
+
+    def encode(self, outputs: torch.Tensor) -> dict:
+        return {"predictions": self.prediction(outputs[0])}
+
+    def answer_schema(self) -> dict:
+        return {"type": "object", "required": ["predictions"],
+                "properties": {"predictions": self.prediction_schema()}}

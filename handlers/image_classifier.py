@@ -1,4 +1,6 @@
-"""Image in (JPEG, PNG, ... as the raw body or a multipart field), top-k classes out."""
+"""Image in (JPEG, PNG, ... as the raw body or a multipart field), top-k classes out.
+
+KServe v1: each instance is `{"b64": "<the image file, base64>"}`."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from handlers.base import ModelHandler, Payload, RequestError, bad_request, unprocessable
-from handlers.classification import load_labels, predictions_schema, top_k
+from handlers.base import (ModelHandler, Payload, RequestError, bad_request, decode_base64,
+                           unprocessable)
+from handlers.classification import TopKAnswer, load_labels
 
 FORMATS = "JPEG, PNG, GIF, BMP, TIFF, WebP"
 
@@ -68,7 +71,7 @@ def to_tensor(image: Image.Image, resize_size: int, crop_size: int) -> torch.Ten
     return torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
 
 
-class ImageClassifier(ModelHandler):
+class ImageClassifier(TopKAnswer, ModelHandler):
     """An image in (JPEG, PNG, GIF, BMP, TIFF, WebP; the raw body or a multipart field), the top-k
     classes out. The shorter side is resized to resize_size and the centre crop_size square is
     taken; `mean`/`std` (per channel, on 0..1 values) normalise it, or the model does."""
@@ -91,8 +94,13 @@ class ImageClassifier(ModelHandler):
             tensor = (tensor / 255.0 - mean) / std
         return [tensor]
 
-    def encode(self, outputs: torch.Tensor) -> dict:
-        return {"predictions": top_k(outputs[0], self.labels, self.settings["top_k"])}
+    def instance_payload(self, instance) -> Payload:
+        return Payload(decode_base64(instance, "the instance"), "image/*")
+
+
+    def instance_schema(self) -> dict:
+        return {"type": "object", "required": ["b64"], "additionalProperties": False,
+                "properties": {"b64": {"type": "string", "contentEncoding": "base64"}}}
 
     def warmup_items(self) -> list[torch.Tensor]:
         size = self.settings["crop_size"]
@@ -101,6 +109,3 @@ class ImageClassifier(ModelHandler):
     def request_schema(self) -> dict:
         return {ctype: {"type": "string", "format": "binary"} for ctype in self.request_content_types}
 
-    def answer_schema(self) -> dict:
-        return {"type": "object", "required": ["predictions"],
-                "properties": {"predictions": predictions_schema(self.settings["top_k"])}}

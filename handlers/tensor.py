@@ -7,6 +7,8 @@ item, without the batch dimension:
     application/octet-stream   one input only: its values as raw little-endian bytes, C order
 
 Answer: `{"outputs": nested list, "shape": [...]}`: the model's output row for the request.
+KServe v1: each instance is such a JSON object (or, for one input, its nested list); each
+prediction is the output row's nested list.
 """
 
 from __future__ import annotations
@@ -111,9 +113,26 @@ class TensorHandler(ModelHandler):
     def collate(self, items) -> tuple[torch.Tensor, ...]:
         return tuple(torch.stack([item[i] for item in items]) for i in range(len(self.inputs)))
 
+    def instance_payload(self, instance) -> Payload:
+        if len(self.inputs) == 1 and isinstance(instance, list):
+            instance = {self.inputs[0][0]: instance}
+        return super().instance_payload(instance)
+
     def encode(self, outputs: torch.Tensor) -> dict:
         row = outputs[0]
-        return {"outputs": row.tolist(), "shape": list(row.shape)}
+        return {"outputs": self.prediction(row), "shape": list(row.shape)}
+
+    def prediction(self, row: torch.Tensor) -> list:
+        return row.tolist()
+
+    def prediction_schema(self) -> dict:
+        return {"type": "array"}
+
+    def instance_schema(self) -> dict:
+        body = self.request_schema()[JSON]
+        if len(self.inputs) == 1:
+            return {"oneOf": [body, body["properties"][self.inputs[0][0]]]}
+        return body
 
     def warmup_items(self) -> list[tuple[torch.Tensor, ...]]:
         return [tuple(torch.zeros(shape, dtype=DTYPES[dtype]) for _, shape, dtype in self.inputs)]

@@ -2,7 +2,7 @@
 
 Body: as the text embedder's (`{"texts": [...]}`, `{"text": "..."}` or a text/plain body).
 Answer: `{"predictions": [[{"index", "label", "probability"}, ...], ...]}`, one list per text,
-most probable first. Labels come from the model's config (id2label), written to labels.txt by the
+most probable first (KServe v1: each instance one text, each prediction its list). Labels come from the model's config (id2label), written to labels.txt by the
 build.
 """
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from handlers.classification import load_labels, predictions_schema, top_k
+from handlers.classification import TopKAnswer, load_labels
 from handlers.text_embedder import TextEmbedder
 
 
-class TextClassifier(TextEmbedder):
+class TextClassifier(TopKAnswer, TextEmbedder):
     """Texts in, the top-k labels of each text out (Hugging Face sequence classification)."""
 
     settings_defaults = {**TextEmbedder.settings_defaults, "top_k": 3, "num_classes": None}
@@ -26,8 +26,11 @@ class TextClassifier(TextEmbedder):
         self.labels = load_labels(model_dir, self.settings["num_classes"])
 
     def encode(self, outputs: torch.Tensor) -> dict:
-        return {"predictions": [top_k(row, self.labels, self.settings["top_k"]) for row in outputs]}
+        return {"predictions": self.predictions(outputs)}
+
+    def predictions(self, outputs: torch.Tensor) -> list[list[dict]]:
+        return [self.prediction(row) for row in outputs]
 
     def answer_schema(self) -> dict:
         return {"type": "object", "required": ["predictions"], "properties": {"predictions": {
-            "type": "array", "items": predictions_schema(self.settings["top_k"])}}}
+            "type": "array", "items": self.prediction_schema()}}}

@@ -6,6 +6,10 @@ answers `GET /ready` on the pod's loopback with what it last saw: 200 when every
 503 while starting, draining or when a model has no live worker. The front door proxies /ready to
 it, so the kubelet's probes are plain HTTP GETs: no `python -m serving ready` (an interpreter and
 torch imported every few seconds inside the pod's CPU limit).
+
+It answers KServe v1's model routes from the same state: `GET /v1/models` lists the models,
+`GET /v1/models/<m>` is `{"name": m, "ready": true}` (200) or `"ready": false` (503, as KServe's
+own model server answers), 404 for a model it does not serve.
 """
 
 from __future__ import annotations
@@ -25,10 +29,22 @@ class ReadinessEndpoint:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                if self.path.split("?")[0] != "/ready":
-                    return self._answer(404, {"error": "not_found", "detail": "GET /ready"})
+                path = self.path.split("?")[0]
                 ready, body = endpoint.snapshot()
-                self._answer(200 if ready else 503, body)
+                if path == "/ready":
+                    return self._answer(200 if ready else 503, body)
+                if path == "/v1/models":
+                    return self._answer(200, {"models": sorted(body["models"])})
+                name = path.removeprefix("/v1/models/")
+                if name != path and name in body["models"]:
+                    model_ready = body["state"] == "serving" and body["models"][name]
+                    return self._answer(200 if model_ready else 503,
+                                        {"name": name, "ready": model_ready})
+                if name != path:
+                    return self._answer(404, {"error": "model_not_found",
+                                              "detail": f"no model {name!r} is served here"})
+                self._answer(404, {"error": "not_found",
+                                   "detail": "GET /ready, /v1/models or /v1/models/<model>"})
 
             def _answer(self, status: int, body: dict) -> None:
                 data = json.dumps(body).encode()

@@ -513,3 +513,111 @@ def test_texts_run_shortest_first_and_answer_in_request_order(text_handler):
     out = text_handler.infer([[7] * n for n in lengths])
     assert out[:, 0].tolist() == lengths
     assert seen == [3, 30, 200]  # chunks of two: (3, 3), (17, 30), (200)
+
+
+# -- KServe v1 (`{"instances": [...]}` -> `{"predictions": [...]}`), from the same handlers -------
+
+def run_v1_batch(handler, context, bodies: list[bytes], v1: list[bool]) -> list[tuple[int, dict]]:
+    """Like run_batch, the requests marked True arriving as the front door passes v1 requests."""
+    context.request_processor = [RequestProcessor({
+        "body": {"content-type": "application/json"},
+        **({"X-Inference-Protocol": "kserve-v1"} if is_v1 else {})}) for is_v1 in v1]
+    answers = handler.handle([{"body": body} for body in bodies], context)
+    return [(context.get_response_status(i)[0] or 200, json.loads(a)) for i, a in enumerate(answers)]
+
+
+def v1_body(*instances) -> bytes:
+    return json.dumps({"instances": list(instances)}).encode()
+
+
+def test_v1_and_native_requests_share_a_batch_and_each_gets_its_own_envelope(digits_batch):
+    handler, context = digits_batch
+    grid = lambda v: [[v] * 8] * 8
+    results = run_v1_batch(handler, context,
+                           [grid_body(3), v1_body(grid(4), {"pixels": grid(5)}), grid_body(6)],
+                           [False, True, False])
+    assert [s for s, _ in results] == [200, 200, 200]
+    assert results[0][1]["predictions"][0]["label"] == "3"
+    [four, five] = results[1][1]["predictions"]  # one top-k list per instance, in order
+    assert (four[0]["label"], five[0]["label"]) == ("4", "5")
+    assert four == run_batch(handler, context, [grid_body(4)])[0][1]["predictions"]
+
+
+@pytest.mark.parametrize("body, status, error, detail", [
+    (json.dumps({"pixels": [[1] * 8] * 8}).encode(), 422, "missing_field", "instances"),
+    (b'{"instances": []}', 422, "wrong_type", "non-empty"),
+    (b'{"instances": {"a": 1}}', 422, "wrong_type", "non-empty"),
+    (v1_body([[1] * 8] * 8, [[1] * 8] * 7), 422, "wrong_shape", "instances[1]"),
+    (v1_body([[1] * 8] * 8, [[99] * 8] * 8), 422, "out_of_range", "instances[1]"),
+    (v1_body(*[[[1] * 8] * 8] * 65), 413, "too_large", "instances"),
+    (b'{"instances": [', 400, "malformed_json", ""),
+])
+def test_a_bad_v1_request_fails_alone_and_names_its_instance(digits_batch, body, status, error,
+                                                            detail):
+    handler, context = digits_batch
+    results = run_v1_batch(handler, context, [body, v1_body([[2] * 8] * 8)], [True, True])
+    assert results[0][0] == status and results[0][1]["error"] == error, results[0]
+    assert detail in results[0][1]["detail"]
+    assert results[1] == (200, {"predictions": [results[1][1]["predictions"][0]]})
+    assert results[1][1]["predictions"][0][0]["label"] == "2"
+
+
+def test_the_protocol_header_is_read_whatever_its_case_and_only_kserve_v1_switches():
+    from handlers.base import KSERVE_V1, NATIVE, request_protocol
+
+    assert request_protocol({"x-inference-protocol": "KServe-V1 "}) == KSERVE_V1
+    assert request_protocol({"X-Inference-Protocol": "v2"}) == NATIVE
+    assert request_protocol({"body": {"content-type": "application/json"}}) == NATIVE
+    assert request_protocol(None) == NATIVE
+
+
+def test_v1_images_arrive_as_base64_and_bad_base64_is_a_400():
+    import base64
+
+    handler = image_handler()
+    image = png(64, 48)
+    v1 = {"X-Inference-Protocol": "kserve-v1"}
+    as_b64 = {"b64": base64.b64encode(image).decode()}
+    [a, b] = handler.read({"body": v1_body(as_b64, as_b64)}, v1, "kserve-v1")
+    [native] = handler.read({"body": image}, None)
+    assert torch.equal(a, native) and torch.equal(b, native)
+    for instance, status, error in (({"b64": "not base64!"}, 400, "bad_base64"),
+                                    (base64.b64encode(image).decode(), 422, "wrong_type"),
+                                    ({"b64": base64.b64encode(image[:60]).decode()}, 400, "corrupt_image")):
+        with pytest.raises(RequestError) as caught:
+            handler.read({"body": v1_body(instance)}, v1, "kserve-v1")
+        assert (caught.value.status, caught.value.error) == (status, error)
+        assert caught.value.detail.startswith("instances[0]") or error == "bad_base64"
+
+
+def test_v1_texts_are_one_request_for_the_token_limit(text_handler):
+    ids = text_handler.read({"body": v1_body("Hello world", "Bye")}, None, "kserve-v1")
+    assert ids == text_handler.decode(json_payload({"texts": ["Hello world", "Bye"]}))
+    with pytest.raises(RequestError) as caught:  # 9 x 256 tokens > 2048, as in native form
+        text_handler.read({"body": v1_body(*["word " * 300] * 9)}, None, "kserve-v1")
+    assert caught.value.status == 413
+    with pytest.raises(RequestError) as caught:
+        text_handler.read({"body": v1_body("fine", 7)}, None, "kserve-v1")
+    assert caught.value.error == "wrong_type"
+
+
+def test_v1_embeddings_are_the_native_rows(text_handler):
+    outputs = torch.randn(3, 384)
+    assert text_handler.answer(outputs, "kserve-v1") == \
+        {"predictions": text_handler.encode(outputs)["embeddings"]}
+
+
+def test_v1_tensor_instances_are_objects_or_for_one_input_its_bare_list():
+    from handlers.tensor import TensorHandler
+
+    handler = TensorHandler()
+    handler.inputs = [("x", [2, 3], "float32")]
+    rows = [[1, 2, 3], [4, 5, 6]]
+    [(bare,), (named,)] = handler.read({"body": v1_body(rows, {"x": rows})}, None, "kserve-v1")
+    assert torch.equal(bare, named) and bare.shape == (2, 3)
+    assert handler.answer(torch.arange(6.0).reshape(2, 3), "kserve-v1") == \
+        {"predictions": [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]}
+    handler.inputs.append(("y", [1], "int64"))  # two inputs: only the object names them
+    with pytest.raises(RequestError) as caught:
+        handler.read({"body": v1_body(rows)}, None, "kserve-v1")
+    assert (caught.value.status, caught.value.detail.split(":")[0]) == (422, "instances[0]")

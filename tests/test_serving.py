@@ -6,15 +6,18 @@ import io
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
 import torch
 from PIL import Image
 
+from models import MODELS_DIR
 from models.digits.model import split
 from models.minilm.model import source_dir
 from models.efficientnet_lite0.photos import encoded
+from serving.paths import ROOT
 from serving.torchserve import Instance, port_in_use
 from tests.numerics import assert_held_out_count_matches, assert_same_top_k
 
@@ -249,3 +252,131 @@ def test_stopping_another_instance_leaves_this_one_running(server, tmp_path):
     assert not port_in_use(other.ports["inference"])
     assert server.process() is not None
     assert predict(server, "digits", {"pixels": GRID}).status_code == 200
+
+
+# -- KServe's v1 protocol through the front door ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def front_door(server, tmp_path_factory):
+    """The compose front door before the server: no key of its own, TorchServe checks its keys."""
+    from serving.capacity import FrontDoor
+    from serving.torchserve import free_port
+
+    door = FrontDoor(tmp_path_factory.mktemp("door"), [f"127.0.0.1:{server.ports['inference']}"],
+                     "", free_port())
+    door.start()
+    try:
+        yield door
+    finally:
+        door.stop()
+
+
+def v1_predict(door, server: Instance, model: str, instances: list, **kwargs) -> requests.Response:
+    return requests.post(f"http://127.0.0.1:{door.port}/v1/models/{model}:predict",
+                         json={"instances": instances}, timeout=60,
+                         headers={**server.auth("inference"), **kwargs.pop("headers", {})}, **kwargs)
+
+
+def v1_examples() -> dict[str, list]:
+    """Two instances per model, in v1's form."""
+    import base64
+
+    digits = json.loads((MODELS_DIR / "digits" / "example.json").read_text())["pixels"]
+    return {"digits": [digits, [row[::-1] for row in digits]],
+            "efficientnet_lite0": [{"b64": base64.b64encode(encoded(photo, "JPEG")).decode()}
+                                   for photo in ("chelsea", "coffee")],
+            "minilm": json.loads((MODELS_DIR / "minilm" / "example.json").read_text())["texts"][:2]}
+
+
+def native_answers(server: Instance, model: str, instances: list) -> list:
+    """The native endpoint's answer for each instance alone, in v1's prediction form."""
+    import base64
+
+    answers = []
+    for instance in instances:
+        if model == "efficientnet_lite0":
+            response = predict(server, model, base64.b64decode(instance["b64"]), "image/jpeg")
+        elif model == "minilm":
+            response = predict(server, model, {"text": instance})
+        else:
+            response = predict(server, model, {"pixels": instance})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        answers.append(body["embeddings"][0] if model == "minilm" else body["predictions"])
+    return answers
+
+
+def assert_same_predictions(model: str, v1: list, native: list) -> None:
+    assert len(v1) == len(native)
+    for mine, theirs in zip(v1, native):
+        if model == "minilm":
+            assert torch.allclose(torch.tensor(mine), torch.tensor(theirs), atol=1e-4)
+        else:
+            assert_same_top_k(mine, theirs)
+
+
+@pytest.mark.parametrize("model", ["digits", "efficientnet_lite0", "minilm"])
+def test_v1_predictions_are_the_native_answers_per_instance(server, front_door, model):
+    instances = v1_examples()[model]
+    response = v1_predict(front_door, server, model, instances)
+    assert response.status_code == 200, response.text
+    assert set(response.json()) == {"predictions"}
+    assert_same_predictions(model, response.json()["predictions"],
+                            native_answers(server, model, instances))
+
+
+def test_v1_refusals_are_json_for_that_request_and_the_native_path_stays_native(server,
+                                                                               front_door):
+    base = f"http://127.0.0.1:{front_door.port}"
+    auth = server.auth("inference")
+    cases = [
+        (v1_predict(front_door, server, "digits", [[[1] * 8] * 7]), 422, "wrong_shape"),
+        (v1_predict(front_door, server, "minilm", ["fine", ""]), 422, "empty_text"),
+        (v1_predict(front_door, server, "efficientnet_lite0", [{"b64": "%%%"}]), 400, "bad_base64"),
+        (requests.post(f"{base}/v1/models/digits:predict", data=b"x", timeout=10,
+                       headers={**auth, "Content-Type": "text/plain"}), 415, "unsupported_media_type"),
+        (requests.get(f"{base}/v1/models/digits:predict", headers=auth, timeout=10), 405,
+         "method_not_allowed"),
+    ]
+    for response, status, error in cases:
+        assert (response.status_code, response.json()["error"]) == (status, error), response.text
+    no_model = v1_predict(front_door, server, "nope", [[1]])
+    assert no_model.status_code == 404 and "nope" in no_model.text  # TorchServe's own answer
+    # A client's protocol header does not change the native path through the front door.
+    native = requests.post(f"{base}/predictions/digits", json={"pixels": GRID}, timeout=30,
+                           headers={**auth, "X-Inference-Protocol": "kserve-v1"})
+    assert native.status_code == 200 and isinstance(native.json()["predictions"][0], dict)
+    assert requests.get(f"{base}/", timeout=5).json() == {"status": "alive"}
+
+
+def client_python() -> Path:
+    python = ROOT / ".venv-clients" / "bin" / "python"
+    if not python.exists():
+        pytest.fail(f"{python} is missing: `make test` installs requirements-clients.txt there")
+    return python
+
+
+def kserve_sdk(plan: dict) -> dict:
+    """KServe's Python SDK (tests/clients/kserve_sdk.py) run with the plan; what it returned."""
+    import subprocess
+
+    done = subprocess.run([str(client_python()), str(ROOT / "tests" / "clients" / "kserve_sdk.py")],
+                          input=json.dumps(plan), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_kserve_sdk_v1_client_gets_the_native_answers(server, front_door):
+    examples = v1_examples()
+    result = kserve_sdk({"url": f"http://127.0.0.1:{front_door.port}", "protocol": "v1",
+                         "headers": server.auth("inference"),
+                         "calls": [{"model": m, "body": {"instances": examples[m]}}
+                                   for m in examples] +
+                                  [{"model": "digits", "body": {"instances": [[[1] * 8] * 7]}}]})
+    assert result["live"] is True
+    *answers, refused = result["answers"]
+    for model, answer in zip(examples, answers):
+        assert answer["status"] == 200, answer
+        assert_same_predictions(model, answer["body"]["predictions"],
+                                native_answers(server, model, examples[model]))
+    assert refused["status"] == 422 and refused["body"]["error"] == "wrong_shape"

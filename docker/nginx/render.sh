@@ -13,7 +13,8 @@
 #                         arrive, so /tmp needs this many times the 10 MB body limit: a pod's
 #                         volume for /tmp is sized from it (serving/deploy.py)
 #   TORCHSERVE_READY      host:port of `serving serve`'s readiness endpoint (SERVING_READY_PORT):
-#                         GET /ready is passed to it, for the kubelet's probes; unset, no /ready
+#                         GET /ready is passed to it, for the kubelet's probes, and KServe v1's
+#                         GET /v1/models and /v1/models/<model>; unset, none of them
 set -eu
 template=${1:-/etc/nginx/nginx.conf.template}
 : "${TORCHSERVE_INFERENCE:?host:port of TorchServe's inference API}" "${FRONTDOOR_PORT:=8080}"
@@ -37,7 +38,8 @@ case "$FRONTDOOR_MAX_REQUESTS" in
 esac
 FRONTDOOR_READY=""
 if [ -n "${TORCHSERVE_READY:-}" ]; then
-    FRONTDOOR_READY="location = /ready { proxy_pass http://${TORCHSERVE_READY}/ready; proxy_connect_timeout 2s; proxy_read_timeout 5s; }"
+    ready="limit_except GET { deny all; } proxy_pass http://${TORCHSERVE_READY}; proxy_connect_timeout 2s; proxy_read_timeout 5s;"
+    FRONTDOOR_READY="location = /ready { $ready } location = /v1/models { $ready } location ~ \"^/v1/models/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\$\" { $ready }"
 fi
 export TORCHSERVE_SERVERS FRONTDOOR_PORT FRONTDOOR_AUTH FRONTDOOR_MAX_REQUESTS FRONTDOOR_READY
 envsubst '${TORCHSERVE_SERVERS} ${FRONTDOOR_PORT} ${FRONTDOOR_AUTH} ${FRONTDOOR_MAX_REQUESTS} ${FRONTDOOR_READY}' < "$template"
