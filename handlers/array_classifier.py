@@ -63,6 +63,10 @@ class ArrayClassifier(TopKAnswer, ModelHandler):
         return [tensor]
 
 
+    def oip_inputs(self) -> list[dict]:
+        return [{"name": self.settings["input_key"], "datatype": "FP32",
+                 "shape": [-1, *(self.settings["input_shape"] or [])]}]
+
     def warmup_items(self) -> list[torch.Tensor]:
         return [torch.zeros(self.settings["input_shape"])]
 

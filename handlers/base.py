@@ -50,8 +50,22 @@ PAYLOAD_FIELDS = ("data", "body", "file")
 # KServe's v1 protocol: `POST /v1/models/<m>:predict` with `{"instances": [...]}`, answered
 # `{"predictions": [...]}`, one per instance. The front door (docker/nginx/nginx.conf) routes it
 # to TorchServe's /predictions/<m> with this header; the same handler reads and answers it.
+# The Open Inference Protocol ("v2"; handlers/oip.py) is routed the same way: `/v2/models/<m>/infer`
+# as OIP_INFER, and the model's metadata and readiness (GETs the front door sends on as POSTs) as
+# OIP_METADATA and OIP_READY, answered by a worker of the model without running it.
 PROTOCOL_HEADER = "x-inference-protocol"
 NATIVE, KSERVE_V1 = "native", "kserve-v1"
+OIP_INFER, OIP_METADATA, OIP_READY = "v2", "v2-metadata", "v2-ready"
+PROTOCOLS = (NATIVE, KSERVE_V1, OIP_INFER, OIP_METADATA, OIP_READY)
+BINARY_TYPE = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class BinaryAnswer:
+    """An answer that is not JSON alone: the OIP binary extension's JSON header, then tensors."""
+
+    body: bytes
+    json_length: int
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "max_request_bytes": 8 * 1024 * 1024,
@@ -229,6 +243,7 @@ class ModelHandler:
         self.batch_buckets: list[int] = [1]
         self.metrics = HandlerMetrics(None, "")
         self.core_share = CoreShare(None, 1)
+        self.output_row_shape: list[int] | None = None  # one item's output: known after warm-up
 
     # -- subclass hooks -------------------------------------------------------------------------
 
@@ -256,7 +271,10 @@ class ModelHandler:
 
     def instance_payload(self, instance: Any) -> Payload:
         """One v1 instance as the body decode() reads; by default a JSON value, as the body would
-        be (the image kind takes `{"b64": ...}`)."""
+        be (the image kind takes `{"b64": ...}`). A scalar goes back to its JSON text: a string
+        instance must stay a string, never be parsed as the JSON it may hold."""
+        if not isinstance(instance, (dict, list)):
+            instance = json.dumps(instance).encode()
         return Payload(instance, JSON, int(self.settings["max_json_depth"]),
                        int(self.settings["max_json_number_chars"]))
 
@@ -273,6 +291,71 @@ class ModelHandler:
                                     "an instance is one input")
             items.extend(decoded)
         return items
+
+    def oip_inputs(self) -> list[dict]:
+        """The model's inputs in the Open Inference Protocol: [{"name", "datatype", "shape"}],
+        the batch dimension first (-1). BYTES inputs holding text say
+        `"parameters": {"content_type": "str"}`, as KServe's SDK marks strings."""
+        raise NotImplementedError
+
+    def oip_outputs(self, outputs: torch.Tensor | None) -> list[dict]:
+        """The model's outputs: their metadata (outputs=None: shape with -1 first), or with the
+        output rows of a request, each with its `data` (numpy array; BYTES: a list of bytes)."""
+        raise NotImplementedError
+
+    def oip_instances(self, request) -> list[Any]:
+        """An OIP request's tensors -> v1-style instances (one per row of the batch dimension),
+        decoded as v1's are: the same checks and limits whichever protocol carried the input."""
+        import numpy
+
+        declared = self.oip_inputs()
+        unknown = sorted(set(request.inputs) - {d["name"] for d in declared})
+        if unknown:
+            raise unprocessable("unknown_input", f"input {unknown[0]!r}: this model takes "
+                                + ", ".join(repr(d["name"]) for d in declared))
+        columns, rows = [], None
+        for spec in declared:
+            tensor = request.inputs.get(spec["name"])
+            if tensor is None:
+                raise unprocessable("missing_field", f"input {spec['name']!r} is missing")
+            where = f"input {spec['name']!r}"
+            if (tensor.datatype == "BYTES") != (spec["datatype"] == "BYTES"):
+                raise unprocessable("wrong_datatype", f"{where} is {spec['datatype']}, not "
+                                    f"{tensor.datatype}")
+            expected = spec["shape"]
+            if spec["datatype"] == "BYTES":
+                if len(tensor.shape) not in (1, 2) or tensor.shape[1:] not in ([], [1]):
+                    raise unprocessable("wrong_shape", f"{where} has shape {tensor.shape}; "
+                                        "expected [batch] or [batch, 1]")
+                values: list = list(tensor.data)
+                if (spec.get("parameters") or {}).get("content_type") == "str":
+                    try:
+                        values = [v.decode("utf-8") for v in values]
+                    except UnicodeDecodeError as e:
+                        raise bad_request("not_utf8", f"{where}: not UTF-8 text: {e}") from None
+            else:
+                if len(tensor.shape) != len(expected) or any(
+                        e >= 0 and e != s for e, s in zip(expected[1:], tensor.shape[1:])):
+                    raise unprocessable("wrong_shape", f"{where} has shape {tensor.shape}; "
+                                        f"expected {expected} (-1: any size)")
+                data = tensor.data.astype(numpy.uint8) if tensor.datatype == "BOOL" else tensor.data
+                if data.dtype.kind == "f" and not bool(numpy.isfinite(data).all()):
+                    raise unprocessable("out_of_range", f"{where} holds a value that is not "
+                                        "finite")
+                values = [row.tolist() for row in data]
+            if rows is not None and len(values) != rows:
+                raise unprocessable("wrong_shape", f"{where} has {len(values)} rows; the other "
+                                    f"inputs have {rows}")
+            rows = len(values)
+            columns.append((spec["name"], values))
+        self.enforce_limit("max_items_per_request", rows or 0, "the batch size")
+        if len(columns) == 1:
+            return columns[0][1]
+        return [{name: values[i] for name, values in columns} for i in range(rows or 0)]
+
+    def oip_metadata(self, model_name: str) -> dict:
+        return {"name": model_name, "versions": ["1"], "platform": "pytorch_torchserve",
+                "inputs": self.oip_inputs(), "outputs": self.oip_outputs(None)}
 
     def instance_schema(self) -> dict:
         """JSON Schema of one v1 instance: by default the JSON body's."""
@@ -359,7 +442,8 @@ class ModelHandler:
         for item in self.warmup_items():
             for size in self.batch_buckets:
                 for _ in range(2):
-                    self.infer([item] * size)
+                    rows = self.infer([item] * size)
+                    self.output_row_shape = list(rows.shape[1:])
 
     # -- serving ---------------------------------------------------------------------------------
 
@@ -369,20 +453,31 @@ class ModelHandler:
             raise RequestError(413, "too_large", f"{what} is {value:,}; the limit is {limit:,}")
 
     def read(self, row: dict, headers: dict | None, protocol: str = NATIVE) -> list[Any]:
+        return self.read_request(row, headers, protocol)[0]
+
+    def read_request(self, row: dict, headers: dict | None, protocol: str = NATIVE
+                     ) -> tuple[list[Any], Any]:
+        """One request -> its items, and what its answer needs to know of it (OIP: the request)."""
         payload = Payload.from_row(row, headers,
                                    max_json_depth=int(self.settings["max_json_depth"]),
                                    max_json_number_chars=int(self.settings["max_json_number_chars"]))
         self.enforce_limit("max_request_bytes", payload.size(), "the request body in bytes")
         if payload.is_empty():
             raise bad_request("empty_body", "the request body is empty")
+        envelope = None
         if protocol == KSERVE_V1:
             items = self.decode_instances(self.instances(payload))
+        elif protocol == OIP_INFER:
+            from handlers import oip  # oip imports this module: imported on first use
+
+            envelope = oip.parse(payload, oip.header_length(headers))
+            items = self.decode_instances(self.oip_instances(envelope))
         else:
             items = self.decode(payload)
         if not items:
             raise unprocessable("no_input", "the request holds no input")
         self.enforce_limit("max_items_per_request", len(items), "the number of inputs")
-        return items
+        return items, envelope
 
     def instances(self, payload: Payload) -> list[Any]:
         body = payload.json()
@@ -395,10 +490,33 @@ class ModelHandler:
         self.enforce_limit("max_items_per_request", len(instances), "the number of instances")
         return instances
 
-    def answer(self, output: torch.Tensor, protocol: str) -> Any:
+    def answer(self, output: torch.Tensor, protocol: str, envelope: Any = None,
+               model_name: str = "") -> Any:
         if protocol == KSERVE_V1:
             return {"predictions": self.predictions(output)}
+        if protocol == OIP_INFER:
+            return self.oip_answer(output, envelope, model_name)
         return self.encode(output)
+
+    def oip_answer(self, output: torch.Tensor, request, model_name: str) -> Any:
+        from handlers import oip
+
+        outputs = self.oip_outputs(output)
+        names = [o["name"] for o in outputs]
+        wanted = request.binary_outputs
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise unprocessable("unknown_output", f"output {unknown[0]!r}: this model answers "
+                                + ", ".join(map(repr, names)))
+        chosen = [o for o in outputs if not wanted or o["name"] in wanted]
+        binary = {o["name"] for o in chosen if wanted.get(o["name"], request.binary_default)}
+        body, json_length = oip.response(
+            model_name, request.id,
+            [oip.Tensor(o["name"], o["datatype"], list(o["shape"]), o["data"]) for o in chosen],
+            binary)
+        if json_length is None:
+            return json.loads(body)
+        return BinaryAnswer(body, json_length)
 
     def bucket(self, n: int) -> int:
         return next(b for b in self.batch_buckets if b >= n)
@@ -464,13 +582,21 @@ class ModelHandler:
             statuses[idx] = error.status
             responses[idx] = self.reply(context, idx, error.status, error.body())
 
+        model_name = getattr(context, "model_name", "")
         protocols = [request_protocol(self.request_headers(context, idx)) for idx in range(len(data))]
+        envelopes: dict[int, Any] = {}
         try:
             accepted: list[tuple[int, list[Any]]] = []
             for idx, row in enumerate(data):
                 try:
-                    accepted.append((idx, self.read(row, self.request_headers(context, idx),
-                                                    protocols[idx])))
+                    if protocols[idx] in (OIP_METADATA, OIP_READY):  # no input, no model run
+                        responses[idx] = self.reply(context, idx, 200, (
+                            self.oip_metadata(model_name) if protocols[idx] == OIP_METADATA
+                            else {"name": model_name, "ready": True}))
+                        continue
+                    items, envelopes[idx] = self.read_request(
+                        row, self.request_headers(context, idx), protocols[idx])
+                    accepted.append((idx, items))
                 except BaseException as e:  # noqa: BLE001 - answered per request, see failure_answer
                     if is_fatal(e):
                         raise
@@ -488,8 +614,8 @@ class ModelHandler:
                     refuse(idx, output)
                     continue
                 try:
-                    responses[idx] = self.reply(context, idx, 200,
-                                                self.answer(output, protocols[idx]))
+                    responses[idx] = self.reply(context, idx, 200, self.answer(
+                        output, protocols[idx], envelopes.get(idx), model_name))
                 except BaseException as e:  # noqa: BLE001
                     if is_fatal(e):
                         raise
@@ -552,7 +678,12 @@ class ModelHandler:
         return processor[idx].get_request_properties()
 
     @staticmethod
-    def reply(context, idx: int, status: int, body: Any) -> str:
+    def reply(context, idx: int, status: int, body: Any) -> str | bytes:
+        if isinstance(body, BinaryAnswer):
+            context.set_response_content_type(idx, BINARY_TYPE)
+            context.set_response_header(idx, "Inference-Header-Content-Length",
+                                        str(body.json_length))
+            return body.body
         if status != 200:
             context.set_response_status(status, body.get("error", ""), idx)
         context.set_response_content_type(idx, JSON)
@@ -563,7 +694,8 @@ def request_protocol(headers: dict | None) -> str:
     """The protocol a request speaks, from PROTOCOL_HEADER (TorchServe keeps header names as sent)."""
     for name, value in (headers or {}).items():
         if name.lower() == PROTOCOL_HEADER and isinstance(value, str):
-            return KSERVE_V1 if value.strip().lower() == KSERVE_V1 else NATIVE
+            value = value.strip().lower()
+            return value if value in PROTOCOLS else NATIVE
     return NATIVE
 
 

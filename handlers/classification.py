@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy
 import torch
 
 LABELS_FILE = "labels.txt"
@@ -54,3 +55,20 @@ class TopKAnswer:
     def answer_schema(self) -> dict:
         return {"type": "object", "required": ["predictions"],
                 "properties": {"predictions": self.prediction_schema()}}
+
+    def oip_outputs(self, outputs: torch.Tensor | None) -> list[dict]:
+        """The top-k answer as three [batch, k] tensors: class indices, labels, probabilities."""
+        k = self.settings["top_k"]
+        fields = (("index", "INT64"), ("label", "BYTES"), ("probability", "FP32"))
+        if outputs is None:
+            return [{"name": name, "datatype": datatype, "shape": [-1, k]}
+                    for name, datatype in fields]
+        tops = self.predictions(outputs)
+        shape = [len(tops), len(tops[0])]
+        return [{"name": "index", "datatype": "INT64", "shape": shape,
+                 "data": numpy.array([[p["index"] for p in top] for top in tops], numpy.int64)},
+                {"name": "label", "datatype": "BYTES", "shape": shape,
+                 "data": [p["label"].encode() for top in tops for p in top]},
+                {"name": "probability", "datatype": "FP32", "shape": shape,
+                 "data": numpy.array([[p["probability"] for p in top] for top in tops],
+                                     numpy.float32)}]

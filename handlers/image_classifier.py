@@ -95,7 +95,13 @@ class ImageClassifier(TopKAnswer, ModelHandler):
         return [tensor]
 
     def instance_payload(self, instance) -> Payload:
+        """v1: `{"b64": ...}`; the Open Inference Protocol: a BYTES element, the file itself."""
+        if isinstance(instance, bytes):
+            return Payload(instance, "image/*")
         return Payload(decode_base64(instance, "the instance"), "image/*")
+
+    def oip_inputs(self) -> list[dict]:
+        return [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
 
 
     def instance_schema(self) -> dict:

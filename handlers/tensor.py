@@ -26,6 +26,9 @@ BINARY = "application/octet-stream"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64, "int64": torch.int64, "int32": torch.int32,
           "uint8": torch.uint8, "bool": torch.bool}
+# The Open Inference Protocol's datatype for each: bfloat16 travels as FP32 (numpy has no bf16).
+OIP_DATATYPES = {"float32": "FP32", "float16": "FP16", "bfloat16": "FP32", "float64": "FP64",
+                 "int64": "INT64", "int32": "INT32", "uint8": "UINT8", "bool": "BOOL"}
 FLOAT32_MAX = 3.4028234663852886e38
 
 
@@ -127,6 +130,17 @@ class TensorHandler(ModelHandler):
 
     def prediction_schema(self) -> dict:
         return {"type": "array"}
+
+    def oip_inputs(self) -> list[dict]:
+        return [{"name": name, "datatype": OIP_DATATYPES[dtype], "shape": [-1, *shape]}
+                for name, shape, dtype in self.inputs]
+
+    def oip_outputs(self, outputs: torch.Tensor | None) -> list[dict]:
+        if outputs is None:
+            return [{"name": "output", "datatype": "FP32",
+                     "shape": [-1, *(self.output_row_shape or [-1])]}]
+        return [{"name": "output", "datatype": "FP32", "shape": list(outputs.shape),
+                 "data": outputs.float().numpy()}]
 
     def instance_schema(self) -> dict:
         body = self.request_schema()[JSON]

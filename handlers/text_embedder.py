@@ -104,6 +104,17 @@ class TextEmbedder(ModelHandler):
     def prediction(self, row: torch.Tensor) -> list[float]:
         return self.predictions(row[None])[0]
 
+    def oip_inputs(self) -> list[dict]:
+        return [{"name": "text", "datatype": "BYTES", "shape": [-1],
+                 "parameters": {"content_type": "str"}}]
+
+    def oip_outputs(self, outputs: torch.Tensor | None) -> list[dict]:
+        if outputs is None:
+            return [{"name": "embedding", "datatype": "FP32",
+                     "shape": [-1, *(self.output_row_shape or [-1])]}]
+        rows = numpy.array(self.predictions(outputs), numpy.float32)
+        return [{"name": "embedding", "datatype": "FP32", "shape": list(rows.shape), "data": rows}]
+
     def instance_schema(self) -> dict:
         return self.request_schema()["text/plain"]
 

@@ -1,5 +1,6 @@
-"""The OpenAPI document of the models' inference endpoints: one operation per model, with the request
-and answer schemas its handler declares and every error answer. TorchServe's own OpenAPI
+"""The OpenAPI document of the models' inference endpoints: per model, its native operation and its
+KServe v1 operation (served by the front door), with the request and answer schemas its handler
+declares and every error answer. TorchServe's own OpenAPI
 (/api-description) describes no bodies, so a schema-driven client or fuzzer cannot reach the
 handlers through it; this one can. `python -m serving openapi [MODEL ...] > openapi.json`."""
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import models
 from handlers import KINDS
-from handlers.base import ERROR_SCHEMA
+from handlers.base import ERROR_SCHEMA, JSON
 
 # What TorchServe's frontend answers itself (no worker, queue full, body over max_request_size).
 FRONTEND_ERROR_SCHEMA = {"type": "object", "required": ["code", "type", "message"],
@@ -30,26 +31,49 @@ ERRORS = {
 }
 
 
-def operation(spec, handler) -> dict:
+# What the front door adds on the v1 route (docker/nginx/nginx.conf).
+FRONT_DOOR_ERRORS = {
+    "401": "the front door checks the key itself (Kubernetes and KServe pods) and it is missing "
+           "or wrong",
+    "415": "the body is not application/json",
+    "429": "too many requests in flight through the front door: retry shortly",
+}
+
+
+def operation(spec, handler, operation_id: str, request: dict, answer: dict, errors: dict,
+              more: str = "") -> dict:
     kind = KINDS[spec.kind]
     error = {"oneOf": [ERROR_SCHEMA, FRONTEND_ERROR_SCHEMA]}
     responses = {"200": {"description": f"the answer: {kind.summary}",
-                         "content": {"application/json": {"schema": handler.answer_schema()}}}}
-    for status, why in ERRORS.items():
+                         "content": {"application/json": {"schema": answer}}}}
+    for status, why in sorted(errors.items()):
         responses[status] = {"description": why,
                              "content": {"application/json": {"schema": error}}}
     return {"post": {
-        "operationId": f"predict_{spec.name}",
+        "operationId": operation_id,
         "summary": spec.card.get("description", spec.name),
         "description": f"Kind `{spec.kind}`: {(type(handler).__doc__ or kind.summary).strip()}\n\n"
-                       f"Metadata (schemas, build, parity): GET /models/{spec.name}?customized=true "
-                       "on the management API.",
+                       f"{more}Metadata (schemas, build, parity): GET "
+                       f"/models/{spec.name}?customized=true on the management API.",
         "tags": [spec.kind],
         "requestBody": {"required": True, "content": {
-            ctype: {"schema": schema} for ctype, schema in handler.request_schema().items()}},
+            ctype: {"schema": schema} for ctype, schema in request.items()}},
         "responses": responses,
         "security": [{"inference_key": []}],
     }}
+
+
+def native_operation(spec, handler) -> dict:
+    return operation(spec, handler, f"predict_{spec.name}", handler.request_schema(),
+                     handler.answer_schema(), ERRORS)
+
+
+def kserve_v1_operation(spec, handler) -> dict:
+    v1 = handler.kserve_v1_schemas()
+    return operation(spec, handler, f"kserve_v1_predict_{spec.name}", {JSON: v1["request"]},
+                     v1["answer"], {**ERRORS, **FRONT_DOOR_ERRORS},
+                     "KServe's v1 protocol, through the front door: one prediction per "
+                     "instance.\n\n")
 
 
 def document(names: list[str] | None = None, server_url: str = "http://127.0.0.1:8080") -> dict:
@@ -58,7 +82,9 @@ def document(names: list[str] | None = None, server_url: str = "http://127.0.0.1
     paths = {}
     for name in names or models.names():
         spec = models.load(name)
-        paths[f"/predictions/{name}"] = operation(spec, sources.model_handler(spec))
+        handler = sources.model_handler(spec)
+        paths[f"/predictions/{name}"] = native_operation(spec, handler)
+        paths[f"/v1/models/{name}:predict"] = kserve_v1_operation(spec, handler)
     return {
         "openapi": "3.0.3",
         "info": {"title": "Model serving: inference", "version": "1",

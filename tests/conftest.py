@@ -32,3 +32,19 @@ def server(build_info, tmp_path_factory) -> Instance:
         yield instance
     finally:
         instance.stop()
+
+
+@pytest.fixture(scope="session")
+def front_door(server, tmp_path_factory):
+    """The compose front door (docker/nginx) before `server`: no key of its own, TorchServe checks
+    its keys. The KServe v1 route is served here only."""
+    from serving.capacity import FrontDoor
+    from serving.torchserve import free_port
+
+    door = FrontDoor(tmp_path_factory.mktemp("door"), [f"127.0.0.1:{server.ports['inference']}"],
+                     "", free_port())
+    door.start()
+    try:
+        yield door
+    finally:
+        door.stop()

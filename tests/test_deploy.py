@@ -1000,6 +1000,17 @@ def test_a_kserve_predictor_answers_through_its_front_door_and_drains(kserve_pre
     answer = requests.post(url, data=body, timeout=30,
                            headers={**json_type, "Authorization": f"Bearer {front.key}"})
     assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == "0"
+    # The runtime declares protocolVersions [v1]: KServe's own SDK speaks it, with the key.
+    from tests.clients import kserve_sdk
+
+    v1 = kserve_sdk({"url": f"http://127.0.0.1:{front.port}", "protocol": "v1",
+                     "headers": {"Authorization": f"Bearer {front.key}"}, "ready": ["digits"],
+                     "calls": [{"model": "digits", "body": {"instances": [json.loads(body)]}}]})
+    assert v1["live"] and v1["ready"] == {"digits": True}, v1
+    [predicted] = v1["answers"]
+    assert predicted["status"] == 200 and predicted["body"]["predictions"][0][0]["label"] == "0"
+    assert requests.post(f"http://127.0.0.1:{front.port}/v1/models/digits:predict", json={
+        "instances": [json.loads(body)]}, timeout=10).status_code == 401
     metrics = requests.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5).text
     assert "ts_inference_requests_total" in metrics
     process.send_signal(signal.SIGTERM)
@@ -1009,7 +1020,32 @@ def test_a_kserve_predictor_answers_through_its_front_door_and_drains(kserve_pre
         time.sleep(0.2)
         draining = requests.get(ready_url, timeout=5)
     assert draining.status_code == 503, draining.text
+    model = requests.get(f"http://127.0.0.1:{front.port}/v1/models/digits", timeout=5)
+    assert (model.status_code, model.json()) == (503, {"name": "digits", "ready": False})
     assert process.wait(timeout=deploy.DRAIN_GRACE_S + 20) == 0
+
+
+def test_the_readiness_endpoint_answers_kserve_v1s_model_routes():
+    from serving.readiness import ReadinessEndpoint
+
+    endpoint = ReadinessEndpoint(["digits", "minilm"], 0).start()
+    url = f"http://127.0.0.1:{endpoint.port}"
+    try:
+        assert requests.get(f"{url}/v1/models", timeout=5).json() == {"models": ["digits", "minilm"]}
+        starting = requests.get(f"{url}/v1/models/digits", timeout=5)
+        assert (starting.status_code, starting.json()["ready"]) == (503, False)
+        endpoint.update({"digits": True, "minilm": False})
+        answers = {m: requests.get(f"{url}/v1/models/{m}", timeout=5) for m in ("digits", "minilm")}
+        assert (answers["digits"].status_code, answers["digits"].json()) == \
+            (200, {"name": "digits", "ready": True})
+        assert answers["minilm"].status_code == 503
+        assert requests.get(f"{url}/ready", timeout=5).status_code == 503  # not every model
+        missing = requests.get(f"{url}/v1/models/nope", timeout=5)
+        assert (missing.status_code, missing.json()["error"]) == (404, "model_not_found")
+        endpoint.update({}, state="draining")
+        assert requests.get(f"{url}/v1/models/digits", timeout=5).status_code == 503
+    finally:
+        endpoint.stop()
 
 
 # -- checkov, with the findings accepted and why --------------------------------------------------

@@ -551,6 +551,8 @@ def test_v1_and_native_requests_share_a_batch_and_each_gets_its_own_envelope(dig
     (v1_body([[1] * 8] * 8, [[99] * 8] * 8), 422, "out_of_range", "instances[1]"),
     (v1_body(*[[[1] * 8] * 8] * 65), 413, "too_large", "instances"),
     (b'{"instances": [', 400, "malformed_json", ""),
+    (b'{"instances": [null]}', 422, "wrong_type", "instances[0]"),    # found by schemathesis: 500
+    (b'{"instances": ["[[1]]"]}', 422, "wrong_type", "instances[0]"),  # a string, not JSON text
 ])
 def test_a_bad_v1_request_fails_alone_and_names_its_instance(digits_batch, body, status, error,
                                                             detail):
@@ -562,11 +564,12 @@ def test_a_bad_v1_request_fails_alone_and_names_its_instance(digits_batch, body,
     assert results[1][1]["predictions"][0][0]["label"] == "2"
 
 
-def test_the_protocol_header_is_read_whatever_its_case_and_only_kserve_v1_switches():
-    from handlers.base import KSERVE_V1, NATIVE, request_protocol
+def test_the_protocol_header_is_read_whatever_its_case_and_only_known_ones_switch():
+    from handlers.base import KSERVE_V1, NATIVE, OIP_INFER, request_protocol
 
     assert request_protocol({"x-inference-protocol": "KServe-V1 "}) == KSERVE_V1
-    assert request_protocol({"X-Inference-Protocol": "v2"}) == NATIVE
+    assert request_protocol({"X-Inference-Protocol": "v2"}) == OIP_INFER
+    assert request_protocol({"X-Inference-Protocol": "v3"}) == NATIVE
     assert request_protocol({"body": {"content-type": "application/json"}}) == NATIVE
     assert request_protocol(None) == NATIVE
 

@@ -6,7 +6,6 @@ import io
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
@@ -17,8 +16,8 @@ from models import MODELS_DIR
 from models.digits.model import split
 from models.minilm.model import source_dir
 from models.efficientnet_lite0.photos import encoded
-from serving.paths import ROOT
 from serving.torchserve import Instance, port_in_use
+from tests.clients import kserve_sdk
 from tests.numerics import assert_held_out_count_matches, assert_same_top_k
 
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -256,21 +255,6 @@ def test_stopping_another_instance_leaves_this_one_running(server, tmp_path):
 
 # -- KServe's v1 protocol through the front door ----------------------------------------------------
 
-@pytest.fixture(scope="module")
-def front_door(server, tmp_path_factory):
-    """The compose front door before the server: no key of its own, TorchServe checks its keys."""
-    from serving.capacity import FrontDoor
-    from serving.torchserve import free_port
-
-    door = FrontDoor(tmp_path_factory.mktemp("door"), [f"127.0.0.1:{server.ports['inference']}"],
-                     "", free_port())
-    door.start()
-    try:
-        yield door
-    finally:
-        door.stop()
-
-
 def v1_predict(door, server: Instance, model: str, instances: list, **kwargs) -> requests.Response:
     return requests.post(f"http://127.0.0.1:{door.port}/v1/models/{model}:predict",
                          json={"instances": instances}, timeout=60,
@@ -347,23 +331,6 @@ def test_v1_refusals_are_json_for_that_request_and_the_native_path_stays_native(
                            headers={**auth, "X-Inference-Protocol": "kserve-v1"})
     assert native.status_code == 200 and isinstance(native.json()["predictions"][0], dict)
     assert requests.get(f"{base}/", timeout=5).json() == {"status": "alive"}
-
-
-def client_python() -> Path:
-    python = ROOT / ".venv-clients" / "bin" / "python"
-    if not python.exists():
-        pytest.fail(f"{python} is missing: `make test` installs requirements-clients.txt there")
-    return python
-
-
-def kserve_sdk(plan: dict) -> dict:
-    """KServe's Python SDK (tests/clients/kserve_sdk.py) run with the plan; what it returned."""
-    import subprocess
-
-    done = subprocess.run([str(client_python()), str(ROOT / "tests" / "clients" / "kserve_sdk.py")],
-                          input=json.dumps(plan), capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
 
 
 def test_kserve_sdk_v1_client_gets_the_native_answers(server, front_door):
