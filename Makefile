@@ -27,13 +27,26 @@ $(TOOLS)/.checkov-$(CHECKOV_VERSION):
 	$(TOOLS)/bin/python -m pip install --quiet --progress-bar off checkov==$(CHECKOV_VERSION)
 	rm -f $(TOOLS)/.checkov-* && touch $@
 
-# Clients nobody here wrote (KServe's SDK), for the protocol tests: their own environment too.
+# Clients nobody here wrote, for the protocol tests, each in its own environment (their pins
+# clash with the serving ones and with each other): KServe's SDK, and Triton's clients with
+# perf_analyzer (requirements-triton.txt says what it needs besides).
 CLIENTS := .venv-clients
 CLIENTS_STAMP := $(CLIENTS)/.installed-$(shell sha256sum requirements-clients.txt | cut -c1-12)
 $(CLIENTS_STAMP): requirements-clients.txt
 	$(PYTHON) -m venv $(CLIENTS)
 	$(CLIENTS)/bin/python -m pip install --quiet --progress-bar off -r requirements-clients.txt
 	rm -f $(CLIENTS)/.installed-* && touch $@
+TRITON := .venv-triton
+TRITON_STAMP := $(TRITON)/.installed-$(shell sha256sum requirements-triton.txt | cut -c1-12)
+$(TRITON_STAMP): requirements-triton.txt
+	@[ -e /usr/lib/x86_64-linux-gnu/libb64.so.0d ] || [ -e /usr/lib/aarch64-linux-gnu/libb64.so.0d ] || { \
+		[ "$$(id -u)" = 0 ] || { echo "libb64 is missing: sudo apt-get install libb64-0d"; exit 1; }; \
+		echo "Installing libb64 (perf_analyzer's) from Debian's packages"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends libb64-0d >/dev/null; }
+	$(PYTHON) -m venv $(TRITON)
+	$(TRITON)/bin/python -m pip install --quiet --progress-bar off -r requirements-triton.txt
+	rm -f $(TRITON)/.installed-* && touch $@
 
 setup: $(STAMP) prometheus nginx
 
@@ -119,7 +132,7 @@ arm64-up: build          ## arm64 (Graviton) images, models built on arm64, serv
 arm64-down: setup        ## stop and remove what arm64-up started, volumes too
 	ARCH=arm64 docker/compose.sh down -v
 
-test: setup $(TOOLS)/.checkov-$(CHECKOV_VERSION) $(CLIENTS_STAMP)  ## unit and integration tests (starts its own TorchServe on free ports)
+test: setup $(TOOLS)/.checkov-$(CHECKOV_VERSION) $(CLIENTS_STAMP) $(TRITON_STAMP)  ## unit and integration tests (starts its own TorchServe on free ports)
 	$(PY) -m pytest -ra
 
 clean:

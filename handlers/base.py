@@ -51,12 +51,14 @@ PAYLOAD_FIELDS = ("data", "body", "file")
 # `{"predictions": [...]}`, one per instance. The front door (docker/nginx/nginx.conf) routes it
 # to TorchServe's /predictions/<m> with this header; the same handler reads and answers it.
 # The Open Inference Protocol ("v2"; handlers/oip.py) is routed the same way: `/v2/models/<m>/infer`
-# as OIP_INFER, and the model's metadata and readiness (GETs the front door sends on as POSTs) as
-# OIP_METADATA and OIP_READY, answered by a worker of the model without running it.
+# as OIP_INFER, and the model's metadata, readiness and Triton-style configuration (GETs the front
+# door sends on as POSTs) as OIP_METADATA, OIP_READY and OIP_CONFIG, answered by a worker of the
+# model without running it (perf_analyzer reads the configuration before it sends anything).
 PROTOCOL_HEADER = "x-inference-protocol"
 NATIVE, KSERVE_V1 = "native", "kserve-v1"
-OIP_INFER, OIP_METADATA, OIP_READY = "v2", "v2-metadata", "v2-ready"
-PROTOCOLS = (NATIVE, KSERVE_V1, OIP_INFER, OIP_METADATA, OIP_READY)
+OIP_INFER, OIP_METADATA, OIP_READY, OIP_CONFIG = "v2", "v2-metadata", "v2-ready", "v2-config"
+PROTOCOLS = (NATIVE, KSERVE_V1, OIP_INFER, OIP_METADATA, OIP_READY, OIP_CONFIG)
+OIP_ASKS = (OIP_METADATA, OIP_READY, OIP_CONFIG)
 BINARY_TYPE = "application/octet-stream"
 
 
@@ -88,7 +90,11 @@ class RequestError(Exception):
         super().__init__(f"{status} {error}: {detail}")
         self.status, self.error, self.detail = status, error, detail
 
-    def body(self) -> dict[str, str]:
+    def body(self, protocol: str = "native") -> dict[str, str]:
+        """The Open Inference Protocol's error is one message (`{"error": "..."}`), which its
+        clients show whole: there it starts with the same code as elsewhere."""
+        if protocol.startswith("v2"):
+            return {"error": f"{self.error}: {self.detail}"}
         return {"error": self.error, "detail": self.detail}
 
 
@@ -319,7 +325,7 @@ class ModelHandler:
             if tensor is None:
                 raise unprocessable("missing_field", f"input {spec['name']!r} is missing")
             where = f"input {spec['name']!r}"
-            if (tensor.datatype == "BYTES") != (spec["datatype"] == "BYTES"):
+            if tensor.datatype != spec["datatype"]:  # as strict as Triton
                 raise unprocessable("wrong_datatype", f"{where} is {spec['datatype']}, not "
                                     f"{tensor.datatype}")
             expected = spec["shape"]
@@ -356,6 +362,25 @@ class ModelHandler:
     def oip_metadata(self, model_name: str) -> dict:
         return {"name": model_name, "versions": ["1"], "platform": "pytorch_torchserve",
                 "inputs": self.oip_inputs(), "outputs": self.oip_outputs(None)}
+
+    def oip_config(self, model_name: str) -> dict:
+        """Triton's model configuration (`GET /v2/models/<m>/config`), which its tools read: the
+        most items one request may carry, and the tensors without their batch dimension."""
+        def tensors(specs: list[dict]) -> list[dict]:
+            return [{"name": s["name"], "dims": s["shape"][1:] or [1],
+                     "data_type": "TYPE_STRING" if s["datatype"] == "BYTES"
+                     else f"TYPE_{s['datatype']}"} for s in specs]
+
+        return {"name": model_name, "platform": "pytorch_torchserve",
+                "max_batch_size": int(self.settings["max_items_per_request"] or 0),
+                "input": tensors(self.oip_inputs()), "output": tensors(self.oip_outputs(None))}
+
+    def oip_ask(self, protocol: str, model_name: str) -> dict:
+        if protocol == OIP_METADATA:
+            return self.oip_metadata(model_name)
+        if protocol == OIP_CONFIG:
+            return self.oip_config(model_name)
+        return {"name": model_name, "ready": True}
 
     def instance_schema(self) -> dict:
         """JSON Schema of one v1 instance: by default the JSON body's."""
@@ -578,21 +603,21 @@ class ModelHandler:
         statuses: list[int] = [200] * len(data)
         stages: dict[str, float] = {}
 
-        def refuse(idx: int, error: RequestError) -> None:
-            statuses[idx] = error.status
-            responses[idx] = self.reply(context, idx, error.status, error.body())
-
         model_name = getattr(context, "model_name", "")
         protocols = [request_protocol(self.request_headers(context, idx)) for idx in range(len(data))]
+
+        def refuse(idx: int, error: RequestError) -> None:
+            statuses[idx] = error.status
+            responses[idx] = self.reply(context, idx, error.status, error.body(protocols[idx]))
+
         envelopes: dict[int, Any] = {}
         try:
             accepted: list[tuple[int, list[Any]]] = []
             for idx, row in enumerate(data):
                 try:
-                    if protocols[idx] in (OIP_METADATA, OIP_READY):  # no input, no model run
-                        responses[idx] = self.reply(context, idx, 200, (
-                            self.oip_metadata(model_name) if protocols[idx] == OIP_METADATA
-                            else {"name": model_name, "ready": True}))
+                    if protocols[idx] in OIP_ASKS:  # no input, no model run
+                        responses[idx] = self.reply(context, idx, 200,
+                                                    self.oip_ask(protocols[idx], model_name))
                         continue
                     items, envelopes[idx] = self.read_request(
                         row, self.request_headers(context, idx), protocols[idx])

@@ -7,7 +7,8 @@ answers `GET /ready` on the pod's loopback with what it last saw: 200 when every
 it, so the kubelet's probes are plain HTTP GETs: no `python -m serving ready` (an interpreter and
 torch imported every few seconds inside the pod's CPU limit).
 
-It answers KServe v1's model routes from the same state: `GET /v1/models` lists the models,
+It answers the Open Inference Protocol's `GET /v2/health/ready` and KServe v1's model routes from
+the same state: `GET /v1/models` lists the models,
 `GET /v1/models/<m>` is `{"name": m, "ready": true}` (200) or `"ready": false` (503, as KServe's
 own model server answers), 404 for a model it does not serve.
 """
@@ -33,6 +34,8 @@ class ReadinessEndpoint:
                 ready, body = endpoint.snapshot()
                 if path == "/ready":
                     return self._answer(200 if ready else 503, body)
+                if path == "/v2/health/ready":  # the Open Inference Protocol's server readiness
+                    return self._answer(200 if ready else 503, {"ready": ready})
                 if path == "/v1/models":
                     return self._answer(200, {"models": sorted(body["models"])})
                 name = path.removeprefix("/v1/models/")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import platform
+from typing import Any
 
 import numpy as np
 import pytest
@@ -624,3 +625,127 @@ def test_v1_tensor_instances_are_objects_or_for_one_input_its_bare_list():
     with pytest.raises(RequestError) as caught:
         handler.read({"body": v1_body(rows)}, None, "kserve-v1")
     assert (caught.value.status, caught.value.detail.split(":")[0]) == (422, "instances[0]")
+
+
+# -- the Open Inference Protocol (v2) over REST, from the same handlers -----------------------------
+
+def run_oip_batch(handler, context, requests_: list[tuple[bytes, dict]]) -> list[tuple[int, Any]]:
+    """Each request's body and headers as TorchServe hands them over; JSON answers parsed, binary
+    answers split into their JSON header and the bytes after it."""
+    context.request_processor = [RequestProcessor({
+        "body": {"content-type": headers.get("content-type", "application/json")},
+        "X-Inference-Protocol": headers.get("protocol", "v2"), **headers}) for _, headers in requests_]
+    answers = handler.handle([{"body": body} for body, _ in requests_], context)
+    results = []
+    for i, answer in enumerate(answers):
+        status = context.get_response_status(i)[0] or 200
+        length = context.get_response_headers(i).get("Inference-Header-Content-Length")
+        if length is None:
+            results.append((status, json.loads(answer)))
+        else:
+            results.append((status, (json.loads(answer[:int(length)]), answer[int(length):])))
+    return results
+
+
+def oip_json(name: str, datatype: str, array, **extra) -> bytes:
+    array = np.asarray(array)
+    return json.dumps({"inputs": [{"name": name, "datatype": datatype, "shape": list(array.shape),
+                                   "data": array.reshape(-1).tolist()}], **extra}).encode()
+
+
+def oip_binary(name: str, datatype: str, array: np.ndarray, outputs_binary: bool = True
+               ) -> tuple[bytes, dict]:
+    raw = array.tobytes()
+    header = json.dumps({"inputs": [{"name": name, "datatype": datatype, "shape": list(array.shape),
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "parameters": {"binary_data_output": outputs_binary}}).encode()
+    return header + raw, {"Inference-Header-Content-Length": str(len(header)),
+                          "content-type": "application/octet-stream"}
+
+
+def test_oip_json_and_binary_requests_answer_the_native_top_k(digits_batch):
+    handler, context = digits_batch
+    grids = np.stack([np.full((8, 8), v, np.float32) for v in (3, 6)])
+    binary_body, binary_headers = oip_binary("pixels", "FP32", grids)
+    [(s1, as_json), (s2, (header, raw))] = run_oip_batch(handler, context, [
+        (oip_json("pixels", "FP32", grids, id="r1"), {}), (binary_body, binary_headers)])
+    assert (s1, s2) == (200, 200)
+    assert as_json["id"] == "r1" and as_json["model_name"] == "digits"
+    outputs = {o["name"]: o for o in as_json["outputs"]}
+    assert outputs["index"]["shape"] == [2, 3] and outputs["label"]["data"][0] == "3"
+    assert outputs["label"]["data"][3] == "6"  # row-major: the second grid's first class
+    native = [run_batch(handler, context, [grid_body(v)])[0][1]["predictions"] for v in (3, 6)]
+    assert outputs["probability"]["data"] == pytest.approx(
+        [p["probability"] for top in native for p in top], abs=1e-6)
+    # Binary outputs: sizes in the header, the tensors after it, in the outputs' order.
+    sizes = [o["parameters"]["binary_data_size"] for o in header["outputs"]]
+    assert sum(sizes) == len(raw) and "data" not in header["outputs"][0]
+    index = np.frombuffer(raw[:sizes[0]], "<i8").reshape(2, 3)
+    assert index.tolist() == np.array(outputs["index"]["data"]).reshape(2, 3).tolist()
+
+
+@pytest.mark.parametrize("body, headers, status, error", [
+    (oip_json("pixels", "BYTES", np.array(["a"])), {}, 422, "wrong_datatype"),
+    (oip_json("pixels", "FP32", np.zeros((1, 8, 7))), {}, 422, "wrong_shape"),
+    (oip_json("pixels", "FP8", np.zeros((1, 8, 8))), {}, 422, "wrong_datatype"),
+    (oip_json("pixels", "FP64", np.zeros((1, 8, 8))), {}, 422, "wrong_datatype"),
+    (oip_json("image", "FP32", np.zeros((1, 8, 8))), {}, 422, "unknown_input"),
+    (json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 8, 8],
+                             "data": [1.0] * 63}]}).encode(), {}, 422, "wrong_shape"),
+    (json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 8, 8],
+                             "data": [1.0] * 64}], "outputs": [{"name": "logits"}]}).encode(), {},
+     422, "unknown_output"),
+    (b'{"inputs": []}', {}, 422, "missing_field"),
+    (oip_binary("pixels", "FP32", np.zeros((1, 8, 8), np.float32))[0][:-10],  # truncated tensor
+     oip_binary("pixels", "FP32", np.zeros((1, 8, 8), np.float32))[1], 400, "bad_binary"),
+    (oip_binary("pixels", "FP32", np.zeros((1, 8, 8), np.float32))[0],  # header length past body
+     {"Inference-Header-Content-Length": "99999", "content-type": "application/octet-stream"},
+     400, "bad_binary"),
+    (oip_binary("pixels", "FP32", np.zeros((1, 8, 8), np.float32))[0] + b"tail",
+     oip_binary("pixels", "FP32", np.zeros((1, 8, 8), np.float32))[1], 400, "bad_binary"),
+    (oip_binary("pixels", "FP32", np.zeros((1, 8, 8), np.float32))[0],
+     {"Inference-Header-Content-Length": "many", "content-type": "application/octet-stream"},
+     400, "bad_header"),
+    (oip_binary("pixels", "FP32", np.full((1, 8, 8), np.nan, np.float32))[0],
+     oip_binary("pixels", "FP32", np.zeros((1, 8, 8), np.float32))[1], 422, "out_of_range"),
+    (oip_json("pixels", "FP32", np.full((1, 8, 8), 99.0)), {}, 422, "out_of_range"),
+])
+def test_a_malformed_oip_request_gets_an_error_for_itself_alone(digits_batch, body, headers,
+                                                               status, error):
+    handler, context = digits_batch
+    good = oip_json("pixels", "FP32", np.full((1, 8, 8), 2.0))
+    [(bad_status, bad), (ok_status, ok)] = run_oip_batch(handler, context,
+                                                          [(body, headers), (good, {})])
+    assert (bad_status, bad["error"].split(":")[0]) == (status, error), bad
+    assert set(bad) == {"error"}  # the protocol's error body: one message
+    assert ok_status == 200 and ok["outputs"][1]["data"][0] == "2"
+
+
+def test_oip_metadata_and_readiness_are_answered_without_running_the_model(digits_batch):
+    handler, context = digits_batch
+    handler.model = None  # calling it would raise
+    [(s1, metadata), (s2, ready)] = run_oip_batch(handler, context, [
+        (b"", {"protocol": "v2-metadata"}), (b"", {"protocol": "v2-ready"})])
+    assert (s1, s2) == (200, 200) and ready == {"name": "digits", "ready": True}
+    assert metadata["name"] == "digits"
+    assert metadata["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 8, 8]}]
+    assert [o["name"] for o in metadata["outputs"]] == ["index", "label", "probability"]
+
+
+def test_oip_texts_are_bytes_elements_decoded_as_utf8(text_handler):
+    import struct
+
+    texts = [b"Hello world", "caf\u00e9".encode()]
+    raw = b"".join(struct.pack("<I", len(t)) + t for t in texts)
+    header = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2],
+                                     "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    headers = {"Inference-Header-Content-Length": str(len(header))}
+    ids = text_handler.read({"body": header + raw}, headers, "v2")
+    assert ids == text_handler.decode(json_payload({"texts": ["Hello world", "caf\u00e9"]}))
+    bad = struct.pack("<I", 2) + b"\xff\xfe"
+    header = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                                     "parameters": {"binary_data_size": len(bad)}}]}).encode()
+    with pytest.raises(RequestError) as caught:
+        text_handler.read({"body": header + bad}, {"Inference-Header-Content-Length":
+                                                   str(len(header))}, "v2")
+    assert (caught.value.status, caught.value.error) == (400, "not_utf8")

@@ -347,3 +347,102 @@ def test_kserve_sdk_v1_client_gets_the_native_answers(server, front_door):
         assert_same_predictions(model, answer["body"]["predictions"],
                                 native_answers(server, model, examples[model]))
     assert refused["status"] == 422 and refused["body"]["error"] == "wrong_shape"
+
+
+# -- the Open Inference Protocol (v2) over REST through the front door ---------------------------
+
+def oip_inputs(model: str, instances: list) -> list[dict]:
+    """v1_examples' instances as the model's OIP input tensor (BYTES: base64 for the plan)."""
+    import base64
+
+    if model == "digits":
+        return [{"name": "pixels", "datatype": "FP32", "shape": [len(instances), 8, 8],
+                 "data": [v for grid in instances for row in grid for v in row]}]
+    if model == "efficientnet_lite0":
+        return [{"name": "image", "datatype": "BYTES", "shape": [len(instances)],
+                 "data": [i["b64"] for i in instances]}]
+    return [{"name": "text", "datatype": "BYTES", "shape": [len(instances)],
+             "data": [base64.b64encode(t.encode()).decode() for t in instances]}]
+
+
+def oip_predictions(model: str, outputs: dict) -> list:
+    """An OIP answer's output tensors back in v1's prediction form, to compare with native."""
+    if model == "minilm":
+        rows, width = outputs["embedding"]["shape"]
+        data = outputs["embedding"]["data"]
+        return [data[r * width:(r + 1) * width] for r in range(rows)]
+    rows, k = outputs["index"]["shape"]
+    return [[{"index": int(outputs["index"]["data"][r * k + j]),
+              "label": outputs["label"]["data"][r * k + j],
+              "probability": float(outputs["probability"]["data"][r * k + j])} for j in range(k)]
+            for r in range(rows)]
+
+
+def test_tritonclient_http_json_and_binary_get_the_native_answers_on_every_model(server, front_door):
+    from tests.clients import triton_client
+
+    examples = v1_examples()
+    result = triton_client({
+        "url": f"127.0.0.1:{front_door.port}", "protocol": "http",
+        "headers": server.auth("inference"), "models": list(examples),
+        "calls": [{"model": m, "binary": binary, "inputs": oip_inputs(m, examples[m])}
+                  for m in examples for binary in (True, False)
+                  if binary or m != "efficientnet_lite0"] +  # images in JSON: not UTF-8 strings
+                 [{"model": "digits", "inputs": [{"name": "pixels", "datatype": "FP32",
+                                                  "shape": [1, 8, 7], "data": [1.0] * 56}]}]})
+    assert result["live"] and result["ready"]
+    for model in examples:
+        assert result["models"][model]["ready"] is True
+        metadata = result["models"][model]["metadata"]
+        assert metadata["name"] == model
+        assert [(i["name"], i["datatype"]) for i in metadata["inputs"]] == \
+            [(i["name"], i["datatype"]) for i in oip_inputs(model, [])]
+    *answers, refused = result["answers"]
+    calls = [m for m in examples for binary in (True, False) if binary or m != "efficientnet_lite0"]
+    for model, answer in zip(calls, answers):
+        assert "outputs" in answer, answer
+        assert_same_predictions(model, oip_predictions(model, answer["outputs"]),
+                                native_answers(server, model, examples[model]))
+    assert refused["status"] == "422" and refused["error"].startswith("wrong_shape: "), refused
+
+
+def test_kserve_sdk_v2_rest_client_gets_the_native_answers(server, front_door):
+    examples = v1_examples()
+    result = kserve_sdk({"url": f"http://127.0.0.1:{front_door.port}", "protocol": "v2",
+                         "headers": server.auth("inference"), "ready": list(examples),
+                         "calls": [{"model": m, "oip_inputs": oip_inputs(m, examples[m])}
+                                   for m in examples]})
+    assert result["live"] is True and all(result["ready"].values()), result
+    for model, answer in zip(examples, result["answers"]):
+        assert answer["status"] == 200, answer
+        assert_same_predictions(model, oip_predictions(model, answer["body"]),
+                                native_answers(server, model, examples[model]))
+
+
+def test_oip_routes_answer_as_the_protocol_says(server, front_door):
+    base = f"http://127.0.0.1:{front_door.port}"
+    auth = server.auth("inference")
+    assert requests.get(f"{base}/v2/health/live", timeout=5).json() == {"live": True}
+    # TorchServe's /ping behind it: with TorchServe's token check on, it needs the key too.
+    assert requests.get(f"{base}/v2/health/ready", headers=auth, timeout=5).status_code == 200
+    assert "binary_tensor_data" in requests.get(f"{base}/v2", timeout=5).json()["extensions"]
+    metadata = requests.get(f"{base}/v2/models/minilm", headers=auth, timeout=30).json()
+    assert metadata["inputs"][0]["datatype"] == "BYTES" and \
+        metadata["outputs"][0]["shape"] == [-1, 384]
+    assert requests.get(f"{base}/v2/models/minilm/versions/1/ready", headers=auth,
+                        timeout=30).json() == {"name": "minilm", "ready": True}
+    config = requests.get(f"{base}/v2/models/digits/config", headers=auth, timeout=30).json()
+    assert config["max_batch_size"] == 64 and config["input"] == [
+        {"name": "pixels", "dims": [8, 8], "data_type": "TYPE_FP32"}]
+    missing = requests.get(f"{base}/v2/models/nope/ready", headers=auth, timeout=30)
+    assert missing.status_code == 404
+    wrong = requests.post(f"{base}/v2/models/digits/infer", headers=auth, timeout=30,
+                          json={"inputs": [{"name": "pixels", "datatype": "INT64",
+                                            "shape": [1, 8, 8], "data": [1] * 64}]})
+    assert wrong.status_code == 422 and wrong.json()["error"].startswith("wrong_datatype: ")
+    truncated = requests.post(f"{base}/v2/models/digits/infer", timeout=30, data=b'{"inputs": [',
+                              headers={**auth, "Inference-Header-Content-Length": "400",
+                                       "Content-Type": "application/octet-stream"})
+    assert truncated.status_code == 400 and truncated.json()["error"].startswith("bad_binary")
+    assert requests.post(f"{base}/v2/models/digits/infer", data=b"x", timeout=10, headers={
+        **auth, "Content-Type": "text/plain"}).status_code == 415

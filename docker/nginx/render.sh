@@ -13,8 +13,9 @@
 #                         arrive, so /tmp needs this many times the 10 MB body limit: a pod's
 #                         volume for /tmp is sized from it (serving/deploy.py)
 #   TORCHSERVE_READY      host:port of `serving serve`'s readiness endpoint (SERVING_READY_PORT):
-#                         GET /ready is passed to it, for the kubelet's probes, and KServe v1's
-#                         GET /v1/models and /v1/models/<model>; unset, none of them
+#                         GET /ready is passed to it, for the kubelet's probes, the Open
+#                         Inference Protocol's GET /v2/health/ready and KServe v1's GET /v1/models
+#                         and /v1/models/<model>; unset, /v2/health/ready is TorchServe's /ping
 set -eu
 template=${1:-/etc/nginx/nginx.conf.template}
 : "${TORCHSERVE_INFERENCE:?host:port of TorchServe's inference API}" "${FRONTDOOR_PORT:=8080}"
@@ -36,10 +37,11 @@ fi
 case "$FRONTDOOR_MAX_REQUESTS" in
     ''|*[!0-9]*) echo "FRONTDOOR_MAX_REQUESTS: a whole number" >&2; exit 1 ;;
 esac
-FRONTDOOR_READY=""
 if [ -n "${TORCHSERVE_READY:-}" ]; then
     ready="limit_except GET { deny all; } proxy_pass http://${TORCHSERVE_READY}; proxy_connect_timeout 2s; proxy_read_timeout 5s;"
-    FRONTDOOR_READY="location = /ready { $ready } location = /v1/models { $ready } location ~ \"^/v1/models/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\$\" { $ready }"
+    FRONTDOOR_READY="location = /ready { $ready } location = /v2/health/ready { $ready } location = /v1/models { $ready } location ~ \"^/v1/models/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\$\" { $ready }"
+else  # the server's readiness: TorchServe's /ping
+    FRONTDOOR_READY="location = /v2/health/ready { limit_except GET { deny all; } rewrite ^ /ping break; proxy_pass http://torchserve; proxy_set_header Connection \"\"; }"
 fi
 export TORCHSERVE_SERVERS FRONTDOOR_PORT FRONTDOOR_AUTH FRONTDOOR_MAX_REQUESTS FRONTDOOR_READY
 envsubst '${TORCHSERVE_SERVERS} ${FRONTDOOR_PORT} ${FRONTDOOR_AUTH} ${FRONTDOOR_MAX_REQUESTS} ${FRONTDOOR_READY}' < "$template"

@@ -14,16 +14,23 @@ from serving.paths import ROOT
 CLIENTS = Path(__file__).resolve().parent
 
 
-def client_python() -> Path:
-    python = ROOT / ".venv-clients" / "bin" / "python"
+def run_client(environment: str, script: str, plan: dict) -> dict:
+    """`script` (in this folder) run by the interpreter of `environment` with the plan on stdin;
+    the JSON it printed."""
+    python = ROOT / environment / "bin" / "python"
     if not python.exists():
-        pytest.fail(f"{python} is missing: `make test` installs requirements-clients.txt there")
-    return python
+        pytest.fail(f"{python} is missing: `make test` installs it (requirements-*.txt)")
+    done = subprocess.run([str(python), str(CLIENTS / script)], input=json.dumps(plan),
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
 
 
 def kserve_sdk(plan: dict) -> dict:
-    """KServe's Python SDK (kserve_sdk.py here) run with the plan; what it returned."""
-    done = subprocess.run([str(client_python()), str(CLIENTS / "kserve_sdk.py")],
-                          input=json.dumps(plan), capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
+    """KServe's Python SDK (kserve_sdk.py) run with the plan; what it returned."""
+    return run_client(".venv-clients", "kserve_sdk.py", plan)
+
+
+def triton_client(plan: dict) -> dict:
+    """Triton's Python clients (triton.py) run with the plan; what they returned."""
+    return run_client(".venv-triton", "triton.py", plan)

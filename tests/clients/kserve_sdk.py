@@ -1,19 +1,49 @@
 """KServe's own Python SDK (`kserve.InferenceRESTClient`) calling a server, run by the tests with
 .venv-clients' interpreter (the SDK's pins clash with the serving environment's).
 
-Reads a JSON plan on stdin: {"url", "protocol": "v1", "headers": {...}, "ready": [models],
-"calls": [{"model", "body"}]}; writes what the SDK returned as JSON on stdout: `live`, each
-model's `ready`, and per call its answer or the HTTP status and error the SDK raised.
+Reads a JSON plan on stdin: {"url", "protocol": "v1" | "v2", "headers": {...}, "ready": [models],
+"calls": [{"model", "body"} (v1) | {"model", "oip_inputs": [{"name", "datatype", "shape",
+"data"}]} (v2; BYTES data base64)]}; writes what the SDK returned as JSON on stdout: `live`, each
+model's `ready`, and per call its answer (v2: {name: {"datatype", "shape", "data"}}) or the HTTP
+status and error the SDK raised.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sys
 
 import httpx
+import numpy
 from kserve import InferenceRESTClient, RESTConfig
+from kserve.protocol.infer_type import InferInput, InferRequest
+
+
+def oip_request(model: str, inputs: list[dict]) -> InferRequest:
+    tensors = []
+    for spec in inputs:
+        tensor = InferInput(spec["name"], spec["shape"], spec["datatype"])
+        if spec["datatype"] == "BYTES":
+            data = numpy.array([base64.b64decode(v) for v in spec["data"]], dtype=numpy.object_)
+        else:
+            data = numpy.array(spec["data"], dtype=numpy.float32)
+        tensor.set_data_from_numpy(data.reshape(spec["shape"]), binary_data=True)
+        tensors.append(tensor)
+    return InferRequest(model_name=model, infer_inputs=tensors)
+
+
+def outputs_of(response) -> dict:
+    outputs = {}
+    for output in response.outputs:
+        array = output.as_numpy()
+        data = ([v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                 for v in array.reshape(-1)] if array.dtype == numpy.object_
+                else array.reshape(-1).tolist())
+        outputs[output.name] = {"datatype": output.datatype, "shape": list(array.shape),
+                                "data": data}
+    return outputs
 
 
 async def run(plan: dict) -> dict:
@@ -26,6 +56,12 @@ async def run(plan: dict) -> dict:
             result["ready"][model] = await client.is_model_ready(url, model, headers=headers)
         for call in plan["calls"]:
             try:
+                if "oip_inputs" in call:
+                    response = await client.infer(url, oip_request(call["model"],
+                                                                   call["oip_inputs"]),
+                                                  model_name=call["model"], headers=headers)
+                    result["answers"].append({"status": 200, "body": outputs_of(response)})
+                    continue
                 answer = await client.infer(url, call["body"], model_name=call["model"],
                                             headers=headers)
                 result["answers"].append({"status": 200, "body": answer})
