@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-serve.txt requirements-bench.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup prometheus nginx deploy capacity new build up down ready latency loadtest bench bench-serve tune worst-case fuzz overload soak compose-up compose-down arm64-up arm64-down test clean
+.PHONY: setup prometheus nginx deploy capacity new build up down ready latency loadtest bench bench-serve bench-protocols tune worst-case fuzz overload soak compose-up compose-down arm64-up arm64-down test clean
 
 # A virtual environment with the pinned dependencies; redone when requirements.txt changes.
 $(STAMP): requirements.txt requirements-serve.txt requirements-bench.txt
@@ -92,6 +92,9 @@ bench: setup             ## every model x target x precision x batch size, in-pr
 
 bench-serve: setup      ## per model: in-process vs TorchServe vs LitServe on the same archive (ARGS="minilm ...")
 	$(PY) -m serving bench-serve $(ARGS)
+
+bench-protocols: setup $(TRITON_STAMP)  ## per model: native, KServe v1, v2 JSON and binary through the front door, and perf_analyzer (ARGS="digits")
+	$(PY) -m serving bench-protocols $(ARGS)
 
 tune: setup             ## most throughput within a p99 limit: make tune MODEL=minilm P99_MS=250 [ARGS=--write]
 	$(PY) -m serving tune $(MODEL) --p99-ms $(P99_MS) $(ARGS)

@@ -367,7 +367,7 @@ class ModelHandler:
         """Triton's model configuration (`GET /v2/models/<m>/config`), which its tools read: the
         most items one request may carry, and the tensors without their batch dimension."""
         def tensors(specs: list[dict]) -> list[dict]:
-            return [{"name": s["name"], "dims": s["shape"][1:] or [1],
+            return [{"name": s["name"], "dims": s["shape"][1:],
                      "data_type": "TYPE_STRING" if s["datatype"] == "BYTES"
                      else f"TYPE_{s['datatype']}"} for s in specs]
 

@@ -185,17 +185,24 @@ def json_data(data: Any, datatype: str, where: str) -> numpy.ndarray | list[byte
         raise unprocessable("out_of_range", f"{where}: a value does not fit {datatype}") from None
 
 
-def response(model: str, request_id: str | None, outputs: list[Tensor], binary: set[str]
-             ) -> tuple[bytes, int | None]:
-    """The answer's body, and the JSON part's length when some outputs are binary."""
+def tensor_bytes(tensor: Tensor) -> bytes:
+    """A tensor in the binary extension's layout: little-endian, row-major; BYTES elements each
+    after their 4-byte length."""
+    if tensor.datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(v)) + v for v in tensor.data)
+    dtype = numpy.dtype(NUMERIC[tensor.datatype]).newbyteorder("<")
+    return numpy.ascontiguousarray(tensor.data).astype(dtype).tobytes()
+
+
+def encode(header: dict, key: str, tensors: list[Tensor], binary: set[str]
+           ) -> tuple[bytes, int | None]:
+    """`header` with `tensors` listed under `key` ("inputs" or "outputs"), those named in `binary`
+    as binary data after the JSON: the body, and the JSON part's length when there is binary."""
     entries, chunks = [], []
-    for tensor in outputs:
+    for tensor in tensors:
         entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
         if tensor.name in binary:
-            chunk = (b"".join(struct.pack("<I", len(v)) + v for v in tensor.data)
-                     if tensor.datatype == "BYTES" else
-                     numpy.ascontiguousarray(tensor.data).astype(
-                         numpy.dtype(NUMERIC[tensor.datatype]).newbyteorder("<")).tobytes())
+            chunk = tensor_bytes(tensor)
             entry["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
         elif tensor.datatype == "BYTES":
@@ -203,10 +210,19 @@ def response(model: str, request_id: str | None, outputs: list[Tensor], binary: 
         else:
             entry["data"] = numpy.asarray(tensor.data).reshape(-1).tolist()
         entries.append(entry)
-    header = {"model_name": model, "outputs": entries}
-    if request_id is not None:
-        header["id"] = request_id
-    text = json.dumps(header).encode()
+    text = json.dumps({**header, key: entries}).encode()
     if not chunks:
         return text, None
     return text + b"".join(chunks), len(text)
+
+
+def response(model: str, request_id: str | None, outputs: list[Tensor], binary: set[str]
+             ) -> tuple[bytes, int | None]:
+    """The answer's body, and the JSON part's length when some outputs are binary."""
+    header = {"model_name": model, **({"id": request_id} if request_id is not None else {})}
+    return encode(header, "outputs", outputs, binary)
+
+
+def request(inputs: list[Tensor], binary: bool) -> tuple[bytes, int | None]:
+    """A request's body (what a client sends; the benchmark and tests use it)."""
+    return encode({}, "inputs", inputs, {t.name for t in inputs} if binary else set())

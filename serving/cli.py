@@ -235,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         from serving import servedbench
 
         return servedbench.main(argv[1:])
+    if argv[:1] == ["bench-protocols"]:
+        from serving import protocolbench
+
+        return protocolbench.main(argv[1:])
     if argv[:1] == ["deploy"]:
         from serving import deploy
 
@@ -326,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench-serve", help="per model: in-process, TorchServe and LitServe on the "
                    "same archive, closed loop and an open-loop sweep (python -m serving bench-serve "
                    "--help)")
+    sub.add_parser("bench-protocols", help="per model: native REST, KServe v1 and the Open "
+                   "Inference Protocol (JSON, binary) through the front door, with perf_analyzer "
+                   "(python -m serving bench-protocols --help)")
     sub.add_parser("deploy", help="Kubernetes and KServe manifests from the model folders and the "
                    "measured capacity; capacity plan (python -m serving deploy --help)")
     sub.add_parser("tune", help="the batch size, delay, workers and threads with the most "

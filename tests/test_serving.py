@@ -446,3 +446,17 @@ def test_oip_routes_answer_as_the_protocol_says(server, front_door):
     assert truncated.status_code == 400 and truncated.json()["error"].startswith("bad_binary")
     assert requests.post(f"{base}/v2/models/digits/infer", data=b"x", timeout=10, headers={
         **auth, "Content-Type": "text/plain"}).status_code == 415
+
+
+def test_perf_analyzer_drives_the_oip_routes_for_a_bounded_run(server, front_door, tmp_path):
+    """Triton's perf_analyzer (the binary in tritonclient 2.40's wheel) against the front door:
+    it reads the model's metadata and config, sends binary tensors, and every request succeeds."""
+    import models
+    from serving import protocolbench, sources
+
+    spec = models.load("digits")
+    rows = protocolbench.perf_analyzer(spec, sources.model_handler(spec),
+                                       f"127.0.0.1:{front_door.port}", server.auth("inference"),
+                                       [1, 2], 1.0, tmp_path)
+    assert [r["concurrency"] for r in rows] == [1, 2]
+    assert all(r["ok_per_s"] > 10 and 0 < r["p50_ms"] <= r["p99_ms"] for r in rows), rows

@@ -1,0 +1,215 @@
+"""The same model over each protocol, through the front door: what a protocol costs.
+
+One TorchServe serving the model, the front door (docker/nginx) before it, and for each protocol
+(native REST, KServe v1, the Open Inference Protocol in JSON and with binary tensors) the same
+request sent by the served benchmark's load generator: one client (latency), then `--clients`
+closed-loop clients (the saturated throughput). Triton's perf_analyzer (.venv-triton, `make test`
+installs it) then drives the OIP routes itself, as a Triton user would measure this server.
+
+    python -m serving bench-protocols [MODEL ...] [--clients 16] [--seconds 10]
+
+prints a table per model and writes run/bench-protocols/protocols.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy
+
+import models
+from handlers import oip
+from handlers.base import JSON, Payload
+from serving.cpu import cpu_name
+from serving.paths import MODEL_STORE, ROOT, RUN_DIR
+from serving.servedbench import Target, load, tree
+
+TRITON = ROOT / ".venv-triton"
+PROTOCOLS = ("native", "kserve-v1", "v2-json", "v2-binary")
+
+
+def requests_for(spec, handler) -> dict[str, tuple[str, bytes, dict]]:
+    """The model's example request in each protocol: (path, body, headers)."""
+    file, content_type = spec.example_request
+    native = (models.MODELS_DIR / spec.name / file).read_bytes()
+    inputs = handler.oip_inputs()
+    tensors, instances = [], []
+    if inputs[0]["datatype"] == "BYTES" and (inputs[0].get("parameters") or {}).get(
+            "content_type") == "str":  # texts
+        texts = handler.texts(Payload(native, content_type))
+        instances = texts
+        tensors = [oip.Tensor(inputs[0]["name"], "BYTES", [len(texts)],
+                              [t.encode() for t in texts])]
+    elif inputs[0]["datatype"] == "BYTES":  # a file: an image
+        instances = [{"b64": base64.b64encode(native).decode()}]
+        tensors = [oip.Tensor(inputs[0]["name"], "BYTES", [1], [native])]
+    else:  # numbers, named in the JSON body (or its bare array)
+        body = json.loads(native)
+        instances = [body]
+        for spec_input in inputs:
+            value = body[spec_input["name"]] if isinstance(body, dict) else body
+            array = numpy.asarray(value, dtype=oip.NUMERIC[spec_input["datatype"]])[None]
+            tensors.append(oip.Tensor(spec_input["name"], spec_input["datatype"],
+                                      list(array.shape), array))
+    out = {"native": (f"/predictions/{spec.name}", native, {"Content-Type": content_type}),
+           "kserve-v1": (f"/v1/models/{spec.name}:predict",
+                         json.dumps({"instances": instances}).encode(), {"Content-Type": JSON})}
+    for label, binary in (("v2-json", False), ("v2-binary", True)):
+        body, length = oip.request(tensors, binary)
+        headers = {"Content-Type": "application/octet-stream" if binary else JSON}
+        if length is not None:
+            headers["Inference-Header-Content-Length"] = str(length)
+        out[label] = (f"/v2/models/{spec.name}/infer", body, headers)
+    return out
+
+
+def perf_analyzer(spec, handler, url: str, headers: dict, concurrency: list[int],
+                  seconds: float, work: Path) -> list[dict]:
+    """perf_analyzer's own figures over the OIP (binary tensors), at each concurrency."""
+    binary = TRITON / "bin" / "perf_analyzer"
+    if not binary.exists():
+        raise RuntimeError(f"{binary} is missing: `make test` installs requirements-triton.txt")
+    requests_ = requests_for(spec, handler)
+    data = {}
+    header = json.loads(requests_["v2-json"][1])
+    for tensor in header["inputs"]:  # perf_analyzer's input file: one request's tensors
+        if tensor["datatype"] == "BYTES":
+            raw = requests_["native"][1] if tensor["name"] == "image" else None
+            data[tensor["name"]] = ({"b64": base64.b64encode(raw).decode()} if raw is not None
+                                    else {"content": tensor["data"], "shape": tensor["shape"][1:]
+                                          or [len(tensor["data"])]})
+        else:
+            data[tensor["name"]] = {"content": [float(v) for v in tensor["data"]]
+                                    if tensor["datatype"].startswith("FP") else tensor["data"],
+                                    "shape": tensor["shape"][1:]}
+    inputs = work / f"{spec.name}-perf-analyzer.json"
+    inputs.write_text(json.dumps({"data": [data]}))
+    csv_file = work / f"{spec.name}-perf-analyzer.csv"
+    command = [str(binary), "-m", spec.name, "-u", url, "-i", "http", "--input-data", str(inputs),
+               "--concurrency-range", f"{min(concurrency)}:{max(concurrency)}:"
+               f"{max(1, max(concurrency) - min(concurrency))}",
+               "--measurement-interval", str(int(seconds * 1000)), "-f", str(csv_file)]
+    for key, value in headers.items():
+        command += ["-H", f"{key}: {value}"]
+    env = {**os.environ, "LD_LIBRARY_PATH": ":".join(
+        str(p) for p in (TRITON / "lib").glob("python3*/site-packages/nvidia/cuda_runtime/lib"))}
+    done = subprocess.run(command, capture_output=True, text=True, env=env,
+                          timeout=60 + 20 * seconds * len(concurrency))
+    if done.returncode != 0:
+        raise RuntimeError(f"perf_analyzer failed: {(done.stdout + done.stderr)[-1500:]}")
+    rows = []
+    with csv_file.open() as f:
+        for row in csv.DictReader(f):
+            rows.append({"concurrency": int(row["Concurrency"]),
+                         "ok_per_s": float(row["Inferences/Second"]),
+                         "p50_ms": float(row["p50 latency"]) / 1000,
+                         "p99_ms": float(row["p99 latency"]) / 1000})
+    return rows
+
+
+def bench(name: str, clients: int, seconds: float, model_store: Path, log) -> dict:
+    from serving import sources
+    from serving.capacity import FrontDoor
+    from serving.torchserve import free_port, start_on_free_ports
+
+    spec = models.load(name)
+    handler = sources.model_handler(spec)
+    work = RUN_DIR / "bench-protocols" / name
+    instance = start_on_free_ports(work / "torchserve", [name], model_store=model_store)
+    door = FrontDoor(work / "nginx", [f"127.0.0.1:{instance.ports['inference']}"], "",
+                     free_port())
+    result = {"model": name, "protocols": {}}
+    try:
+        door.start()
+        auth = instance.auth("inference")
+        processes = lambda: tree(instance.process())  # noqa: E731
+        targets = []
+        for protocol, (path, body, headers) in requests_for(spec, handler).items():
+            body_file = work / f"{protocol}.body"
+            body_file.write_bytes(body)
+            content_type = headers.pop("Content-Type")
+            targets.append((Target(protocol, f"http://127.0.0.1:{door.port}{path}",
+                                   {**auth, **headers}, processes), body_file, content_type))
+        for target, body_file, content_type in targets:  # unmeasured: whoever goes first would
+            load(target, body_file, content_type, False, 2.0, clients=4)  # pay the warm-up
+        for target, body_file, content_type in targets:
+            protocol, body = target.label, body_file.read_bytes()
+            c1 = load(target, body_file, content_type, False, min(seconds, 6.0), clients=1)
+            closed = load(target, body_file, content_type, False, seconds, clients=clients)
+            if closed["statuses"].keys() - {"200"} or c1["statuses"].keys() - {"200"}:
+                raise RuntimeError(f"{name} over {protocol}: answers {c1['statuses']} "
+                                   f"{closed['statuses']}")
+            result["protocols"][protocol] = {"c1": c1, "closed": closed,
+                                             "request_bytes": len(body)}
+            log(f"  {protocol:10s} c1 p50 {c1['p50_ms']:6.2f} ms p99 {c1['p99_ms']:6.2f} ms; "
+                f"{clients} clients {closed['ok_per_s']:7.1f} req/s p99 {closed['p99_ms']:6.1f} ms")
+        result["perf_analyzer"] = perf_analyzer(spec, handler, f"127.0.0.1:{door.port}", auth,
+                                                [1, clients], seconds, work)
+        for row in result["perf_analyzer"]:
+            log(f"  perf_analyzer (v2-binary) concurrency {row['concurrency']}: "
+                f"{row['ok_per_s']:.1f} infer/s, p50 {row['p50_ms']:.2f} ms, "
+                f"p99 {row['p99_ms']:.2f} ms")
+    finally:
+        door.stop()
+        instance.stop()
+    return result
+
+
+def table(result: dict, clients: int) -> str:
+    lines = [f"{result['model']}: through the front door, one TorchServe",
+             f"{'protocol':12s} {'bytes':>8s} {'c1 p50 ms':>10s} {'c1 p99 ms':>10s} "
+             f"{'req/s @' + str(clients):>10s} {'p99 ms':>8s}"]
+    for protocol, point in result["protocols"].items():
+        lines.append(f"{protocol:12s} {point['request_bytes']:8d} {point['c1']['p50_ms']:10.2f} "
+                     f"{point['c1']['p99_ms']:10.2f} {point['closed']['ok_per_s']:10.1f} "
+                     f"{point['closed']['p99_ms']:8.1f}")
+    for row in result.get("perf_analyzer", []):
+        lines.append(f"{'perf_analyzer':12s} {'':8s} {'':10s} {'':10s} "
+                     f"{row['ok_per_s']:10.1f} {row['p99_ms']:8.1f}  (v2-binary, concurrency "
+                     f"{row['concurrency']}: p50 {row['p50_ms']:.2f} ms)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving bench-protocols", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", metavar="MODEL", help="default: every built model")
+    parser.add_argument("--clients", type=int, default=16, help="closed-loop connections")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per load point")
+    parser.add_argument("--model-store", default=str(MODEL_STORE))
+    parser.add_argument("--out", default=str(RUN_DIR / "bench-protocols"))
+    args = parser.parse_args(argv)
+    model_store = Path(args.model_store)
+    names = args.models or [m for m in models.names() if (model_store / f"{m}.mar").exists()]
+    missing = [m for m in names if not (model_store / f"{m}.mar").exists()]
+    if missing:
+        parser.error(f"no archive for {missing} in {model_store}: python -m serving build")
+    machine = cpu_name()
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    log(f"CPU: {machine}")
+    results = []
+    for name in names:
+        log(f"[{name}]")
+        results.append(bench(name, args.clients, args.seconds, model_store, log))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "protocols.json").write_text(json.dumps({
+        "cpu": machine, "arch": platform.machine(), "clients": args.clients,
+        "seconds_per_point": args.seconds, "results": results}, indent=2))
+    print(f"\nCPU: {machine}; generator and server on the same machine")
+    for result in results:
+        print("\n" + table(result, args.clients))
+    print(f"\nJSON: {out / 'protocols.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
