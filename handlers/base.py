@@ -39,9 +39,12 @@ JSON = "application/json"
 BUILD_INFO = "build-info.json"  # written by the build into every archive: what the artifact is
 CARD = "model.yaml"  # the model folder's description, copied into every archive
 
-# The body of every refused request, whatever the kind (JSON Schema, for metadata and OpenAPI).
+# The body of every refused request, whatever the kind (JSON Schema, for metadata and OpenAPI);
+# the Open Inference Protocol's is one message.
 ERROR_SCHEMA = {"type": "object", "required": ["error", "detail"],
                 "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}}
+OIP_ERROR_SCHEMA = {"type": "object", "required": ["error"],
+                    "properties": {"error": {"type": "string"}}}
 
 # Field names a request body may arrive under: raw POST bodies are "body"; multipart uploads use the
 # form field's name, for which "data" and "file" are the usual ones.
@@ -300,7 +303,8 @@ class ModelHandler:
 
     def oip_inputs(self) -> list[dict]:
         """The model's inputs in the Open Inference Protocol: [{"name", "datatype", "shape"}],
-        the batch dimension first (-1). BYTES inputs holding text say
+        the batch dimension first (-1). A BYTES input is [-1, 1], one element per row (Triton's
+        tools need a dimension past the batch; a request may send [N] too); one holding text says
         `"parameters": {"content_type": "str"}`, as KServe's SDK marks strings."""
         raise NotImplementedError
 
@@ -339,6 +343,9 @@ class ModelHandler:
                         values = [v.decode("utf-8") for v in values]
                     except UnicodeDecodeError as e:
                         raise bad_request("not_utf8", f"{where}: not UTF-8 text: {e}") from None
+                elif tensor.in_json:  # files (images) in JSON strings: base64, as v1's "b64"
+                    values = [decode_base64({"b64": v.decode("utf-8", "replace")}, where)
+                              for v in values]
             else:
                 if len(tensor.shape) != len(expected) or any(
                         e >= 0 and e != s for e, s in zip(expected[1:], tensor.shape[1:])):
@@ -389,6 +396,30 @@ class ModelHandler:
     def prediction_schema(self) -> dict:
         """JSON Schema of one entry of v1's `predictions`."""
         raise NotImplementedError
+
+    def oip_schemas(self) -> dict:
+        """The Open Inference Protocol's JSON request and answer for this model, as JSON Schema
+        (the binary extension's bodies are not JSON)."""
+        inputs = self.oip_inputs()
+        tensor = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+            "name": {"type": "string"}, "datatype": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "data": {"type": "array"}, "parameters": {"type": "object"}}}
+        request_input = {**tensor, "required": ["name", "datatype", "shape", "data"],
+                         "properties": {**tensor["properties"],
+                                        "name": {"enum": [i["name"] for i in inputs]},
+                                        "datatype": {"enum": sorted({i["datatype"]
+                                                                     for i in inputs})}}}
+        return {"request": {"type": "object", "required": ["inputs"], "properties": {
+                    "id": {"type": "string"}, "parameters": {"type": "object"},
+                    "inputs": {"type": "array", "items": request_input, "minItems": 1},
+                    "outputs": {"type": "array", "items": {
+                        "type": "object", "required": ["name"], "properties": {
+                            "name": {"enum": [o["name"] for o in self.oip_outputs(None)]},
+                            "parameters": {"type": "object"}}}}}},
+                "answer": {"type": "object", "required": ["model_name", "outputs"], "properties": {
+                    "model_name": {"type": "string"}, "id": {"type": "string"},
+                    "outputs": {"type": "array", "items": tensor}}}}
 
     def kserve_v1_schemas(self) -> dict:
         """v1's request and answer for this model, as JSON Schema."""
@@ -658,7 +689,7 @@ class ModelHandler:
         for idx in range(len(data)):
             context.set_response_header(idx, "x-batch-size", str(len(data)))
         try:
-            self.metrics.record(stages, len(data), statuses)
+            self.metrics.record(stages, len(data), statuses, protocols)
         except Exception:  # noqa: BLE001 - metrics must never cost an answer
             log.exception("recording handler metrics failed")
         return responses

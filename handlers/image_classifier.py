@@ -101,7 +101,7 @@ class ImageClassifier(TopKAnswer, ModelHandler):
         return Payload(decode_base64(instance, "the instance"), "image/*")
 
     def oip_inputs(self) -> list[dict]:
-        return [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+        return [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}]
 
 
     def instance_schema(self) -> dict:

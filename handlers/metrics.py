@@ -30,11 +30,12 @@ class HandlerMetrics:
                         "(%s); use this project's metrics.yaml", STAGE_SECONDS, e)
             self.stage_seconds = self.batch_size = self.responses = None
 
-    def record(self, stages: dict[str, float], batch_size: int, statuses: list[int]) -> None:
+    def record(self, stages: dict[str, float], batch_size: int, statuses: list[int],
+               protocols: list[str]) -> None:
         if self.stage_seconds is None:
             return
         for stage, seconds in stages.items():
             self.stage_seconds.add_or_update(seconds, [self.model_name, stage])
         self.batch_size.add_or_update(batch_size, [self.model_name])
-        for status, count in Counter(statuses).items():
-            self.responses.add_or_update(count, [self.model_name, str(status)])
+        for (status, protocol), count in Counter(zip(statuses, protocols)).items():
+            self.responses.add_or_update(count, [self.model_name, str(status), protocol])

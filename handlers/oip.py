@@ -38,6 +38,7 @@ class Tensor:
     datatype: str
     shape: list[int]
     data: numpy.ndarray | list[bytes]  # BYTES: the elements, flat, row-major
+    in_json: bool = False  # a request's tensor sent in the JSON (BYTES: as strings)
 
 
 @dataclass
@@ -140,7 +141,7 @@ def read_input(entry: Any, where: str, binary: bytes, offset: int) -> tuple[Tens
                             f"({count:,})")
     if datatype != "BYTES":
         data = data.reshape(shape)
-    return Tensor(name, datatype, shape, data), offset
+    return Tensor(name, datatype, shape, data, in_json=size is None), offset
 
 
 def split_bytes(chunk: bytes, where: str) -> list[bytes]:

@@ -105,7 +105,7 @@ class TextEmbedder(ModelHandler):
         return self.predictions(row[None])[0]
 
     def oip_inputs(self) -> list[dict]:
-        return [{"name": "text", "datatype": "BYTES", "shape": [-1],
+        return [{"name": "text", "datatype": "BYTES", "shape": [-1, 1],
                  "parameters": {"content_type": "str"}}]
 
     def oip_outputs(self, outputs: torch.Tensor | None) -> list[dict]:

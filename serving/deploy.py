@@ -555,8 +555,10 @@ def serving_runtime(variant_name: str, variant: dict, image: str) -> dict:
             "supportedModelFormats": [{"name": "pytorch", "version": "2", "autoSelect": False}],
             # KServe gives a `pytorch` model protocol v1 unless it names another, and runs it only
             # on a runtime that lists its protocol (v1beta1/inference_service_defaults.go,
-            # SetTorchServeDefaults; predictor_model.go, GetSupportingRuntimes).
-            "protocolVersions": ["v1"],
+            # SetTorchServeDefaults; predictor_model.go, GetSupportingRuntimes). The front door
+            # serves both over REST (docker/nginx/nginx.conf): v1, and v2 (the Open Inference
+            # Protocol) for an InferenceService that asks for `protocolVersion: v2`.
+            "protocolVersions": ["v1", "v2"],
             **placement(variant),
             "containers": [{
                 "name": "kserve-container",

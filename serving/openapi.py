@@ -1,5 +1,5 @@
 """The OpenAPI document of the models' inference endpoints: per model, its native operation and its
-KServe v1 operation (served by the front door), with the request and answer schemas its handler
+KServe v1 and Open Inference Protocol operations (served by the front door), with the request and answer schemas its handler
 declares and every error answer. TorchServe's own OpenAPI
 (/api-description) describes no bodies, so a schema-driven client or fuzzer cannot reach the
 handlers through it; this one can. `python -m serving openapi [MODEL ...] > openapi.json`."""
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import models
 from handlers import KINDS
-from handlers.base import ERROR_SCHEMA, JSON
+from handlers.base import ERROR_SCHEMA, JSON, OIP_ERROR_SCHEMA
 
 # What TorchServe's frontend answers itself (no worker, queue full, body over max_request_size).
 FRONTEND_ERROR_SCHEMA = {"type": "object", "required": ["code", "type", "message"],
@@ -41,11 +41,15 @@ FRONT_DOOR_ERRORS = {
 
 
 def operation(spec, handler, operation_id: str, request: dict, answer: dict, errors: dict,
-              more: str = "") -> dict:
+              more: str = "", error_schema: dict = ERROR_SCHEMA, binary_answer: bool = False
+              ) -> dict:
     kind = KINDS[spec.kind]
-    error = {"oneOf": [ERROR_SCHEMA, FRONTEND_ERROR_SCHEMA]}
+    error = {"oneOf": [error_schema, FRONTEND_ERROR_SCHEMA]}
     responses = {"200": {"description": f"the answer: {kind.summary}",
                          "content": {"application/json": {"schema": answer}}}}
+    if binary_answer:  # the OIP's binary extension: JSON, then the tensors
+        responses["200"]["content"]["application/octet-stream"] = {
+            "schema": {"type": "string", "format": "binary"}}
     for status, why in sorted(errors.items()):
         responses[status] = {"description": why,
                              "content": {"application/json": {"schema": error}}}
@@ -76,6 +80,15 @@ def kserve_v1_operation(spec, handler) -> dict:
                      "instance.\n\n")
 
 
+def oip_operation(spec, handler) -> dict:
+    oip = handler.oip_schemas()
+    return operation(spec, handler, f"oip_infer_{spec.name}", {JSON: oip["request"]},
+                     oip["answer"], {**ERRORS, **FRONT_DOOR_ERRORS},
+                     "The Open Inference Protocol (v2), through the front door; in JSON here, "
+                     "binary tensor data too (docs/protocols.md).\n\n", OIP_ERROR_SCHEMA,
+                     binary_answer=True)
+
+
 def document(names: list[str] | None = None, server_url: str = "http://127.0.0.1:8080") -> dict:
     from serving import sources
 
@@ -85,6 +98,7 @@ def document(names: list[str] | None = None, server_url: str = "http://127.0.0.1
         handler = sources.model_handler(spec)
         paths[f"/predictions/{name}"] = native_operation(spec, handler)
         paths[f"/v1/models/{name}:predict"] = kserve_v1_operation(spec, handler)
+        paths[f"/v2/models/{name}/infer"] = oip_operation(spec, handler)
     return {
         "openapi": "3.0.3",
         "info": {"title": "Model serving: inference", "version": "1",

@@ -1011,6 +1011,18 @@ def test_a_kserve_predictor_answers_through_its_front_door_and_drains(kserve_pre
     assert predicted["status"] == 200 and predicted["body"]["predictions"][0][0]["label"] == "0"
     assert requests.post(f"http://127.0.0.1:{front.port}/v1/models/digits:predict", json={
         "instances": [json.loads(body)]}, timeout=10).status_code == 401
+    # ... and v2 (the Open Inference Protocol): Triton's client, with the key; the server's
+    # readiness is the readiness endpoint's.
+    from tests.clients import triton_client
+
+    pixels = [float(v) for row in json.loads(body)["pixels"] for v in row]
+    v2 = triton_client({"url": f"127.0.0.1:{front.port}", "protocol": "http",
+                        "headers": {"Authorization": f"Bearer {front.key}"}, "models": ["digits"],
+                        "calls": [{"model": "digits", "inputs": [{
+                            "name": "pixels", "datatype": "FP32", "shape": [1, 8, 8],
+                            "data": pixels}]}]})
+    assert v2["live"] and v2["ready"] and v2["models"]["digits"]["ready"], v2
+    assert v2["answers"][0]["outputs"]["label"]["data"][0] == "0", v2
     metrics = requests.get(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5).text
     assert "ts_inference_requests_total" in metrics
     process.send_signal(signal.SIGTERM)
@@ -1022,6 +1034,8 @@ def test_a_kserve_predictor_answers_through_its_front_door_and_drains(kserve_pre
     assert draining.status_code == 503, draining.text
     model = requests.get(f"http://127.0.0.1:{front.port}/v1/models/digits", timeout=5)
     assert (model.status_code, model.json()) == (503, {"name": "digits", "ready": False})
+    server_ready = requests.get(f"http://127.0.0.1:{front.port}/v2/health/ready", timeout=5)
+    assert (server_ready.status_code, server_ready.json()) == (503, {"ready": False})
     assert process.wait(timeout=deploy.DRAIN_GRACE_S + 20) == 0
 
 

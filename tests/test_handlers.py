@@ -749,3 +749,23 @@ def test_oip_texts_are_bytes_elements_decoded_as_utf8(text_handler):
         text_handler.read({"body": header + bad}, {"Inference-Header-Content-Length":
                                                    str(len(header))}, "v2")
     assert (caught.value.status, caught.value.error) == (400, "not_utf8")
+
+
+def test_oip_images_are_bytes_elements_or_base64_strings_in_json():
+    import base64
+
+    handler = image_handler()
+    image = png(64, 48)
+    [native] = handler.read({"body": image}, None)
+    header = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                     "parameters": {"binary_data_size": len(image) + 4}}]}).encode()
+    import struct
+
+    [binary] = handler.read({"body": header + struct.pack("<I", len(image)) + image},
+                            {"Inference-Header-Content-Length": str(len(header))}, "v2")
+    [in_json] = handler.read({"body": oip_json("image", "BYTES", np.array(
+        [base64.b64encode(image).decode()]))}, None, "v2")
+    assert torch.equal(binary, native) and torch.equal(in_json, native)
+    with pytest.raises(RequestError) as caught:
+        handler.read({"body": oip_json("image", "BYTES", np.array(["not base64!"]))}, None, "v2")
+    assert (caught.value.status, caught.value.error) == (400, "bad_base64")

@@ -25,14 +25,16 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 
 
-def test_every_model_folder_is_a_native_and_a_v1_operation_with_its_schemas():
+def test_every_model_folder_is_a_native_a_v1_and_a_v2_operation_with_its_schemas():
     import models
 
     assert sorted(DOCUMENT["paths"]) == sorted(
         [f"/predictions/{n}" for n in models.names()] +
-        [f"/v1/models/{n}:predict" for n in models.names()])
+        [f"/v1/models/{n}:predict" for n in models.names()] +
+        [f"/v2/models/{n}/infer" for n in models.names()])
     for name in models.names():
-        for path in (f"/predictions/{name}", f"/v1/models/{name}:predict"):
+        for path in (f"/predictions/{name}", f"/v1/models/{name}:predict",
+                     f"/v2/models/{name}/infer"):
             post = DOCUMENT["paths"][path]["post"]
             assert post["requestBody"]["content"] and "200" in post["responses"]
             assert {"400", "413", "422", "503"} <= set(post["responses"])
@@ -46,9 +48,10 @@ def test_every_native_answer_matches_the_document(case, server):
                            checks=CHECKS, timeout=30)
 
 
-@schema.include(path_regex="^/v1/").parametrize()
+@schema.include(path_regex="^/v[12]/").parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
-def test_every_v1_answer_through_the_front_door_matches_the_document(case, server, front_door):
+def test_every_v1_and_v2_answer_through_the_front_door_matches_the_document(case, server,
+                                                                          front_door):
     case.call_and_validate(base_url=f"http://127.0.0.1:{front_door.port}",
                            headers=server.auth("inference"), checks=CHECKS, timeout=30)

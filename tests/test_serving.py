@@ -448,15 +448,39 @@ def test_oip_routes_answer_as_the_protocol_says(server, front_door):
         **auth, "Content-Type": "text/plain"}).status_code == 415
 
 
-def test_perf_analyzer_drives_the_oip_routes_for_a_bounded_run(server, front_door, tmp_path):
+@pytest.mark.parametrize("model", ["digits", "efficientnet_lite0", "minilm"])
+def test_perf_analyzer_drives_the_oip_routes_for_a_bounded_run(server, front_door, tmp_path,
+                                                               model):
     """Triton's perf_analyzer (the binary in tritonclient 2.40's wheel) against the front door:
-    it reads the model's metadata and config, sends binary tensors, and every request succeeds."""
+    it reads the model's metadata and config, sends binary tensors, and every request succeeds
+    (it stops at the first failed one)."""
     import models
     from serving import protocolbench, sources
 
-    spec = models.load("digits")
+    spec = models.load(model)
     rows = protocolbench.perf_analyzer(spec, sources.model_handler(spec),
                                        f"127.0.0.1:{front_door.port}", server.auth("inference"),
                                        [1, 2], 1.0, tmp_path)
-    assert [r["concurrency"] for r in rows] == [1, 2]
-    assert all(r["ok_per_s"] > 10 and 0 < r["p50_ms"] <= r["p99_ms"] for r in rows), rows
+    # perf_analyzer leaves out a point whose windows never agreed (noise on a busy machine).
+    assert [r["concurrency"] for r in rows] in ([1, 2], [1], [2]), rows
+    assert all(r["ok_per_s"] > 5 and 0 < r["p50_ms"] <= r["p99_ms"] for r in rows), rows
+
+
+def test_answers_are_counted_by_protocol(server, front_door):
+    """handler_responses_total carries the protocol, so a dashboard tells v1 and v2 traffic from
+    native; read from TorchServe's metrics endpoint after one request of each."""
+    examples = v1_examples()
+    assert v1_predict(front_door, server, "digits", examples["digits"][:1]).status_code == 200
+    assert requests.post(f"http://127.0.0.1:{front_door.port}/v2/models/digits/infer",
+                         json={"inputs": oip_inputs("digits", examples["digits"][:1])},
+                         headers=server.auth("inference"), timeout=30).status_code == 200
+    assert predict(server, "digits", {"pixels": GRID}).status_code == 200
+    wanted = {'protocol="native"', 'protocol="kserve-v1"', 'protocol="v2"'}
+    deadline, seen = time.monotonic() + 20, set()
+    while time.monotonic() < deadline and seen != wanted:
+        text = requests.get(f"{server.metrics_url}/metrics", timeout=5).text
+        seen = {label for line in text.splitlines()
+                if line.startswith("handler_responses_total{") and 'model_name="digits"' in line
+                and 'status="200"' in line for label in wanted if label in line}
+        time.sleep(1)
+    assert seen == wanted, seen
