@@ -62,7 +62,6 @@ class ArrayClassifier(TopKAnswer, ModelHandler):
                 raise unprocessable("out_of_range", f"{key} values must lie in [{low}, {high}]")
         return [tensor]
 
-
     def oip_inputs(self) -> list[dict]:
         return [{"name": self.settings["input_key"], "datatype": "FP32",
                  "shape": [-1, *(self.settings["input_shape"] or [])]}]
@@ -74,7 +73,6 @@ class ArrayClassifier(TopKAnswer, ModelHandler):
         key = self.settings["input_key"]
         return {JSON: {"type": "object", "required": [key], "properties": {key: nested_array_schema(
             self.settings["input_shape"] or [], self.settings["value_range"])}}}
-
 
 
 def nested_array_schema(shape, value_range=None, integer: bool = False) -> dict:

@@ -16,12 +16,12 @@ import time, and nothing imports TorchServe, so handlers are testable without a 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import os
 import platform
-import base64
-import binascii
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,11 +66,12 @@ BINARY_TYPE = "application/octet-stream"
 
 
 @dataclass(frozen=True)
-class BinaryAnswer:
-    """An answer that is not JSON alone: the OIP binary extension's JSON header, then tensors."""
+class EncodedAnswer:
+    """An answer already in its bytes: the OIP's JSON, or (json_length set) its binary
+    extension's JSON header then tensors."""
 
     body: bytes
-    json_length: int
+    json_length: int | None = None
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "max_request_bytes": 8 * 1024 * 1024,
@@ -566,13 +567,10 @@ class ModelHandler:
                                 + ", ".join(map(repr, names)))
         chosen = [o for o in outputs if not wanted or o["name"] in wanted]
         binary = {o["name"] for o in chosen if wanted.get(o["name"], request.binary_default)}
-        body, json_length = oip.response(
+        return EncodedAnswer(*oip.response(
             model_name, request.id,
             [oip.Tensor(o["name"], o["datatype"], list(o["shape"]), o["data"]) for o in chosen],
-            binary)
-        if json_length is None:
-            return json.loads(body)
-        return BinaryAnswer(body, json_length)
+            binary))
 
     def bucket(self, n: int) -> int:
         return next(b for b in self.batch_buckets if b >= n)
@@ -735,10 +733,13 @@ class ModelHandler:
 
     @staticmethod
     def reply(context, idx: int, status: int, body: Any) -> str | bytes:
-        if isinstance(body, BinaryAnswer):
-            context.set_response_content_type(idx, BINARY_TYPE)
-            context.set_response_header(idx, "Inference-Header-Content-Length",
-                                        str(body.json_length))
+        if isinstance(body, EncodedAnswer):
+            if body.json_length is None:
+                context.set_response_content_type(idx, JSON)
+            else:
+                context.set_response_content_type(idx, BINARY_TYPE)
+                context.set_response_header(idx, "Inference-Header-Content-Length",
+                                            str(body.json_length))
             return body.body
         if status != 200:
             context.set_response_status(status, body.get("error", ""), idx)
@@ -746,13 +747,18 @@ class ModelHandler:
         return json.dumps(body)
 
 
-def request_protocol(headers: dict | None) -> str:
-    """The protocol a request speaks, from PROTOCOL_HEADER (TorchServe keeps header names as sent)."""
+def request_header(headers: dict | None, wanted: str) -> str | None:
+    """A request header's value, whatever its case (TorchServe keeps header names as sent)."""
     for name, value in (headers or {}).items():
-        if name.lower() == PROTOCOL_HEADER and isinstance(value, str):
-            value = value.strip().lower()
-            return value if value in PROTOCOLS else NATIVE
-    return NATIVE
+        if name.lower() == wanted and isinstance(value, str):
+            return value
+    return None
+
+
+def request_protocol(headers: dict | None) -> str:
+    """The protocol a request speaks, from PROTOCOL_HEADER."""
+    value = (request_header(headers, PROTOCOL_HEADER) or "").strip().lower()
+    return value if value in PROTOCOLS else NATIVE
 
 
 def decode_base64(value: Any, where: str) -> bytes:

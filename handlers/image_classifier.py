@@ -103,7 +103,6 @@ class ImageClassifier(TopKAnswer, ModelHandler):
     def oip_inputs(self) -> list[dict]:
         return [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}]
 
-
     def instance_schema(self) -> dict:
         return {"type": "object", "required": ["b64"], "additionalProperties": False,
                 "properties": {"b64": {"type": "string", "contentEncoding": "base64"}}}
@@ -114,4 +113,3 @@ class ImageClassifier(TopKAnswer, ModelHandler):
 
     def request_schema(self) -> dict:
         return {ctype: {"type": "string", "format": "binary"} for ctype in self.request_content_types}
-

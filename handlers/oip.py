@@ -9,7 +9,7 @@ binary, each element's 4-byte little-endian length then its bytes; in JSON, stri
 
 Everything a client sent is checked before a tensor is made: the datatype is known, the shape's
 element count matches the data, binary sizes add up to the body exactly; each refusal is a
-RequestError for that request alone, answered `{"error": ..., "detail": ...}` as every other.
+RequestError for that request alone, answered as the protocol's one message (`{"error": ...}`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy
 
-from handlers.base import Payload, bad_request, unprocessable
+from handlers.base import Payload, bad_request, request_header, unprocessable
 
 HEADER_LENGTH = "inference-header-content-length"
 NUMERIC = {"BOOL": numpy.bool_, "UINT8": numpy.uint8, "UINT16": numpy.uint16,
@@ -50,14 +50,14 @@ class Request:
 
 
 def header_length(headers: dict | None) -> int | None:
-    for name, value in (headers or {}).items():
-        if name.lower() == HEADER_LENGTH and isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                raise bad_request("bad_header", f"{HEADER_LENGTH} is not a number: "
-                                  f"{value[:40]!r}") from None
-    return None
+    value = request_header(headers, HEADER_LENGTH)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise bad_request("bad_header", f"{HEADER_LENGTH} is not a number: {value[:40]!r}") \
+            from None
 
 
 def parse(payload: Payload, json_length: int | None) -> Request:
@@ -225,5 +225,5 @@ def response(model: str, request_id: str | None, outputs: list[Tensor], binary: 
 
 
 def request(inputs: list[Tensor], binary: bool) -> tuple[bytes, int | None]:
-    """A request's body (what a client sends; the benchmark and tests use it)."""
+    """A request's body (what a client sends; the protocol benchmark uses it)."""
     return encode({}, "inputs", inputs, {t.name for t in inputs} if binary else set())

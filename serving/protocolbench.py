@@ -38,6 +38,11 @@ PROTOCOLS = ("native", "kserve-v1", "v2-json", "v2-binary")
 
 def requests_for(spec, handler) -> dict[str, tuple[str, bytes, dict]]:
     """The model's example request in each protocol: (path, body, headers)."""
+    return example_in_each_protocol(spec, handler)[0]
+
+
+def example_in_each_protocol(spec, handler) -> tuple[dict, list]:
+    """The requests of requests_for, and the example's OIP input tensors."""
     file, content_type = spec.example_request
     native = (models.MODELS_DIR / spec.name / file).read_bytes()
     inputs = handler.oip_inputs()
@@ -69,7 +74,7 @@ def requests_for(spec, handler) -> dict[str, tuple[str, bytes, dict]]:
         if length is not None:
             headers["Inference-Header-Content-Length"] = str(length)
         out[label] = (f"/v2/models/{spec.name}/infer", body, headers)
-    return out
+    return out, tensors
 
 
 def perf_analyzer(spec, handler, url: str, headers: dict, concurrency: list[int],
@@ -78,21 +83,11 @@ def perf_analyzer(spec, handler, url: str, headers: dict, concurrency: list[int]
     binary = TRITON / "bin" / "perf_analyzer"
     if not binary.exists():
         raise RuntimeError(f"{binary} is missing: `make test` installs requirements-triton.txt")
-    requests_ = requests_for(spec, handler)
+    # Its input file: one row of each input tensor, as the binary extension lays it out ("b64").
     data = {}
-    header = json.loads(requests_["v2-json"][1])
-    text = (handler.oip_inputs()[0].get("parameters") or {}).get("content_type") == "str"
-    for tensor in header["inputs"]:  # perf_analyzer's input file: one request's tensors
-        if tensor["datatype"] == "BYTES" and text:
-            data[tensor["name"]] = tensor["data"][:1]
-        elif tensor["datatype"] == "BYTES":  # a file: "b64" is the tensor's serialized bytes
-            raw = oip.tensor_bytes(oip.Tensor(tensor["name"], "BYTES", [1],
-                                              [requests_["native"][1]]))
-            data[tensor["name"]] = {"b64": base64.b64encode(raw).decode()}
-        else:
-            data[tensor["name"]] = {"content": [float(v) for v in tensor["data"]]
-                                    if tensor["datatype"].startswith("FP") else tensor["data"],
-                                    "shape": tensor["shape"][1:]}
+    for tensor in example_in_each_protocol(spec, handler)[1]:
+        row = oip.Tensor(tensor.name, tensor.datatype, [1, *tensor.shape[1:]], tensor.data[:1])
+        data[tensor.name] = {"b64": base64.b64encode(oip.tensor_bytes(row)).decode()}
     inputs = work / f"{spec.name}-perf-analyzer.json"
     inputs.write_text(json.dumps({"data": [data]}))
     csv_file = work / f"{spec.name}-perf-analyzer.csv"
