@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-serve.txt requirements-bench.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup prometheus nginx deploy capacity new build up down ready latency loadtest bench bench-serve bench-protocols tune worst-case fuzz overload soak compose-up compose-down arm64-up arm64-down test clean
+.PHONY: setup prometheus nginx sbom deploy capacity new build up down ready latency loadtest bench bench-serve bench-protocols tune worst-case fuzz overload soak compose-up compose-down arm64-up arm64-down test clean
 
 # A virtual environment with the pinned dependencies; redone when requirements.txt changes.
 $(STAMP): requirements.txt requirements-serve.txt requirements-bench.txt
@@ -26,6 +26,15 @@ $(TOOLS)/.checkov-$(CHECKOV_VERSION):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet --progress-bar off checkov==$(CHECKOV_VERSION)
 	rm -f $(TOOLS)/.checkov-* && touch $@
+
+# cyclonedx-bom (the bill of materials, serving/sbom.py) in an environment of its own: its
+# library's version clashes with checkov's, and it must not be in the bill it writes.
+SBOM_TOOLS := .venv-sbom
+CYCLONEDX_VERSION := 7.5.0
+$(SBOM_TOOLS)/.installed-$(CYCLONEDX_VERSION):
+	$(PYTHON) -m venv $(SBOM_TOOLS)
+	$(SBOM_TOOLS)/bin/python -m pip install --quiet --progress-bar off cyclonedx-bom==$(CYCLONEDX_VERSION)
+	rm -f $(SBOM_TOOLS)/.installed-* && touch $@
 
 # Clients nobody here wrote, for the protocol tests, each in its own environment (their pins
 # clash with the serving ones and with each other): KServe's SDK, and Triton's clients with
@@ -111,6 +120,9 @@ overload: setup         ## a model at 4x its capacity against the running servic
 soak: setup             ## every model at 70% of capacity for 10 minutes against the running service
 	$(PY) -m loadtest soak $(ARGS)
 
+sbom: setup $(SBOM_TOOLS)/.installed-$(CYCLONEDX_VERSION)  ## this environment's bill of materials, checked against docs/security.md
+	$(PY) -m serving.sbom --cyclonedx $(SBOM_TOOLS)/bin/cyclonedx-py --out run/sbom/local.cdx.json --check run/sbom/local.cdx.json
+
 deploy: setup            ## Kubernetes, KServe and Locust manifests into deploy/ (ARGS="--namespace ...")
 	$(PY) -m serving deploy render $(ARGS)
 
@@ -135,7 +147,7 @@ arm64-up: build          ## arm64 (Graviton) images, models built on arm64, serv
 arm64-down: setup        ## stop and remove what arm64-up started, volumes too
 	ARCH=arm64 docker/compose.sh down -v
 
-test: setup $(TOOLS)/.checkov-$(CHECKOV_VERSION) $(CLIENTS_STAMP) $(TRITON_STAMP)  ## unit and integration tests (starts its own TorchServe on free ports)
+test: setup $(TOOLS)/.checkov-$(CHECKOV_VERSION) $(SBOM_TOOLS)/.installed-$(CYCLONEDX_VERSION) $(CLIENTS_STAMP) $(TRITON_STAMP)  ## unit and integration tests (starts its own TorchServe on free ports)
 	$(PY) -m pytest -ra
 
 clean:

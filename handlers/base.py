@@ -31,6 +31,7 @@ import torch
 
 from handlers import CPU_ENV, WORKERS_ENV, artifacts
 from handlers.cores import CoreShare, available_cores
+from handlers.deadline import DeadlineExceeded, deadline
 from handlers.metrics import HandlerMetrics
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,10 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "max_image_pixels": 12_000_000,  # decompression bombs: checked before pixels are decoded
     "max_text_chars": 10_000,
     "max_items_per_request": 64,
+    # Reading one request (parsing, decoding) stops here with a 422 (handlers/deadline.py).
+    # Default: responseTimeout / (2 x batchSize), so a full batch of requests at this limit ends
+    # at half the responseTimeout, and TorchServe never kills a worker because of its input.
+    "max_decode_ms": None,
     "batch_buckets": None,  # batch sizes the model runs at; default: every size up to batchSize
     # Most threads a worker runs; it takes fewer while other workers of the server are busy
     # (handlers/cores.py). Default: every core.
@@ -215,6 +220,9 @@ def failure_answer(error: BaseException, stage: str) -> RequestError:
     """
     if isinstance(error, RequestError):
         return error
+    if isinstance(error, DeadlineExceeded):
+        return unprocessable("too_slow_to_decode", f"reading this request took {error} (the "
+                             "limit for one request); send a smaller or simpler input")
     if isinstance(error, MemoryError):
         return RequestError(413, "too_large", "the request needs more memory than the worker has")
     if isinstance(error, RecursionError):
@@ -462,6 +470,9 @@ class ModelHandler:
             self.card = yaml.safe_load((model_dir / CARD).read_text()) or {}
 
         batch_size = int(properties.get("batch_size") or 1)
+        if self.settings["max_decode_ms"] is None:
+            timeout_s = float(yaml_config.get("responseTimeout") or 120)  # TorchServe's default
+            self.settings["max_decode_ms"] = int(timeout_s * 1000 / (2 * batch_size))
         buckets = self.settings["batch_buckets"] or range(1, batch_size + 1)
         self.batch_buckets = sorted({int(b) for b in buckets if 0 < int(b) <= batch_size}
                                     | {batch_size})
@@ -648,8 +659,9 @@ class ModelHandler:
                         responses[idx] = self.reply(context, idx, 200,
                                                     self.oip_ask(protocols[idx], model_name))
                         continue
-                    items, envelopes[idx] = self.read_request(
-                        row, self.request_headers(context, idx), protocols[idx])
+                    with deadline((self.settings["max_decode_ms"] or 0) / 1000):
+                        items, envelopes[idx] = self.read_request(
+                            row, self.request_headers(context, idx), protocols[idx])
                     accepted.append((idx, items))
                 except BaseException as e:  # noqa: BLE001 - answered per request, see failure_answer
                     if is_fatal(e):

@@ -16,12 +16,52 @@ from handlers.base import (ModelHandler, Payload, RequestError, bad_request, dec
 from handlers.classification import TopKAnswer, load_labels
 
 FORMATS = "JPEG, PNG, GIF, BMP, TIFF, WebP"
+DECODER_BLOCK = 4096
+SOI, SOS, EOI = 0xD8, 0xDA, 0xD9
+STANDALONE_MARKERS = {0x01, *range(0xD0, 0xD8)}  # TEM and RST0-7: no length follows
+
+
+def jpeg_scans(data: bytes, stop_after: int) -> int:
+    """The scans of a JPEG (its SOS markers), counted up to `stop_after` + 1, walking the segments
+    without decoding anything. A progressive JPEG is decoded once per scan, and a scan costs a
+    pass over the whole image while its bytes can be a dozen: 14,600 scans in 336 KB kept a
+    worker 5.4 s on one request. Encoders write 10 (libjpeg, color) to a few dozen; the count
+    stops at the first thing that is not a segment (Pillow judges the rest)."""
+    if data[:2] != b"\xff\xd8":
+        return 0
+    scans, pos, size = 0, 2, len(data)
+    while pos + 4 <= size and scans <= stop_after:
+        if data[pos] != 0xFF:
+            break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill bytes before a marker
+            pos += 1
+            continue
+        if marker == EOI:
+            break
+        if marker in STANDALONE_MARKERS or marker == SOI:
+            pos += 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker != SOS:
+            continue
+        scans += 1
+        while True:  # the entropy-coded data: up to a 0xFF that is not stuffing or a restart
+            pos = data.find(b"\xff", pos)
+            if pos < 0 or pos + 1 >= size:
+                return scans
+            following = data[pos + 1]
+            if following == 0 or 0xD0 <= following <= 0xD7:
+                pos += 2
+                continue
+            break
+    return scans
 
 
 def open_rgb(data: bytes, max_pixels: int | None = None, target: int | None = None,
-             max_aspect_ratio: float | None = None) -> Image.Image:
-    """Decodes an image, refusing decompression bombs and extreme shapes before their pixels are
-    decoded. Pillow is a parser of untrusted bytes: whatever it raises on them (OSError,
+             max_aspect_ratio: float | None = None, max_scans: int | None = None) -> Image.Image:
+    """Decodes an image, refusing decompression bombs, extreme shapes and JPEGs of too many scans
+    before their pixels are decoded. Pillow is a parser of untrusted bytes: whatever it raises on them (OSError,
     SyntaxError, ValueError, but also IndexError, KeyError, struct.error from broken metadata)
     is a corrupt image, answered 400."""
     try:
@@ -44,9 +84,16 @@ def open_rgb(data: bytes, max_pixels: int | None = None, target: int | None = No
     if max_aspect_ratio is not None and max(width, height) > max_aspect_ratio * min(width, height):
         raise unprocessable("wrong_shape", f"the image is {width}x{height}: its aspect ratio is "
                             f"over the limit of {max_aspect_ratio:g}:1")
+    if max_scans is not None and image.format == "JPEG" and jpeg_scans(data, max_scans) > max_scans:
+        raise unprocessable("too_many_scans", f"the JPEG has more than {max_scans} scans (each "
+                            "one is a pass over the whole image); re-encode it")
     try:
         if target:
             image.draft("RGB", (target, target))  # JPEG: decode at a reduced scale when enough
+        # Pillow hands its decoder this much input per call, from a Python loop: where a
+        # request's deadline can stop it (handlers/deadline.py). 64 KB by default, which a JPEG
+        # of tiny scans turned into seconds in one call.
+        image.decodermaxblock = DECODER_BLOCK
         image.load()
         return ImageOps.exif_transpose(image).convert("RGB")
     except MemoryError:
@@ -77,7 +124,7 @@ class ImageClassifier(TopKAnswer, ModelHandler):
     taken; `mean`/`std` (per channel, on 0..1 values) normalise it, or the model does."""
 
     settings_defaults = {"resize_size": 256, "crop_size": 224, "top_k": 5,
-                         "max_aspect_ratio": 20, "mean": None, "std": None}
+                         "max_aspect_ratio": 20, "max_jpeg_scans": 64, "mean": None, "std": None}
     request_content_types = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp",
                              "image/tiff")
 
@@ -86,7 +133,8 @@ class ImageClassifier(TopKAnswer, ModelHandler):
 
     def decode(self, payload: Payload) -> list[torch.Tensor]:
         image = open_rgb(payload.bytes(), self.settings["max_image_pixels"],
-                         self.settings["resize_size"], self.settings["max_aspect_ratio"])
+                         self.settings["resize_size"], self.settings["max_aspect_ratio"],
+                         self.settings["max_jpeg_scans"])
         tensor = to_tensor(image, self.settings["resize_size"], self.settings["crop_size"])
         if self.settings["mean"] is not None:
             mean = torch.tensor(self.settings["mean"], dtype=torch.float32).view(3, 1, 1)

@@ -42,7 +42,7 @@ def wait_for_scrape(prom: Prometheus, job: str, timeout: float = 30) -> bool:
 def cmd_run(args) -> int:
     from loadtest import report
 
-    host = args.host or Instance.from_config().inference_url
+    host = args.host or Instance.from_config().public_url
     prom = prometheus_of(args)
     try:
         prom.query("up")
@@ -87,7 +87,7 @@ def cmd_report(args) -> int:
 
 def cmd_ceiling(args) -> int:
     """Requests/s the generator reaches against the cheapest endpoint there is, per setting."""
-    host = args.host or Instance.from_config().inference_url
+    host = args.host or Instance.from_config().public_url
     results = []
     for processes in args.processes:
         out = RUN_DIR / "loadtest" / f"ceiling-p{processes}"
@@ -108,7 +108,7 @@ def cmd_ceiling(args) -> int:
 def cmd_overload(args) -> int:
     from loadtest import overload
 
-    host = args.host or Instance.from_config().inference_url
+    host = args.host or Instance.from_config().public_url
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or RUN_DIR / "loadtest" / f"overload-{args.model}-{stamp}")
     batch_users = args.batch_users or overload.batch_size(args.model)
@@ -122,7 +122,7 @@ def cmd_soak(args) -> int:
     from loadtest import soak
 
     instance = instance_of(args.key_file)
-    host = args.host or Instance.from_config().inference_url
+    host = args.host or Instance.from_config().public_url
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or RUN_DIR / "loadtest" / f"soak-{stamp}")
     names = args.models or list(models.names())

@@ -26,7 +26,6 @@ import os
 import random
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from typing import Callable
 import models
 from serving.cpu import cpu_name
 from serving.paths import MODEL_STORE, ROOT, RUN_DIR
+from serving.frontdoor import FrontDoor
 
 CAPACITY_FILE = ROOT / "deploy" / "capacity.json"
 USER_LADDER = (1, 2, 4, 8, 16, 32)
@@ -358,53 +358,6 @@ def pinned(cores: set[int]):
         yield
     finally:
         os.sched_setaffinity(0, before)
-
-
-class FrontDoor:
-    """The pod's nginx front door (docker/nginx), here on loopback in front of `upstreams`."""
-
-    def __init__(self, run_dir: Path, upstreams: list[str], key: str, port: int,
-                 extra_env: dict[str, str] | None = None) -> None:
-        """`extra_env`: more of render.sh's settings (TORCHSERVE_READY, FRONTDOOR_MAX_REQUESTS),
-        as a pod sets them."""
-        self.run_dir, self.port, self.key = run_dir, port, key
-        run_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "TORCHSERVE_INFERENCE": " ".join(upstreams),
-               "FRONTDOOR_PORT": f"127.0.0.1:{port}", "FRONTDOOR_KEY": key, **(extra_env or {})}
-        config = subprocess.run(["sh", str(ROOT / "docker" / "nginx" / "render.sh"),
-                                 str(ROOT / "docker" / "nginx" / "nginx.conf")], env=env,
-                                check=True, capture_output=True, text=True).stdout
-        # Its temporary files and pid under this run folder (the image puts them in /tmp).
-        config = config.replace("/tmp/nginx", str(run_dir / "nginx"))
-        self.config = run_dir / "nginx.conf"
-        self.config.write_text(config)
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        import shutil
-
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        if not Path(nginx).exists():
-            raise RuntimeError("nginx is not installed: apt-get install nginx-light (make setup "
-                               "does this as root)")
-        log = open(self.run_dir / "nginx.log", "ab")
-        self.process = subprocess.Popen([nginx, "-c", str(self.config), "-e", "stderr",
-                                         "-g", "daemon off;"], stdout=log, stderr=log,
-                                        start_new_session=True)
-        from serving.servedbench import wait_http
-
-        wait_http(f"http://127.0.0.1:{self.port}/nginx-health", timeout=20)
-
-    def process_handle(self):
-        """nginx's master process as psutil sees it (its workers are its children)."""
-        import psutil
-
-        return psutil.Process(self.process.pid) if self.process else None
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
 
 
 def cluster_instances(name: str, replicas: int, run_dir: Path, settings: dict) -> list:

@@ -11,7 +11,7 @@ import models
 from handlers import PRECISIONS, TARGETS
 from serving.paths import ROOT
 from serving.prometheus import Prometheus, PrometheusError
-from serving.torchserve import Instance, ServeError
+from serving.torchserve import Instance, ServeError, port_in_use
 
 
 def served_models() -> list[str]:
@@ -22,7 +22,7 @@ def served_models() -> list[str]:
 def curl_example(instance: Instance, name: str) -> str:
     file, content_type = models.load(name).example_request
     path = (models.MODELS_DIR / name / file).relative_to(ROOT)
-    return (f"curl -s {instance.inference_url}/predictions/{name} -H \"$AUTH\" "
+    return (f"curl -s {instance.public_url}/predictions/{name} -H \"$AUTH\" "
             f"-H 'Content-Type: {content_type}' --data-binary @{path}")
 
 
@@ -58,11 +58,15 @@ def cmd_build(args) -> int:
 
 
 def cmd_up(args) -> int:
+    from serving import frontdoor
+
     instance = Instance.from_config()
     names = args.models or served_models()
+    door_dir = instance.run_dir.parent / "frontdoor"
     if instance.process():
         print(f"TorchServe already runs (pid {instance.process().pid}); `make down` stops it.")
     else:
+        frontdoor.stop(frontdoor.running_in(door_dir))  # one left from a server that died
         if not args.no_build:
             build_all(names)
         started = time.monotonic()
@@ -71,17 +75,25 @@ def cmd_up(args) -> int:
               flush=True)
         instance.wait_ready(names, timeout=args.timeout)
         print(f"All {len(names)} models READY in {time.monotonic() - started:.1f}s.")
+    if not frontdoor.running_in(door_dir):
+        if port_in_use(instance.ports["frontdoor"]):
+            raise ServeError(f"port {instance.ports['frontdoor']} (the front door's) is in use "
+                             "by another program; stop it, or set SERVING_FRONTDOOR_PORT")
+        frontdoor.FrontDoor.before(instance, door_dir).start(detach=True)
     prometheus = prometheus_for(instance)
     if not prometheus.process():
         prometheus.start()
         prometheus.wait_ready()
-    print(f"\nInference API   {instance.inference_url}\n"
+    print(f"\nServing         {instance.public_url}  (the front door: nginx, docker/nginx; "
+          "TorchServe's own inference API is\n"
+          f"                {instance.inference_url}, for this machine's tools only)\n"
           f"Management API  {instance.management_url}  (model API off; keys in "
           f"{instance.key_file.relative_to(ROOT)})\n"
           f"Metrics         {instance.metrics_url}/metrics\n"
           f"Prometheus      {prometheus.url}  (scrapes TorchServe and load tests; rules in prometheus/)\n"
-          f"Logs            {instance.log_dir.relative_to(ROOT)}/\n")
-    print("Every call needs a key (token authorization):\n"
+          f"Logs            {instance.log_dir.relative_to(ROOT)}/, "
+          f"{door_dir.relative_to(ROOT)}/nginx.log\n")
+    print("Every call to a model needs the inference key (401 without it):\n"
           "  AUTH=\"Authorization: Bearer $(.venv/bin/python -m serving key)\"")
     for name in names:
         print(f"{name}:\n  {curl_example(instance, name)}")
@@ -118,7 +130,8 @@ def cmd_serve(args) -> int:
     if os.environ.get("SERVING_READY_PORT"):  # GET /ready for the front door to proxy (pods)
         from serving.readiness import ReadinessEndpoint
 
-        readiness = ReadinessEndpoint(names, int(os.environ["SERVING_READY_PORT"])).start()
+        readiness = ReadinessEndpoint(names, int(os.environ["SERVING_READY_PORT"]),
+                                      bind=os.environ.get("SERVING_BIND", "127.0.0.1")).start()
     instance.start(names)
     print(f"TorchServe started; listening on {instance.bind}; waiting for READY...", flush=True)
     try:
@@ -163,12 +176,16 @@ def cmd_serve(args) -> int:
 
 
 def cmd_down(args) -> int:
+    from serving import frontdoor
+
     instance = Instance.from_config()
+    door = frontdoor.running_in(instance.run_dir.parent / "frontdoor")
     if instance.process():
         waited = instance.drain(list(models.NAMES), grace=args.drain_grace)
         print(f"TorchServe drained in {waited:.1f}s (readiness false, queues empty, no request "
               "for 2 s).")
     print("TorchServe stopped." if instance.stop() else "TorchServe was not running.")
+    print("Front door stopped." if frontdoor.stop(door) else "The front door was not running.")
     print("Prometheus stopped." if prometheus_for(instance).stop() else "Prometheus was not running.")
     return 0
 
@@ -207,7 +224,7 @@ def cmd_latency(args) -> int:
         for name in names:
             file, content_type = models.load(name).example_request
             body = (models.MODELS_DIR / name / file).read_bytes()
-            url = f"{instance.inference_url}/predictions/{name}"
+            url = f"{instance.public_url}/predictions/{name}"
             timings, first = [], None
             for i in range(args.requests + 5):
                 started = time.perf_counter()

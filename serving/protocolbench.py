@@ -118,7 +118,7 @@ def perf_analyzer(spec, handler, url: str, headers: dict, concurrency: list[int]
 
 def bench(name: str, clients: int, seconds: float, model_store: Path, log) -> dict:
     from serving import sources
-    from serving.capacity import FrontDoor
+    from serving.frontdoor import FrontDoor
     from serving.torchserve import free_port, start_on_free_ports
 
     spec = models.load(name)

@@ -29,6 +29,7 @@ from handlers import WORKERS_ENV
 from handlers.cores import SHARE_ENV
 
 from serving.cpu import worker_environment
+from serving.frontdoor import PORT as FRONTDOOR_PORT
 from serving.paths import CONFIG_PROPERTIES, MODEL_STORE, RUN_DIR
 from serving.process import owned_process, stop_tree
 
@@ -103,7 +104,7 @@ class Instance:
     ports: dict[str, int] = field(default_factory=dict)
 
     PORT_KEYS = ("inference", "management", "metrics", "grpc_inference", "grpc_management",
-                 "worker")
+                 "worker", "frontdoor")
 
     @classmethod
     def from_config(cls, **kwargs) -> "Instance":
@@ -119,6 +120,7 @@ class Instance:
             "grpc_inference": int(props.get("grpc_inference_port", 7070)),
             "grpc_management": int(props.get("grpc_management_port", 7071)),
             "worker": int(props.get("initial_worker_port", 9000)),
+            "frontdoor": FRONTDOOR_PORT,  # where clients reach this instance (serving/frontdoor.py)
         }
         for key in cls.PORT_KEYS:
             if os.environ.get(f"SERVING_{key.upper()}_PORT"):
@@ -137,6 +139,11 @@ class Instance:
     @property
     def inference_url(self) -> str:
         return self.url("inference")
+
+    @property
+    def public_url(self) -> str:
+        """Where clients reach the service `make up` runs: its front door."""
+        return self.url("frontdoor")
 
     @property
     def management_url(self) -> str:
@@ -230,7 +237,8 @@ class Instance:
         if self.process():
             raise ServeError(f"TorchServe already runs from {self.run_dir} "
                              f"(pid {self.process().pid}); stop it first")
-        busy = [f"{k} {p}" for k, p in self.ports.items() if k != "worker" and port_in_use(p)]
+        busy = [f"{k} {p}" for k, p in self.ports.items()
+                if k not in ("worker", "frontdoor") and port_in_use(p)]
         if busy:
             raise ServeError(f"ports already in use on {self.host}: {', '.join(busy)}. Another "
                              "server runs there; stop it or change the addresses in config.properties")

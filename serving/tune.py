@@ -92,7 +92,7 @@ def measure(name: str, candidate: dict, p99_ms: float, seconds: float, work: Pat
         target = Target("torchserve", f"{instance.inference_url}/predictions/{name}",
                         instance.auth("inference"), lambda: tree(instance.process()))
         if front_door is not None:
-            from serving.capacity import FrontDoor
+            from serving.frontdoor import FrontDoor
 
             door = FrontDoor(work / "nginx", [f"127.0.0.1:{instance.ports['inference']}"],
                              "capacity-key-" + "0" * 16, free_port(), extra_env=front_door)

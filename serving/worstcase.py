@@ -53,6 +53,25 @@ def jpeg_flat(pixels: int) -> bytes:
     return buffer.getvalue()
 
 
+def jpeg_many_scans(pixels: int, scans: int) -> bytes:
+    """A progressive JPEG of `pixels` whose last scan (a refinement pass over the whole image, in
+    a few dozen bytes) is repeated until it has `scans` scans: decoders warn of the repeat and
+    decode every one, so the cost grows with the scans while the bytes hardly do."""
+    import numpy as np
+    from PIL import Image
+
+    side = int(pixels ** 0.5)
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (side // 8 + 1, side // 8 + 1, 3), dtype=np.uint8)
+    image = Image.fromarray(blocks.repeat(8, 0).repeat(8, 1)[:side, :side])
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90, progressive=True)
+    data = buffer.getvalue()
+    last = data.rfind(b"\xff\xda")
+    have = data.count(b"\xff\xda")
+    return data[:-2] + data[last:-2] * max(0, scans - have) + b"\xff\xd9"
+
+
 def worst_requests(kind: str, settings: dict) -> dict[str, tuple[bytes, str]]:
     """The costliest requests each limit still admits (or the largest a limit refuses)."""
     if kind == "tensor":
@@ -73,6 +92,8 @@ def worst_requests(kind: str, settings: dict) -> dict[str, tuple[bytes, str]]:
         noise = png_noise(min(pixels, settings["max_request_bytes"] - 100_000))
         return {"PNG at the pixel limit": (png_flat(pixels), "image/png"),
                 "JPEG at the pixel limit": (jpeg_flat(pixels), "image/jpeg"),
+                "JPEG at the pixel and scan limits": (
+                    jpeg_many_scans(pixels, settings["max_jpeg_scans"]), "image/jpeg"),
                 "noise PNG at the byte limit": (noise, "image/png")}
     tokens = settings["max_tokens_per_request"]
     longest = settings["max_tokens"]

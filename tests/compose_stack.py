@@ -14,7 +14,7 @@ from serving.torchserve import free_port
 
 # The compose services' ports on the host network, as shipped. Where one is taken (`make up`'s
 # service runs), a stack runs on free ports of its own instead (use_free_ports).
-PORTS = {"frontdoor": 8080, "management": 8081, "metrics": 8082, "inference": 8085,
+PORTS = {"frontdoor": 8080, "management": 8081, "metrics": 8082, "inference": 8085, "ready": 8086,
          "grpc_inference": 7070, "grpc_management": 7071, "prometheus": 9090, "locust": 9646}
 
 
@@ -90,9 +90,10 @@ class ComposeStack:
         override = {"services": {
             "torchserve": {"environment": {f"SERVING_{key.upper()}_PORT": str(ports[key]) for key in
                                            ("inference", "management", "metrics", "grpc_inference",
-                                            "grpc_management")}},
+                                            "grpc_management", "ready")}},
             "frontdoor": {"environment": {"TORCHSERVE_INFERENCE": f"127.0.0.1:{ports['inference']}",
-                                          "FRONTDOOR_PORT": str(ports["frontdoor"])}},
+                                          "TORCHSERVE_READY": f"127.0.0.1:{ports['ready']}",
+                                          "FRONTDOOR_PORT": f"127.0.0.1:{ports['frontdoor']}"}},
             "prometheus": {
                 "command": ["--config.file=/etc/prometheus/prometheus.yml",
                             "--storage.tsdb.path=/prometheus", f"--web.listen-address={prometheus}"],

@@ -36,13 +36,12 @@ def server(build_info, tmp_path_factory) -> Instance:
 
 @pytest.fixture(scope="session")
 def front_door(server, tmp_path_factory):
-    """The compose front door (docker/nginx) before `server`: no key of its own, TorchServe checks
-    its keys. The KServe v1 route is served here only."""
-    from serving.capacity import FrontDoor
+    """The front door `make up` runs (docker/nginx, serving/frontdoor.py) before `server`: it
+    checks the server's inference key, and TorchServe checks it again."""
+    from serving.frontdoor import FrontDoor
     from serving.torchserve import free_port
 
-    door = FrontDoor(tmp_path_factory.mktemp("door"), [f"127.0.0.1:{server.ports['inference']}"],
-                     "", free_port())
+    door = FrontDoor.before(server, tmp_path_factory.mktemp("door"), free_port())
     door.start()
     try:
         yield door

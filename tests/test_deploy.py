@@ -25,6 +25,7 @@ import yaml
 
 import models
 from serving import capacity, deploy
+from serving.frontdoor import FrontDoor
 from serving.paths import ROOT
 
 K8S_VERSIONS = ("1.30.0", "1.37.0")  # the oldest Kubernetes EKS still supports here, and the newest
@@ -845,7 +846,7 @@ def pods(build_info, tmp_path_factory):
     settings = settings_of({**capacity.shipped("digits"), "workers": 1, "threads": 1})
     instances = capacity.cluster_instances("digits", 2, work, settings)
     key = "k" * 8 + "0123456789abcdef"
-    door = capacity.FrontDoor(work / "nginx", [f"127.0.0.1:{i.ports['inference']}"
+    door = FrontDoor(work / "nginx", [f"127.0.0.1:{i.ports['inference']}"
                                                for i in instances], key, free_port())
     try:
         door.start()
@@ -959,7 +960,7 @@ def kserve_predictor(build_info, rendered, tmp_path_factory):
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     door_env = {e["name"]: e["value"] for e in door["env"] if "value" in e}
     key = "kserve-key-0123456789abcdef"
-    front = capacity.FrontDoor(
+    front = FrontDoor(
         work / "nginx", [door_env["TORCHSERVE_INFERENCE"].replace(
             str(deploy.TORCHSERVE_PORT), str(ports["inference"]))], key, ports["door"],
         extra_env={"TORCHSERVE_READY": f"127.0.0.1:{ports['ready']}",

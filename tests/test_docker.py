@@ -128,6 +128,28 @@ def image() -> dict:
     return {"built_s": built, "size": size}
 
 
+def test_each_image_carries_its_bill_of_materials_and_every_component_is_reviewed(image, tmp_path):
+    """The bills the image builds wrote (/app/sbom), checked completely against docs/security.md:
+    a new or upgraded component fails here until the review covers it."""
+    from serving import sbom
+
+    for tag, path in (("model-serving:cpu", "/app/sbom/serve.cdx.json"),
+                      ("model-serving-frontdoor:nginx", "/app/sbom/frontdoor.cdx.json")):
+        created = subprocess.run(["docker", "create", tag], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+        try:
+            out = tmp_path / Path(path).name
+            subprocess.run(["docker", "cp", f"{created}:{path}", str(out)], check=True,
+                           capture_output=True)
+        finally:
+            subprocess.run(["docker", "rm", created], capture_output=True)
+        bill = json.loads(out.read_text())
+        names = {sbom.component_name(c) for c in bill["components"]}
+        assert {"torchserve", "io.netty/netty-codec-http", "java-runtime"} <= names or \
+            {"nginx", "libssl3"} <= names, (tag, names)
+        assert sbom.check(bill, sbom.reviewed(), complete=True) == [], tag
+
+
 @pytest.fixture(scope="module")
 def stack(image, tmp_path_factory):
     if busy := STACK.busy_ports():
@@ -161,8 +183,36 @@ def test_torchserve_answers_every_model(stack):
     bad = requests.post(f"{predictions}/digits", data=b"{oops",
                         headers={"Content-Type": "application/json", **auth}, timeout=30)
     assert bad.status_code == 400 and bad.json()["error"] == "malformed_json"
-    without_key = requests.post(f"{predictions}/digits", data=b"{}", timeout=30)
-    assert 400 <= without_key.status_code < 500 and without_key.status_code != 404
+
+
+
+def test_the_front_door_checks_keys_and_answers_health_and_readiness(stack):
+    """The key TorchServe wrote, checked by nginx (401/403 in JSON, where TorchServe says 400
+    InvalidKeyException); health open; per-model readiness from the serving process."""
+    endpoint, body = url("frontdoor", "/predictions/digits"), b'{"pixels": [[0]]}'
+    management = key("management")["Authorization"]
+    for authorization, status, error in ((None, 401, "unauthorized"),
+                                         ("Bearer wrong-key-0123", 401, "unauthorized"),
+                                         (management, 403, "forbidden")):
+        headers = {"Content-Type": "application/json"}
+        if authorization:
+            headers["Authorization"] = authorization
+        started = time.monotonic()
+        refused = requests.post(endpoint, data=body, headers=headers, timeout=30)
+        assert (refused.status_code, refused.json()["error"]) == (status, error)
+        assert time.monotonic() - started < 1
+    assert requests.get(url("frontdoor", "/ping"), timeout=10).json() == {"status": "Healthy"}
+    assert requests.get(url("frontdoor", "/v2/health/live"), timeout=10).status_code == 200
+    ready = requests.get(url("frontdoor", "/v1/models/minilm"), timeout=10)
+    assert ready.status_code == 200 and ready.json()["ready"] is True, ready.text
+    listed = requests.get(url("frontdoor", "/v1/models"), timeout=10).json()["models"]
+    assert sorted(listed) == ["digits", "efficientnet_lite0", "minilm"]
+    # On the host's network nginx itself listens on loopback (`ports:` does not apply there).
+    table = subprocess.run(["docker", "exec", container("frontdoor"), "cat", "/proc/net/tcp"],
+                           capture_output=True, text=True, check=True).stdout
+    door = [line.split()[1] for line in table.splitlines()[1:]
+            if line.split()[3] == "0A" and int(line.split()[1].rsplit(":", 1)[1], 16) == STACK.ports["frontdoor"]]
+    assert door == [f"0100007F:{STACK.ports['frontdoor']:04X}"], table
 
 
 def test_the_front_door_refuses_form_floods_and_passes_the_models_inputs(stack):
@@ -257,7 +307,7 @@ def test_an_archive_that_cannot_load_makes_the_container_unhealthy_and_restarted
         store = work / "store"
         store.mkdir()
         write_broken_digits(store / "digits.mar")
-        ports = {"8080": "18080", "8081": "18081", "8082": "18082", "7070": "17070",
+        ports = {"8085": "18085", "8081": "18081", "8082": "18082", "7070": "17070",
                  "7071": "17071", "9000": "19000"}
         text = (ROOT / "config.properties").read_text()
         for old, new in ports.items():

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 
 import models
 from serving.inprocess import Answer, LoadedModel
+from serving.worstcase import jpeg_many_scans
 from tests.fuzz_inputs import HOSTILE, declare_size, nested
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "120"))
@@ -34,6 +35,8 @@ REGRESSIONS = {
     "efficientnet_lite0": [
         (None, "image/png"),  # 1 x 50,000 PNG: resized to 256 x 12.8M first: worker killed
         (declare_size(b"", 0, 0), "image/png"),
+        # 14,600 scans of 2 MP in 447 KB: ~10 s of decoding, past responseTimeout: worker killed
+        (jpeg_many_scans(2_000_000, 14_600), "image/jpeg"),
     ],
     "minilm": [
         (b'{"texts": ["\\ud800"]}', "application/json"),  # lone surrogate

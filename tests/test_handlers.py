@@ -107,6 +107,37 @@ def test_image_request_byte_limit():
     assert (e.status, e.error) == (413, "too_large")
 
 
+def test_jpeg_scans_are_counted_without_decoding_and_a_thumbnail_is_not_a_scan():
+    from handlers.image_classifier import jpeg_scans
+    from serving.worstcase import jpeg_many_scans
+
+    photo = Image.open(io.BytesIO(encoded("chelsea", "JPEG")))
+    with_thumbnail = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    photo.save(with_thumbnail, "JPEG", progressive=True, exif=exif.tobytes(),
+               comment=b"\xff\xda" * 50)  # SOS-looking bytes inside a segment are skipped
+    assert jpeg_scans(encoded("chelsea", "JPEG"), 1000) == 1          # baseline: one scan
+    assert jpeg_scans(with_thumbnail.getvalue(), 1000) == 10          # libjpeg's progressive
+    assert jpeg_scans(jpeg_many_scans(10_000, 500), 1000) == 500
+    assert jpeg_scans(jpeg_many_scans(10_000, 500), 64) == 65          # stops past the limit
+    assert jpeg_scans(png(10, 10), 64) == 0
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_before_its_pixels_are_decoded():
+    """14,600 scans of 2 MP in 447 KB decode in ~10 s; refused in milliseconds."""
+    import time
+
+    from serving.worstcase import jpeg_many_scans
+
+    started = time.perf_counter()
+    e = refused(image_handler(), Payload(jpeg_many_scans(2_000_000, 14_600), "image/jpeg"))
+    assert (e.status, e.error) == (422, "too_many_scans") and "64" in e.detail
+    assert time.perf_counter() - started < 0.5
+    [tensor] = image_handler().read({"body": jpeg_many_scans(1_000_000, 64)}, None)  # at the limit
+    assert tensor.shape == (3, 224, 224)
+
+
 def test_image_encode_gives_top_k_labels_most_probable_first():
     handler = image_handler(top_k=3)
     handler.labels = [f"class{i}" for i in range(10)]
@@ -393,6 +424,42 @@ def test_an_exception_in_decode_is_answered_for_that_request_alone(digits_batch,
     assert results[1][1]["error"] == "invalid_input"
     assert results[2][1]["error"] == "handler_error"
     assert "a bug in the handler" in caplog.text  # the traceback is logged
+
+
+def test_a_request_past_its_decode_deadline_fails_alone_and_the_worker_goes_on(digits_batch):
+    """A decode that would run for minutes (a loop standing in for any cost the limits miss) is
+    stopped at max_decode_ms and answered 422 for itself; the others in its batch are answered
+    and so is the next batch."""
+    import time
+
+    handler, context = digits_batch
+    decode = handler.decode
+
+    def slow_on_request(payload):
+        if b"slow" in payload.bytes():
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                pass
+        return decode(payload)
+
+    handler.decode = slow_on_request
+    handler.settings["max_decode_ms"] = 100
+    started = time.perf_counter()
+    results = run_batch(handler, context, [grid_body(1), b'"slow"', grid_body(2)])
+    elapsed = time.perf_counter() - started
+    assert [s for s, _ in results] == [200, 422, 200]
+    assert results[1][1]["error"] == "too_slow_to_decode" and "100 ms" in results[1][1]["detail"]
+    assert elapsed < 2
+    assert [s for s, _ in run_batch(handler, context, [grid_body(3)] * 4)] == [200] * 4
+
+
+def test_the_decode_deadline_defaults_to_half_the_response_timeout_over_a_full_batch(tmp_path):
+    context = make_context(tmp_path, batch_size=4)
+    context.model_yaml_config["responseTimeout"] = 10
+    handler = ArrayClassifier()
+    handler.initialize(context)
+    assert handler.settings["max_decode_ms"] == 1250
+    assert handler.describe()["limits"]["max_decode_ms"] == 1250
 
 
 def test_an_exception_in_encode_fails_only_that_request(digits_batch):

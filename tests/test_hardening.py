@@ -59,6 +59,30 @@ def test_management_calls_without_the_key_are_refused(server, url_server):
     assert len(server.workers("digits")) == server.workers_in("digits")  # none added or removed
 
 
+def test_the_front_door_answers_floods_and_bad_keys_in_milliseconds(server, front_door):
+    """What `make up` serves: the same nginx as compose and the pods, before TorchServe. Straight
+    to TorchServe a 4 MB form costs its frontend seconds (it splits a million fields) and a bad
+    key is a 400 InvalidKeyException; here each is a JSON 4xx before anything reaches it."""
+    endpoint = f"{front_door.url}/predictions/digits"
+    good = {"Content-Type": "application/json", **server.auth("inference")}
+    cases = [("form flood", b"a=1&" * 1_000_000,
+              {**good, "Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
+             ("no key", b"{}", {"Content-Type": "application/json"}, 401, "unauthorized"),
+             ("wrong key", b"{}", {**good, "Authorization": "Bearer wrong-key-0123"}, 401, "unauthorized"),
+             ("management key", b"{}", {**good, **server.auth("management")}, 403, "forbidden")]
+    with requests.Session() as session:
+        for label, body, headers, status, error in cases:
+            started = time.perf_counter()
+            answer = session.post(endpoint, data=body, headers=headers, timeout=30)
+            elapsed = time.perf_counter() - started
+            assert (answer.status_code, answer.json()["error"]) == (status, error), label
+            assert elapsed < 0.5, (label, elapsed)  # sending 4 MB on loopback included
+        assert session.get(f"{front_door.url}/ping", timeout=10).json() == {"status": "Healthy"}
+        answer = session.post(endpoint, data=(models.MODELS_DIR / "digits" / "example.json").read_bytes(),
+                              headers=good, timeout=30)
+        assert answer.status_code == 200, answer.text
+
+
 def test_with_the_management_key_no_url_is_fetched_or_registered(server, url_server):
     base, fetched = url_server
     key = server.auth("management")
@@ -118,6 +142,38 @@ def test_no_input_of_the_fuzz_corpus_restarts_a_worker(server, model):
 
     replay()
     assert worker_pids(server, model) == pids and server.model_ready(model)
+
+
+def test_a_request_past_its_decode_deadline_is_answered_alone_by_a_living_worker(
+        build_info, tmp_path_factory):
+    """EfficientNet served with a decode deadline of 40 ms, so that an admitted 12 MP PNG (~100 ms
+    to decode here) passes it: that request is answered 422 in JSON by the worker that read it,
+    the requests around it are answered 200, and no worker restarts. The shipped deadline
+    (responseTimeout / (2 x batchSize)) holds in the same way the costs the limits miss."""
+    from serving.archive import with_config
+    from serving.paths import MODEL_STORE
+    from serving.worstcase import png_flat
+    from tests.conftest import start_on_free_ports
+
+    store = tmp_path_factory.mktemp("store")
+    with_config(MODEL_STORE / "efficientnet_lite0.mar", store / "efficientnet_lite0.mar",
+                {"handler": {"max_decode_ms": 40}})
+    instance = start_on_free_ports(tmp_path_factory, ["efficientnet_lite0"], model_store=store)
+    try:
+        pids = worker_pids(instance, "efficientnet_lite0")
+        photo = good_request("efficientnet_lite0")
+        batch = [photo] * 6
+        batch.insert(3, (png_flat(12_000_000), "image/png"))
+        with ThreadPoolExecutor(len(batch)) as pool:
+            answers = list(pool.map(lambda r: post(instance, "efficientnet_lite0", *r), batch))
+        slow = answers.pop(3)
+        assert (slow.status_code, slow.json()["error"]) == (422, "too_slow_to_decode"), slow.text
+        assert "40 ms" in slow.json()["detail"]
+        assert [a.status_code for a in answers] == [200] * 6
+        assert post(instance, "efficientnet_lite0", *photo).status_code == 200
+        assert worker_pids(instance, "efficientnet_lite0") == pids
+    finally:
+        instance.stop()
 
 
 def test_drain_serves_every_accepted_request_before_stopping(build_info, tmp_path_factory):

@@ -3,11 +3,17 @@
 #   TORCHSERVE_INFERENCE  host:port of TorchServe's inference API; several (space-separated) are
 #                         balanced by least connections: the multi-instance run on one machine
 #   FRONTDOOR_PORT        where nginx listens
-#   FRONTDOOR_KEY         when set, /predictions/ needs "Authorization: Bearer <key>" and nginx
-#                         checks it. A Kubernetes pod: TorchServe makes new keys at every start,
-#                         so replicas behind one Service cannot share them; there TorchServe listens
-#                         on the pod's loopback with its token check off and this key (a Secret,
-#                         the same for every replica) is checked here instead.
+#   FRONTDOOR_KEY         when set, every route to a model needs "Authorization: Bearer <key>":
+#                         nginx answers a missing or wrong key 401 in JSON (TorchServe would say
+#                         400 InvalidKeyException). `make up` and compose: TorchServe's inference
+#                         key, which TorchServe checks again behind. A Kubernetes pod: TorchServe
+#                         makes new keys at every start, so replicas behind one Service cannot
+#                         share them; there TorchServe listens on the pod's loopback with its token
+#                         check off and this key (a Secret, the same for every replica) is checked
+#                         here instead. /ping and the readiness routes need no key: nginx sends
+#                         it on to TorchServe itself
+#   FRONTDOOR_OTHER_KEYS  keys of other APIs (TorchServe's management and token keys): sent for
+#                         inference they are answered 403 in JSON, not 401
 #   FRONTDOOR_MAX_REQUESTS  requests to the models in flight at once through this nginx (default
 #                         256); more are answered 429. Bodies over 1 MB wait in /tmp while they
 #                         arrive, so /tmp needs this many times the 10 MB body limit: a pod's
@@ -23,15 +29,27 @@ TORCHSERVE_SERVERS=""
 for server in $TORCHSERVE_INFERENCE; do
     TORCHSERVE_SERVERS="${TORCHSERVE_SERVERS}server ${server}; "
 done
-FRONTDOOR_AUTH=""
-if [ -n "${FRONTDOOR_KEY:-}" ]; then
-    case "$FRONTDOOR_KEY" in
-        *[!A-Za-z0-9_-]*) echo "FRONTDOOR_KEY: letters, digits, - and _ only" >&2; exit 1 ;;
+FRONTDOOR_AUTH=""           # in each location to a model
+FRONTDOOR_KEYS="default 0;"  # the map from the Authorization header to a refusal
+FRONTDOOR_UPSTREAM_AUTH=""  # the key nginx sends itself where clients need none
+check_key() {
+    case "$1" in
+        *[!A-Za-z0-9_-]*) echo "$2: letters, digits, - and _ only" >&2; exit 1 ;;
     esac
-    if [ "${#FRONTDOOR_KEY}" -lt 16 ]; then
-        echo "FRONTDOOR_KEY: at least 16 characters (openssl rand -hex 32)" >&2; exit 1
+    # 8: TorchServe's own keys (62^8 guesses; make one for a pod with openssl rand -hex 32).
+    if [ "${#1}" -lt 8 ]; then
+        echo "$2: at least 8 characters (openssl rand -hex 32)" >&2; exit 1
     fi
-    FRONTDOOR_AUTH="if (\$http_authorization != \"Bearer ${FRONTDOOR_KEY}\") { return 401; }"
+}
+if [ -n "${FRONTDOOR_KEY:-}" ]; then
+    check_key "$FRONTDOOR_KEY" FRONTDOOR_KEY
+    FRONTDOOR_KEYS="default 401; \"Bearer ${FRONTDOOR_KEY}\" 0;"
+    for other in ${FRONTDOOR_OTHER_KEYS:-}; do
+        check_key "$other" FRONTDOOR_OTHER_KEYS
+        FRONTDOOR_KEYS="${FRONTDOOR_KEYS} \"Bearer ${other}\" 403;"
+    done
+    FRONTDOOR_AUTH="if (\$key_refused = 401) { return 401; } if (\$key_refused = 403) { return 403 '{\"error\": \"forbidden\", \"detail\": \"that key is for another API; send the inference key\"}'; }"
+    FRONTDOOR_UPSTREAM_AUTH="proxy_set_header Authorization \"Bearer ${FRONTDOOR_KEY}\";"
 fi
 : "${FRONTDOOR_MAX_REQUESTS:=256}"
 case "$FRONTDOOR_MAX_REQUESTS" in
@@ -41,7 +59,8 @@ if [ -n "${TORCHSERVE_READY:-}" ]; then
     ready="limit_except GET { deny all; } proxy_pass http://${TORCHSERVE_READY}; proxy_connect_timeout 2s; proxy_read_timeout 5s;"
     FRONTDOOR_READY="location = /ready { $ready } location = /v2/health/ready { $ready } location = /v1/models { $ready } location ~ \"^/v1/models/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\$\" { $ready }"
 else  # the server's readiness: TorchServe's /ping
-    FRONTDOOR_READY="location = /v2/health/ready { limit_except GET { deny all; } rewrite ^ /ping break; proxy_pass http://torchserve; proxy_set_header Connection \"\"; }"
+    FRONTDOOR_READY="location = /v2/health/ready { limit_except GET { deny all; } rewrite ^ /ping break; proxy_pass http://torchserve; proxy_set_header Connection \"\"; ${FRONTDOOR_UPSTREAM_AUTH} }"
 fi
-export TORCHSERVE_SERVERS FRONTDOOR_PORT FRONTDOOR_AUTH FRONTDOOR_MAX_REQUESTS FRONTDOOR_READY
-envsubst '${TORCHSERVE_SERVERS} ${FRONTDOOR_PORT} ${FRONTDOOR_AUTH} ${FRONTDOOR_MAX_REQUESTS} ${FRONTDOOR_READY}' < "$template"
+export TORCHSERVE_SERVERS FRONTDOOR_PORT FRONTDOOR_AUTH FRONTDOOR_KEYS FRONTDOOR_UPSTREAM_AUTH \
+    FRONTDOOR_MAX_REQUESTS FRONTDOOR_READY
+envsubst '${TORCHSERVE_SERVERS} ${FRONTDOOR_PORT} ${FRONTDOOR_AUTH} ${FRONTDOOR_KEYS} ${FRONTDOOR_UPSTREAM_AUTH} ${FRONTDOOR_MAX_REQUESTS} ${FRONTDOOR_READY}' < "$template"
