@@ -67,13 +67,14 @@ prometheus:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends prometheus >/dev/null; }
 
-# nginx from Debian's packages: the pod's front door in the multi-instance run and its tests.
+# nginx from Debian's packages: the front door of `make up`, the multi-instance run and the tests
+# (jq: the image's entry point, docker/nginx/serve.sh, tested here too).
 nginx:
-	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
-		[ "$$(id -u)" = 0 ] || { echo "nginx is missing: sudo apt-get install nginx-light"; exit 1; }; \
-		echo "Installing nginx from Debian's packages"; \
+	@{ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } && command -v jq >/dev/null 2>&1 || { \
+		[ "$$(id -u)" = 0 ] || { echo "nginx or jq is missing: sudo apt-get install nginx-light jq"; exit 1; }; \
+		echo "Installing nginx and jq from Debian's packages"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends nginx-light >/dev/null; }
+			--no-install-recommends nginx-light jq >/dev/null; }
 
 new: setup               ## a model folder from your model file: make new NAME=mine FROM=path/model.pt2 [ARGS="--kind ..."]
 	$(PY) -m serving new $(NAME) --from $(FROM) $(ARGS)

@@ -79,7 +79,7 @@ def cmd_up(args) -> int:
         if port_in_use(instance.ports["frontdoor"]):
             raise ServeError(f"port {instance.ports['frontdoor']} (the front door's) is in use "
                              "by another program; stop it, or set SERVING_FRONTDOOR_PORT")
-        frontdoor.FrontDoor.before(instance, door_dir).start(detach=True)
+        frontdoor.FrontDoor.before(instance, names, door_dir).start(detach=True)
     prometheus = prometheus_for(instance)
     if not prometheus.process():
         prometheus.start()
@@ -130,8 +130,12 @@ def cmd_serve(args) -> int:
     if os.environ.get("SERVING_READY_PORT"):  # GET /ready for the front door to proxy (pods)
         from serving.readiness import ReadinessEndpoint
 
-        readiness = ReadinessEndpoint(names, int(os.environ["SERVING_READY_PORT"]),
-                                      bind=os.environ.get("SERVING_BIND", "127.0.0.1")).start()
+        from serving.frontdoor import admission_limit
+
+        readiness = ReadinessEndpoint(
+            names, int(os.environ["SERVING_READY_PORT"]),
+            bind=os.environ.get("SERVING_BIND", "127.0.0.1"),
+            admission={name: admission_limit(instance.archive_config(name)) for name in names}).start()
     instance.start(names)
     print(f"TorchServe started; listening on {instance.bind}; waiting for READY...", flush=True)
     try:

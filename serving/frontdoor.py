@@ -21,6 +21,20 @@ TEMPLATE = ROOT / "docker" / "nginx" / "nginx.conf"
 RENDER = ROOT / "docker" / "nginx" / "render.sh"
 
 
+def admission_limit(config: dict) -> int:
+    """Requests the front door lets in flight to one model (its model-config.yaml): two full
+    batches per worker, one running and one ready to go. That keeps every worker busy, so the
+    model is saturated and nothing below saturation is refused, while no request waits behind
+    more than one batch: past it the front door answers 503 at once. TorchServe's own queue
+    (jobQueueSize) holds at least this many, so it never refuses what the front door admitted."""
+    return 2 * int(config.get("minWorkers") or 1) * int(config.get("batchSize") or 1)
+
+
+def model_limits(limits: dict[str, int]) -> str:
+    """render.sh's FRONTDOOR_MODEL_LIMITS."""
+    return " ".join(f"{name}={limit}" for name, limit in sorted(limits.items()))
+
+
 def nginx_binary() -> str:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
@@ -66,13 +80,17 @@ class FrontDoor:
         self.process: subprocess.Popen | None = None
 
     @classmethod
-    def before(cls, instance, run_dir: Path | None = None, port: int | None = None) -> "FrontDoor":
-        """The front door `make up` runs before `instance`: its inference key is the one clients
-        send (TorchServe checks it again), its other keys are answered 403 here."""
+    def before(cls, instance, models: list[str], run_dir: Path | None = None,
+               port: int | None = None) -> "FrontDoor":
+        """The front door `make up` runs before `instance`, serving `models`: its inference key is
+        the one clients send (TorchServe checks it again), its other keys are answered 403 here,
+        and each model is admitted up to its admission_limit."""
         keys = instance.keys()
+        limits = {name: admission_limit(instance.archive_config(name)) for name in models}
         return cls(run_dir or instance.run_dir.parent / "frontdoor",
                    [f"127.0.0.1:{instance.ports['inference']}"], keys.get("inference", ""),
                    port or instance.ports["frontdoor"],
+                   extra_env={"FRONTDOOR_MODEL_LIMITS": model_limits(limits)},
                    other_keys=tuple(k for api, k in sorted(keys.items()) if api != "inference"))
 
     @property

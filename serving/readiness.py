@@ -11,6 +11,10 @@ It answers the Open Inference Protocol's `GET /v2/health/ready` and KServe v1's 
 the same state: `GET /v1/models` lists the models,
 `GET /v1/models/<m>` is `{"name": m, "ready": true}` (200) or `"ready": false` (503, as KServe's
 own model server answers), 404 for a model it does not serve.
+
+And `GET /admission`, what the front door beside it admits per model (serving/frontdoor.py,
+admission_limit; `{"models": {name: limit}}`), read by the front door at its start
+(docker/nginx/serve.sh): the models a container serves are known only to it.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class ReadinessEndpoint:
-    def __init__(self, models: list[str], port: int, bind: str = "127.0.0.1") -> None:
+    def __init__(self, models: list[str], port: int, bind: str = "127.0.0.1",
+                 admission: dict[str, int] | None = None) -> None:
         self._lock = threading.Lock()
+        self.admission = dict(admission or {})
         self._models = {name: False for name in models}
         self._state, self._since = "starting", time.time()
         endpoint = self
@@ -36,6 +42,8 @@ class ReadinessEndpoint:
                     return self._answer(200 if ready else 503, body)
                 if path == "/v2/health/ready":  # the Open Inference Protocol's server readiness
                     return self._answer(200 if ready else 503, {"ready": ready})
+                if path == "/admission":
+                    return self._answer(200, {"models": endpoint.admission})
                 if path == "/v1/models":
                     return self._answer(200, {"models": sorted(body["models"])})
                 name = path.removeprefix("/v1/models/")

@@ -280,12 +280,16 @@ class Instance:
             time.sleep(0.2)
         raise ServeError(f"TorchServe did not start; see {self.run_dir / 'torchserve.out'}")
 
-    def workers_in(self, model: str) -> int:
-        """minWorkers of an archive, from the model-config.yaml inside it."""
+    def archive_config(self, model: str) -> dict:
+        """The model-config.yaml inside an archive of this instance's store ({} without one)."""
         with zipfile.ZipFile(self.model_store / f"{model}.mar") as mar:
             names = mar.namelist()
             config = yaml.safe_load(mar.read("model-config.yaml")) if "model-config.yaml" in names else {}
-        return int((config or {}).get("minWorkers") or 1)
+        return config or {}
+
+    def workers_in(self, model: str) -> int:
+        """minWorkers of an archive, from the model-config.yaml inside it."""
+        return int(self.archive_config(model).get("minWorkers") or 1)
 
     def stop(self, timeout: float = 30) -> bool:
         """Stops this instance and its workers; returns False when it was not running."""

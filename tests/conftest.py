@@ -41,7 +41,7 @@ def front_door(server, tmp_path_factory):
     from serving.frontdoor import FrontDoor
     from serving.torchserve import free_port
 
-    door = FrontDoor.before(server, tmp_path_factory.mktemp("door"), free_port())
+    door = FrontDoor.before(server, list(models.NAMES), tmp_path_factory.mktemp("door"), free_port())
     door.start()
     try:
         yield door

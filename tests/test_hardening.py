@@ -59,30 +59,6 @@ def test_management_calls_without_the_key_are_refused(server, url_server):
     assert len(server.workers("digits")) == server.workers_in("digits")  # none added or removed
 
 
-def test_the_front_door_answers_floods_and_bad_keys_in_milliseconds(server, front_door):
-    """What `make up` serves: the same nginx as compose and the pods, before TorchServe. Straight
-    to TorchServe a 4 MB form costs its frontend seconds (it splits a million fields) and a bad
-    key is a 400 InvalidKeyException; here each is a JSON 4xx before anything reaches it."""
-    endpoint = f"{front_door.url}/predictions/digits"
-    good = {"Content-Type": "application/json", **server.auth("inference")}
-    cases = [("form flood", b"a=1&" * 1_000_000,
-              {**good, "Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
-             ("no key", b"{}", {"Content-Type": "application/json"}, 401, "unauthorized"),
-             ("wrong key", b"{}", {**good, "Authorization": "Bearer wrong-key-0123"}, 401, "unauthorized"),
-             ("management key", b"{}", {**good, **server.auth("management")}, 403, "forbidden")]
-    with requests.Session() as session:
-        for label, body, headers, status, error in cases:
-            started = time.perf_counter()
-            answer = session.post(endpoint, data=body, headers=headers, timeout=30)
-            elapsed = time.perf_counter() - started
-            assert (answer.status_code, answer.json()["error"]) == (status, error), label
-            assert elapsed < 0.5, (label, elapsed)  # sending 4 MB on loopback included
-        assert session.get(f"{front_door.url}/ping", timeout=10).json() == {"status": "Healthy"}
-        answer = session.post(endpoint, data=(models.MODELS_DIR / "digits" / "example.json").read_bytes(),
-                              headers=good, timeout=30)
-        assert answer.status_code == 200, answer.text
-
-
 def test_with_the_management_key_no_url_is_fetched_or_registered(server, url_server):
     base, fetched = url_server
     key = server.auth("management")
@@ -234,25 +210,28 @@ def test_an_archive_that_cannot_load_leaves_the_model_unready(build_info, tmp_pa
         shutil.rmtree(store)
 
 
-def loadtest_command(server, *args: str, timeout: float = 300) -> tuple[int, str]:
+def loadtest_command(server, *args: str, timeout: float = 300,
+                     host: str | None = None) -> tuple[int, str]:
     import subprocess
     import sys
 
     from serving.paths import ROOT
 
-    done = subprocess.run([sys.executable, "-m", "loadtest", *args, "--host", server.inference_url,
+    done = subprocess.run([sys.executable, "-m", "loadtest", *args, "--host", host or server.inference_url,
                            "--key-file", str(server.key_file)], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
     return done.returncode, done.stdout + done.stderr
 
 
-def test_overload_is_refused_fast_in_json_and_accepted_requests_stay_fast(server, tmp_path):
-    """A bounded run of `make overload`: the model at ~4x its capacity. Its figures against the
-    targets are printed (speed targets are judged by the command, not here); this test holds the
-    behaviour: excess load is refused with JSON 503s, nothing else fails, and the short queue
-    keeps accepted requests near their unloaded latency instead of seconds behind it."""
+def test_overload_is_refused_fast_in_json_and_accepted_requests_stay_fast(server, front_door,
+                                                                         tmp_path):
+    """A bounded run of `make overload` through the front door, as `make up` serves: the model at
+    ~4x its capacity. Its figures against the targets are printed (speed targets are judged by
+    the command, not here); this test holds the behaviour: excess load is refused with JSON 503s
+    (the front door's admission), nothing else fails, and accepted requests stay near their
+    unloaded latency instead of seconds behind it."""
     code, output = loadtest_command(server, "overload", "efficientnet_lite0", "-t", "12s",
-                                    "--out", str(tmp_path))
+                                    "--out", str(tmp_path), host=front_door.url)
     result = json.loads((tmp_path / "overload.json").read_text())
     print(output[output.find("\nefficientnet_lite0: unloaded"):])
     assert result["errors"] == 0, output[-3000:]

@@ -18,6 +18,10 @@
 #                         256); more are answered 429. Bodies over 1 MB wait in /tmp while they
 #                         arrive, so /tmp needs this many times the 10 MB body limit: a pod's
 #                         volume for /tmp is sized from it (serving/deploy.py)
+#   FRONTDOOR_MODEL_LIMITS  admission per model: "digits=64 efficientnet_lite0=16" (serving/frontdoor.py,
+#                         admission_limit: two full batches per worker). Past its limit a model's
+#                         request is answered 503 {"error": "busy"} with Retry-After at once, by
+#                         nginx, instead of queueing behind the others; models not named have none
 #   TORCHSERVE_READY      host:port of `serving serve`'s readiness endpoint (SERVING_READY_PORT):
 #                         GET /ready is passed to it, for the kubelet's probes, the Open
 #                         Inference Protocol's GET /v2/health/ready and KServe v1's GET /v1/models
@@ -55,6 +59,25 @@ fi
 case "$FRONTDOOR_MAX_REQUESTS" in
     ''|*[!0-9]*) echo "FRONTDOOR_MAX_REQUESTS: a whole number" >&2; exit 1 ;;
 esac
+# Per model: one limit_conn zone per distinct limit, keyed by the model's name for the models
+# with that limit and by "" (not counted) for the others.
+FRONTDOOR_ADMISSION_ZONES=""
+FRONTDOOR_ADMISSION=""
+for limit in $(for entry in ${FRONTDOOR_MODEL_LIMITS:-}; do echo "${entry#*=}"; done | sort -un); do
+    case "$limit" in
+        ''|*[!0-9]*|0) echo "FRONTDOOR_MODEL_LIMITS: model=count, count a whole number > 0" >&2; exit 1 ;;
+    esac
+    names=""
+    for entry in ${FRONTDOOR_MODEL_LIMITS}; do
+        model=${entry%%=*}
+        case "$model" in
+            ''|*[!A-Za-z0-9_.-]*) echo "FRONTDOOR_MODEL_LIMITS: bad model name '$model'" >&2; exit 1 ;;
+        esac
+        [ "${entry#*=}" = "$limit" ] && names="$names \"$model\" \$request_model;"
+    done
+    FRONTDOOR_ADMISSION_ZONES="$FRONTDOOR_ADMISSION_ZONES map \$request_model \$admitted_$limit { default \"\";$names } limit_conn_zone \$admitted_$limit zone=model_$limit:1m;"
+    FRONTDOOR_ADMISSION="$FRONTDOOR_ADMISSION limit_conn model_$limit $limit;"
+done
 if [ -n "${TORCHSERVE_READY:-}" ]; then
     ready="limit_except GET { deny all; } proxy_pass http://${TORCHSERVE_READY}; proxy_connect_timeout 2s; proxy_read_timeout 5s;"
     FRONTDOOR_READY="location = /ready { $ready } location = /v2/health/ready { $ready } location = /v1/models { $ready } location ~ \"^/v1/models/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\$\" { $ready }"
@@ -62,5 +85,5 @@ else  # the server's readiness: TorchServe's /ping
     FRONTDOOR_READY="location = /v2/health/ready { limit_except GET { deny all; } rewrite ^ /ping break; proxy_pass http://torchserve; proxy_set_header Connection \"\"; ${FRONTDOOR_UPSTREAM_AUTH} }"
 fi
 export TORCHSERVE_SERVERS FRONTDOOR_PORT FRONTDOOR_AUTH FRONTDOOR_KEYS FRONTDOOR_UPSTREAM_AUTH \
-    FRONTDOOR_MAX_REQUESTS FRONTDOOR_READY
-envsubst '${TORCHSERVE_SERVERS} ${FRONTDOOR_PORT} ${FRONTDOOR_AUTH} ${FRONTDOOR_KEYS} ${FRONTDOOR_UPSTREAM_AUTH} ${FRONTDOOR_MAX_REQUESTS} ${FRONTDOOR_READY}' < "$template"
+    FRONTDOOR_MAX_REQUESTS FRONTDOOR_READY FRONTDOOR_ADMISSION_ZONES FRONTDOOR_ADMISSION
+envsubst '${TORCHSERVE_SERVERS} ${FRONTDOOR_PORT} ${FRONTDOOR_AUTH} ${FRONTDOOR_KEYS} ${FRONTDOOR_UPSTREAM_AUTH} ${FRONTDOOR_MAX_REQUESTS} ${FRONTDOOR_READY} ${FRONTDOOR_ADMISSION_ZONES} ${FRONTDOOR_ADMISSION}' < "$template"

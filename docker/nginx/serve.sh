@@ -4,8 +4,12 @@
 # key_file.json on their shared volume) makes TorchServe's inference key the one clients send,
 # read at start and again whenever TorchServe writes new keys (its container restarted): nginx
 # reloads the new config without dropping a connection. Its other keys are answered 403.
+# Admission per model (FRONTDOOR_MODEL_LIMITS, render.sh), unless set: what the serving process
+# beside it says at TORCHSERVE_READY's /admission (the models a container serves are its to know).
 set -eu
-conf=/tmp/nginx.conf
+conf=${FRONTDOOR_CONF:-/tmp/nginx.conf}
+render_sh=${FRONTDOOR_RENDER:-/etc/nginx/render.sh}
+template=${FRONTDOOR_TEMPLATE:-/etc/nginx/nginx.conf.template}
 
 render() {
     if [ -n "${FRONTDOOR_KEY_FILE:-}" ]; then
@@ -14,7 +18,7 @@ render() {
                                       | join(" ")' "$FRONTDOOR_KEY_FILE") || return 1
         export FRONTDOOR_KEY FRONTDOOR_OTHER_KEYS
     fi
-    sh /etc/nginx/render.sh > "$conf.new" && mv "$conf.new" "$conf"
+    sh "$render_sh" "$template" > "$conf.new" && mv "$conf.new" "$conf"
 }
 
 keys_version() { cksum "$FRONTDOOR_KEY_FILE" 2>/dev/null || echo none; }
@@ -25,6 +29,19 @@ if [ -n "${FRONTDOOR_KEY_FILE:-}" ]; then
         [ "$waited" -lt 120 ] || { echo "no key file at $FRONTDOOR_KEY_FILE after 120 s" >&2; exit 1; }
         sleep 1; waited=$((waited + 1))
     done
+fi
+if [ -z "${FRONTDOOR_MODEL_LIMITS:-}" ] && [ -n "${TORCHSERVE_READY:-}" ]; then
+    waited=0
+    until FRONTDOOR_MODEL_LIMITS=$(curl -fsS --max-time 2 "http://$TORCHSERVE_READY/admission" |
+            jq -er '.models | to_entries | map("\(.key)=\(.value)") | join(" ")'); do
+        if [ "$waited" -ge 60 ]; then
+            echo "no admission limits from $TORCHSERVE_READY/admission after 60 s: none set" >&2
+            FRONTDOOR_MODEL_LIMITS=""
+            break
+        fi
+        sleep 1; waited=$((waited + 1))
+    done
+    export FRONTDOOR_MODEL_LIMITS
 fi
 render
 nginx -c "$conf" -e stderr -g 'daemon off;' &
