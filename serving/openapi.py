@@ -20,23 +20,22 @@ FRONTEND_ERROR_SCHEMA = {"type": "object", "required": ["code", "type", "message
                          "properties": {"code": {"type": "integer"}, "type": {"type": "string"},
                                         "message": {"type": "string"}}}
 ERRORS = {
-    "400": "the body is malformed (not JSON, not an image, not UTF-8, ...); also no or a wrong "
-           "inference key (TorchServe answers a failed token check with 400 InvalidKeyException)",
+    "400": "the body is malformed (not JSON, not an image, not UTF-8, ...)",
     "404": "no such model on this server",
     "413": "the body, an image or a text is over the model's limits",
     "422": "well-formed but unusable: wrong shape, type, range or missing field",
     "500": "a bug in the handler or the model (the worker log has the traceback)",
-    "503": "the model's queue is full, or it has no worker ready: retry later",
+    "503": "the model has all the requests it admits in flight (the front door: `busy`, with "
+           "Retry-After), or it has no worker ready: retry later",
     "507": "the model ran out of memory on this request",
 }
 
 
-# What the front door adds on the v1 route (docker/nginx/nginx.conf).
+# What the front door answers itself, on every route (docker/nginx/nginx.conf).
 FRONT_DOOR_ERRORS = {
-    "401": "the front door checks the key itself (Kubernetes and KServe pods) and it is missing "
-           "or wrong",
-    "415": "the body is not application/json",
-    "429": "too many requests in flight through the front door: retry shortly",
+    "401": "the key is missing or wrong (the front door checks it in every mode)",
+    "403": "the key is one of another API (TorchServe's management key)",
+    "415": "the body's content type is not one this operation takes",
 }
 
 
@@ -69,7 +68,7 @@ def operation(spec, handler, operation_id: str, request: dict, answer: dict, err
 
 def native_operation(spec, handler) -> dict:
     return operation(spec, handler, f"predict_{spec.name}", handler.request_schema(),
-                     handler.answer_schema(), ERRORS)
+                     handler.answer_schema(), {**ERRORS, **FRONT_DOOR_ERRORS})
 
 
 def kserve_v1_operation(spec, handler) -> dict:

@@ -92,7 +92,7 @@ def worst_requests(kind: str, settings: dict) -> dict[str, tuple[bytes, str]]:
         noise = png_noise(min(pixels, settings["max_request_bytes"] - 100_000))
         return {"PNG at the pixel limit": (png_flat(pixels), "image/png"),
                 "JPEG at the pixel limit": (jpeg_flat(pixels), "image/jpeg"),
-                "JPEG at the pixel and scan limits": (
+                "progressive JPEG at the limits": (
                     jpeg_many_scans(pixels, settings["max_jpeg_scans"]), "image/jpeg"),
                 "noise PNG at the byte limit": (noise, "image/png")}
     tokens = settings["max_tokens_per_request"]

@@ -19,8 +19,8 @@ DOCUMENT = openapi.document()
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 schema.config.generation.update(modes=["positive", "negative"], database="none")
 EXAMPLES = int(os.environ.get("OPENAPI_EXAMPLES", "40"))
-# Not checked: that a request without the key gets 401. TorchServe answers a failed token check
-# with 400 (InvalidKeyException), and the document says so.
+# Every call through the front door, as clients reach the models, with the key (its refusals:
+# tests/test_frontdoor.py).
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 
@@ -43,8 +43,8 @@ def test_every_model_folder_is_a_native_a_v1_and_a_v2_operation_with_its_schemas
 @schema.include(path_regex="^/predictions/").parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck))
-def test_every_native_answer_matches_the_document(case, server):
-    case.call_and_validate(base_url=server.inference_url, headers=server.auth("inference"),
+def test_every_native_answer_matches_the_document(case, server, front_door):
+    case.call_and_validate(base_url=front_door.url, headers=server.auth("inference"),
                            checks=CHECKS, timeout=30)
 
 
