@@ -9,6 +9,7 @@ import time
 
 import models
 from handlers import PRECISIONS, TARGETS
+from serving import frontdoor
 from serving.paths import ROOT
 from serving.prometheus import Prometheus, PrometheusError
 from serving.torchserve import Instance, ServeError, port_in_use
@@ -58,8 +59,6 @@ def cmd_build(args) -> int:
 
 
 def cmd_up(args) -> int:
-    from serving import frontdoor
-
     instance = Instance.from_config()
     names = args.models or served_models()
     door_dir = instance.run_dir.parent / "frontdoor"
@@ -130,12 +129,11 @@ def cmd_serve(args) -> int:
     if os.environ.get("SERVING_READY_PORT"):  # GET /ready for the front door to proxy (pods)
         from serving.readiness import ReadinessEndpoint
 
-        from serving.frontdoor import admission_limit
-
         readiness = ReadinessEndpoint(
             names, int(os.environ["SERVING_READY_PORT"]),
             bind=os.environ.get("SERVING_BIND", "127.0.0.1"),
-            admission={name: admission_limit(instance.archive_config(name)) for name in names}).start()
+            admission={name: frontdoor.admission_limit(instance.archive_config(name))
+                       for name in names}).start()
     instance.start(names)
     print(f"TorchServe started; listening on {instance.bind}; waiting for READY...", flush=True)
     try:
@@ -180,8 +178,6 @@ def cmd_serve(args) -> int:
 
 
 def cmd_down(args) -> int:
-    from serving import frontdoor
-
     instance = Instance.from_config()
     door = frontdoor.running_in(instance.run_dir.parent / "frontdoor")
     if instance.process():
