@@ -74,11 +74,14 @@ def cmd_up(args) -> int:
               flush=True)
         instance.wait_ready(names, timeout=args.timeout)
         print(f"All {len(names)} models READY in {time.monotonic() - started:.1f}s.")
+    if not readiness_process(instance):
+        start_readiness(instance, names)
     if not frontdoor.running_in(door_dir):
         if port_in_use(instance.ports["frontdoor"]):
             raise ServeError(f"port {instance.ports['frontdoor']} (the front door's) is in use "
                              "by another program; stop it, or set SERVING_FRONTDOOR_PORT")
-        frontdoor.FrontDoor.before(instance, names, door_dir).start(detach=True)
+        frontdoor.FrontDoor.before(instance, names, door_dir,
+                                   ready=f"127.0.0.1:{instance.ports['ready']}").start(detach=True)
     prometheus = prometheus_for(instance)
     if not prometheus.process():
         prometheus.start()
@@ -96,6 +99,46 @@ def cmd_up(args) -> int:
           "  AUTH=\"Authorization: Bearer $(.venv/bin/python -m serving key)\"")
     for name in names:
         print(f"{name}:\n  {curl_example(instance, name)}")
+    return 0
+
+
+def readiness_process(instance: Instance):
+    from serving.process import owned_process
+
+    return owned_process(instance.run_dir / "readiness.pid", "serving", "readiness")
+
+
+def start_readiness(instance: Instance, names: list[str]) -> None:
+    """`python -m serving readiness` in the background beside `make up`'s TorchServe, and wait
+    until it answers: the front door's /ready, /v1/models[/<m>] and /v2/health/ready."""
+    import subprocess
+
+    from serving.servedbench import wait_http
+
+    if port_in_use(instance.ports["ready"]):
+        raise ServeError(f"port {instance.ports['ready']} (per-model readiness) is in use by "
+                         "another program; stop it, or set SERVING_READY_PORT")
+    with open(instance.log_dir / "readiness.log", "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "serving", "readiness", *names],
+                                   cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    (instance.run_dir / "readiness.pid").write_text(str(process.pid))
+    wait_http(f"http://127.0.0.1:{instance.ports['ready']}/v1/models", timeout=30)
+
+
+def cmd_readiness(args) -> int:
+    """Per-model readiness of `make up`'s server on its ready port (SERVING_READY_PORT, 8086),
+    until TorchServe stops: `make up` runs it in the background for the front door."""
+    from serving.readiness import ReadinessEndpoint, follow
+
+    instance = Instance.from_config()
+    names = args.models or served_models()
+    endpoint = ReadinessEndpoint(
+        names, instance.ports["ready"],
+        admission={name: frontdoor.admission_limit(instance.archive_config(name))
+                   for name in names}).start()
+    follow(instance, names, endpoint)
+    endpoint.stop()
     return 0
 
 
@@ -185,6 +228,8 @@ def cmd_down(args) -> int:
         print(f"TorchServe drained in {waited:.1f}s (readiness false, queues empty, no request "
               "for 2 s).")
     print("TorchServe stopped." if instance.stop() else "TorchServe was not running.")
+    if proc := readiness_process(instance):
+        proc.terminate()
     print("Front door stopped." if frontdoor.stop(door) else "The front door was not running.")
     print("Prometheus stopped." if prometheus_for(instance).stop() else "Prometheus was not running.")
     return 0
@@ -323,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("down", help="drain and stop the TorchServe that `up` started")
     p.add_argument("--drain-grace", type=float, default=25)
     p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("readiness", help="per-model readiness over HTTP for `up`'s server "
+                       "(the front door's /ready, /v1/models); `up` starts it")
+    p.add_argument("models", nargs="*")
+    p.set_defaults(func=cmd_readiness)
 
     p = sub.add_parser("key", help="the running server's key for an API (token authorization)")
     p.add_argument("api", nargs="?", default="inference", choices=("inference", "management", "API"))

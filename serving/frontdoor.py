@@ -17,6 +17,7 @@ import psutil
 from serving.paths import ROOT
 
 PORT = 8080  # where clients reach the service (SERVING_FRONTDOOR_PORT overrides it)
+READY_PORT = 8086  # per-model readiness beside TorchServe, for it (SERVING_READY_PORT)
 TEMPLATE = ROOT / "docker" / "nginx" / "nginx.conf"
 RENDER = ROOT / "docker" / "nginx" / "render.sh"
 
@@ -81,16 +82,18 @@ class FrontDoor:
 
     @classmethod
     def before(cls, instance, models: list[str], run_dir: Path | None = None,
-               port: int | None = None) -> "FrontDoor":
+               port: int | None = None, ready: str = "") -> "FrontDoor":
         """The front door `make up` runs before `instance`, serving `models`: its inference key is
         the one clients send (TorchServe checks it again), its other keys are answered 403 here,
-        and each model is admitted up to its admission_limit."""
+        and each model is admitted up to its admission_limit. `ready`: host:port of the
+        per-model readiness (`python -m serving readiness`)."""
         keys = instance.keys()
         limits = {name: admission_limit(instance.archive_config(name)) for name in models}
         return cls(run_dir or instance.run_dir.parent / "frontdoor",
                    [f"127.0.0.1:{instance.ports['inference']}"], keys.get("inference", ""),
                    port or instance.ports["frontdoor"],
-                   extra_env={"FRONTDOOR_MODEL_LIMITS": model_limits(limits)},
+                   extra_env={"FRONTDOOR_MODEL_LIMITS": model_limits(limits),
+                              **({"TORCHSERVE_READY": ready} if ready else {})},
                    other_keys=tuple(k for api, k in sorted(keys.items()) if api != "inference"))
 
     @property

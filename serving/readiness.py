@@ -23,6 +23,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 
 
 class ReadinessEndpoint:
@@ -94,3 +95,14 @@ class ReadinessEndpoint:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def follow(instance, names: list[str], endpoint: ReadinessEndpoint,
+           stopped: Callable[[], bool] = lambda: False, every: float = 1.0) -> None:
+    """Keeps `endpoint` up to date with `instance`'s models until TorchServe stops (or `stopped`):
+    what `serving serve` does inside a container, for `make up`'s server, which TorchServe's own
+    launcher runs in the background (`python -m serving readiness`)."""
+    while not stopped() and instance.process() is not None:
+        endpoint.update({name: instance.model_ready(name) for name in names})
+        time.sleep(every)
+    endpoint.update({name: False for name in names}, state="stopped")

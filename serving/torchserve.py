@@ -30,6 +30,7 @@ from handlers.cores import SHARE_ENV
 
 from serving.cpu import worker_environment
 from serving.frontdoor import PORT as FRONTDOOR_PORT
+from serving.frontdoor import READY_PORT
 from serving.paths import CONFIG_PROPERTIES, MODEL_STORE, RUN_DIR
 from serving.process import owned_process, stop_tree
 
@@ -104,7 +105,7 @@ class Instance:
     ports: dict[str, int] = field(default_factory=dict)
 
     PORT_KEYS = ("inference", "management", "metrics", "grpc_inference", "grpc_management",
-                 "worker", "frontdoor")
+                 "worker", "frontdoor", "ready")
 
     @classmethod
     def from_config(cls, **kwargs) -> "Instance":
@@ -121,6 +122,7 @@ class Instance:
             "grpc_management": int(props.get("grpc_management_port", 7071)),
             "worker": int(props.get("initial_worker_port", 9000)),
             "frontdoor": FRONTDOOR_PORT,  # where clients reach this instance (serving/frontdoor.py)
+            "ready": READY_PORT,  # its per-model readiness, for the front door
         }
         for key in cls.PORT_KEYS:
             if os.environ.get(f"SERVING_{key.upper()}_PORT"):
@@ -238,7 +240,7 @@ class Instance:
             raise ServeError(f"TorchServe already runs from {self.run_dir} "
                              f"(pid {self.process().pid}); stop it first")
         busy = [f"{k} {p}" for k, p in self.ports.items()
-                if k not in ("worker", "frontdoor") and port_in_use(p)]
+                if k not in ("worker", "frontdoor", "ready") and port_in_use(p)]
         if busy:
             raise ServeError(f"ports already in use on {self.host}: {', '.join(busy)}. Another "
                              "server runs there; stop it or change the addresses in config.properties")

@@ -72,6 +72,44 @@ def test_the_front_door_admits_two_batches_per_worker_and_refuses_the_rest_at_on
     assert sorted(t for _, t in refused)[len(refused) // 2] < 0.05, [round(t, 3) for _, t in refused]
 
 
+def test_per_model_readiness_through_the_front_door_follows_the_workers(server, tmp_path):
+    """What `make up` runs beside TorchServe (`python -m serving readiness`: serving.readiness's
+    follow) behind the same front door: /v1/models/<m> and /v2/health/ready answer from the
+    workers' state, without a key, and turn 503 once the follower stops."""
+    import threading
+
+    from serving.frontdoor import FrontDoor
+    from serving.readiness import ReadinessEndpoint, follow
+    from serving.torchserve import free_port
+
+    names = ["digits", "minilm"]
+    endpoint = ReadinessEndpoint(names, free_port()).start()
+    stop = threading.Event()
+    follower = threading.Thread(target=follow, args=(server, names, endpoint, stop.is_set, 0.2),
+                                daemon=True)
+    follower.start()
+    door = FrontDoor.before(server, names, tmp_path / "door", free_port(),
+                            ready=f"127.0.0.1:{endpoint.port}")
+    door.start()
+    try:
+        deadline = time.monotonic() + 10
+        while requests.get(f"{door.url}/v2/health/ready", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.2)
+        assert requests.get(f"{door.url}/v1/models/minilm", timeout=5).json() == \
+            {"name": "minilm", "ready": True}
+        assert requests.get(f"{door.url}/v1/models", timeout=5).json()["models"] == names
+        assert requests.get(f"{door.url}/v1/models/efficientnet_lite0", timeout=5).status_code == 404
+        stop.set()
+        follower.join(timeout=10)
+        answer = requests.get(f"{door.url}/v1/models/digits", timeout=5)
+        assert (answer.status_code, answer.json()["ready"]) == (503, False)
+    finally:
+        stop.set()
+        door.stop()
+        endpoint.stop()
+
+
 def test_the_images_entry_point_follows_torchserves_keys(server, tmp_path):
     """docker/nginx/serve.sh as compose runs it: the inference key from TorchServe's key file,
     reloaded when TorchServe writes new ones (a restarted container), without dropping
