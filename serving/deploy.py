@@ -133,7 +133,7 @@ def cluster_properties() -> str:
         "# by `python -m serving deploy render`. The difference: TorchServe's token check is off, as",
         "# its keys are new at every start and replicas cannot share them. On Kubernetes the front",
         "# door beside TorchServe (nginx) checks one key from a Secret and TorchServe listens on the",
-        "# pod's loopback; on KServe authentication belongs to KServe's ingress.",
+        "# pod's loopback, on Kubernetes and KServe alike.",
         "# What each setting is for: the comments of config.properties in the repository.",
     ]
     for line in CONFIG_PROPERTIES.read_text().splitlines():
