@@ -1,5 +1,6 @@
 # The front door: nginx from Debian's packages in front of TorchServe's inference API (see
-# docker/nginx/nginx.conf for why). Runs as www-data on an unprivileged port.
+# docker/nginx/nginx.conf for why). Runs as www-data on an unprivileged port; compose runs it as
+# TorchServe's uid instead, to read the key file TorchServe writes (docker/nginx/serve.sh).
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 # The bill of materials (/app/sbom/frontdoor.cdx.json): the Debian packages that read what clients
