@@ -6,7 +6,7 @@ Limits on bytes and pixels bound most of the cost of decoding, not all of it: a 
 is decoded once per scan, and a few bytes make a scan (handlers/image_classifier.py bounds
 those too). The deadline is what holds whatever a limit misses: SIGALRM, whose Python handler
 runs as soon as the interpreter gets control back. Decoders hand it back often: Pillow feeds its
-decoder 64 KB at a time from a Python loop, and the tokenizers and JSON parsing work per text
+decoder from a Python loop (4 KB a call: handlers/image_classifier.py), and the tokenizers and JSON parsing work per text
 and per body. It is raised as a BaseException, so the `except Exception` of a parser of
 untrusted bytes (Pillow's plugins, ours) cannot turn it into a different answer.
 """

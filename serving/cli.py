@@ -135,8 +135,7 @@ def cmd_readiness(args) -> int:
     names = args.models or served_models()
     endpoint = ReadinessEndpoint(
         names, instance.ports["ready"],
-        admission={name: frontdoor.admission_limit(instance.archive_config(name))
-                   for name in names}).start()
+        admission=frontdoor.admission_limits(instance, names)).start()
     follow(instance, names, endpoint)
     endpoint.stop()
     return 0
@@ -175,8 +174,7 @@ def cmd_serve(args) -> int:
         readiness = ReadinessEndpoint(
             names, int(os.environ["SERVING_READY_PORT"]),
             bind=os.environ.get("SERVING_BIND", "127.0.0.1"),
-            admission={name: frontdoor.admission_limit(instance.archive_config(name))
-                       for name in names}).start()
+            admission=frontdoor.admission_limits(instance, names)).start()
     instance.start(names)
     print(f"TorchServe started; listening on {instance.bind}; waiting for READY...", flush=True)
     try:

@@ -31,6 +31,11 @@ def admission_limit(config: dict) -> int:
     return 2 * int(config.get("minWorkers") or 1) * int(config.get("batchSize") or 1)
 
 
+def admission_limits(instance, models: list[str]) -> dict[str, int]:
+    """admission_limit of each of `models`, from the archives `instance` serves."""
+    return {name: admission_limit(instance.archive_config(name)) for name in models}
+
+
 def model_limits(limits: dict[str, int]) -> str:
     """render.sh's FRONTDOOR_MODEL_LIMITS."""
     return " ".join(f"{name}={limit}" for name, limit in sorted(limits.items()))
@@ -88,7 +93,7 @@ class FrontDoor:
         and each model is admitted up to its admission_limit. `ready`: host:port of the
         per-model readiness (`python -m serving readiness`)."""
         keys = instance.keys()
-        limits = {name: admission_limit(instance.archive_config(name)) for name in models}
+        limits = admission_limits(instance, models)
         return cls(run_dir or instance.run_dir.parent / "frontdoor",
                    [f"127.0.0.1:{instance.ports['inference']}"], keys.get("inference", ""),
                    port or instance.ports["frontdoor"],
