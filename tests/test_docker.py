@@ -2,8 +2,9 @@
 engine from a base image made here (no registry); the services up and healthy; a prediction per
 model; the composed Prometheus; the locust service's run; then down -v.
 
-Needs a running engine (docker/start-engine.sh, which .ci/run calls). Without one this fails;
-SKIP_DOCKER_TESTS=1 skips it on purpose, and says so."""
+Needs a running engine (docker/start-engine.sh, which .ci/run calls): without one these tests skip
+and say so, or fail where REQUIRE_DOCKER=1 (CI); SKIP_DOCKER_TESTS=1 skips them on purpose
+(tests/conftest.py, docker_engine)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,8 @@ import requests
 
 from models.efficientnet_lite0.photos import encoded
 from serving.paths import ROOT
-from tests.compose_stack import ComposeStack, engine_answers
+from tests.compose_stack import ComposeStack
 
-SKIP = os.environ.get("SKIP_DOCKER_TESTS") == "1"
-pytestmark = pytest.mark.skipif(SKIP, reason="SKIP_DOCKER_TESTS=1: the Docker test was skipped on purpose")
 
 PROJECT = "model-serving-test"
 STACK = ComposeStack(PROJECT)
@@ -102,11 +101,8 @@ def test_the_grafana_dashboard_plots_the_recorded_series():
     assert recorded and all(f"record: {r}" in rules for r in recorded), recorded
 
 
-def test_every_image_builds_on_a_base_made_here():
+def test_every_image_builds_on_a_base_made_here(docker_engine):
     """No registry here: a base image that is not on the engine fails the build (CI ran into it)."""
-    if not engine_answers():
-        pytest.fail("no Docker engine answers: start one (docker/start-engine.sh, as .ci/run does), "
-                    "or set SKIP_DOCKER_TESTS=1 to skip this test on purpose")
     native = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
                             check=True).stdout.strip()
     bases = STACK.bases()
@@ -115,11 +111,8 @@ def test_every_image_builds_on_a_base_made_here():
 
 
 @pytest.fixture(scope="module")
-def image() -> dict:
+def image(docker_engine) -> dict:
     """The compose images, built (needs no ports: runs while `make up`'s service does)."""
-    if not engine_answers():
-        pytest.fail("no Docker engine answers: start one (docker/start-engine.sh, as .ci/run does), "
-                    "or set SKIP_DOCKER_TESTS=1 to skip this test on purpose")
     started = time.monotonic()
     compose("build")
     built = time.monotonic() - started

@@ -42,7 +42,7 @@ SOURCES = {"fuzz_tensor": (user_models.save_exported, "cnn.pt2"),
 
 
 @pytest.fixture(scope="module", params=list(HOSTILE))
-def fuzzer(request, tmp_path_factory):
+def fuzzer(request, builds_or_serves, tmp_path_factory):
     name = request.param
     tmp = tmp_path_factory.mktemp(name)
     make, file = SOURCES[name]

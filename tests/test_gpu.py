@@ -13,15 +13,13 @@ from serving.build import build
 from serving.inprocess import LoadedModel
 from tests import user_models
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="no CUDA device here: this check runs on a GPU machine")
 
 
 @pytest.mark.parametrize("name, make, file", [
     ("gpu_cnn", user_models.save_exported, "cnn.pt2"),
     ("gpu_bert", user_models.save_tiny_bert_classifier, "bert"),
 ])
-def test_a_user_model_built_for_cuda_answers_on_the_gpu(tmp_path, name, make, file):
+def test_a_user_model_built_for_cuda_answers_on_the_gpu(cuda_device, tmp_path, name, make, file):
     folder, _ = new.create(name, make(tmp_path / file), models_dir=tmp_path / "models")
     # Not inductor: loading an AOTInductor CUDA package killed the process (segmentation fault)
     # with torch 2.11 on the lent H200, which no gate can answer (left open in the notes).

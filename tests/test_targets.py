@@ -127,7 +127,7 @@ def archive_of(target: str, precision: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def per_target(tmp_path_factory):
+def per_target(builds_or_serves, tmp_path_factory):
     """digits built once per target (and int8), each its own archive, served by one TorchServe."""
     from tests.conftest import start_on_free_ports
 

@@ -41,7 +41,7 @@ def run(project: Path, *args: str, timeout: float = 600) -> subprocess.Completed
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
+def project(builds_or_serves, tmp_path_factory) -> Path:
     """The project as committed and as changed, without what is ignored (builds, archives), as a
     git repository of its own: `git status` then says what the steps below changed."""
     copy = tmp_path_factory.mktemp("project") / "serving"
