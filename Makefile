@@ -27,7 +27,7 @@ $(TOOLS)/.checkov-$(CHECKOV_VERSION):
 	$(TOOLS)/bin/python -m pip install --quiet --progress-bar off checkov==$(CHECKOV_VERSION)
 	rm -f $(TOOLS)/.checkov-* && touch $@
 
-# cyclonedx-bom (the bill of materials, serving/sbom.py) in an environment of its own: its
+# cyclonedx-bom (the bill of materials, serving/build/sbom.py) in an environment of its own: its
 # library's version clashes with checkov's, and it must not be in the bill it writes.
 SBOM_TOOLS := .venv-sbom
 CYCLONEDX_VERSION := 7.5.0
@@ -122,7 +122,7 @@ soak: setup             ## every model at 70% of capacity for 10 minutes against
 	$(PY) -m loadtest soak $(ARGS)
 
 sbom: setup $(SBOM_TOOLS)/.installed-$(CYCLONEDX_VERSION)  ## this environment's bill of materials, checked against docs/security.md
-	$(PY) -m serving.sbom --cyclonedx $(SBOM_TOOLS)/bin/cyclonedx-py --out run/sbom/local.cdx.json --check run/sbom/local.cdx.json
+	$(PY) -m serving.build.sbom --cyclonedx $(SBOM_TOOLS)/bin/cyclonedx-py --out run/sbom/local.cdx.json --check run/sbom/local.cdx.json
 
 deploy: setup            ## Kubernetes, KServe and Locust manifests into deploy/ (ARGS="--namespace ...")
 	$(PY) -m serving deploy render $(ARGS)

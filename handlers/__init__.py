@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-# Set by our launcher (serving.torchserve) for TorchServe's workers: the worker processes of all
+# Set by our launcher (serving.run.torchserve) for TorchServe's workers: the worker processes of all
 # models on the server. Each worker's intra-op threads default to cores / that number: more threads
 # than cores, e.g. three workers of two threads each on two cores, cut throughput several times.
 WORKERS_ENV = "SERVING_WORKERS_TOTAL"
-# The CPU settings the launcher gives the workers (serving.cpu.worker_environment); each worker
+# The CPU settings the launcher gives the workers (serving.run.cpu.worker_environment); each worker
 # logs the ones it got, so the worker log says what a figure ran with (Graviton's included).
 CPU_ENV = ("OMP_NUM_THREADS", "LRU_CACHE_CAPACITY", "THP_MEM_ALLOC_ENABLE", "DNNL_DEFAULT_FPMATH_MODE")
 

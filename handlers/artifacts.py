@@ -67,7 +67,7 @@ def prepare_neuron() -> None:
 @dataclass(frozen=True)
 class Loader:
     """What a worker needs to know about a target's artifact; the build's exporters
-    (serving/targets.py) write the file named here."""
+    (serving/build/targets.py) write the file named here."""
 
     file: str
     load: Callable[[str, torch.device], Any]

@@ -32,6 +32,7 @@ import torch
 from handlers import CPU_ENV, WORKERS_ENV, artifacts
 from handlers.cores import CoreShare, available_cores
 from handlers.deadline import DeadlineExceeded, deadline
+from handlers.errors import RequestError, bad_request, request_header, unprocessable  # noqa: F401 (re-exported)
 from handlers.metrics import HandlerMetrics
 
 log = logging.getLogger(__name__)
@@ -90,30 +91,6 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # (handlers/cores.py). Default: every core.
     "torch_threads": None,
 }
-
-
-class RequestError(Exception):
-    """A request the handler refuses, answered with `status` and a JSON body."""
-
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(f"{status} {error}: {detail}")
-        self.status, self.error, self.detail = status, error, detail
-
-    def body(self, protocol: str = "native") -> dict[str, str]:
-        """The Open Inference Protocol's error is one message (`{"error": "..."}`), which its
-        clients show whole: there it starts with the same code as elsewhere."""
-        if protocol.startswith("v2"):
-            return {"error": f"{self.error}: {self.detail}"}
-        return {"error": self.error, "detail": self.detail}
-
-
-def bad_request(error: str, detail: str) -> RequestError:
-    return RequestError(400, error, detail)
-
-
-def unprocessable(error: str, detail: str) -> RequestError:
-    """Well-formed but unusable input: wrong shape, wrong type, out of range."""
-    return RequestError(422, error, detail)
 
 
 @dataclass(frozen=True)
@@ -757,14 +734,6 @@ class ModelHandler:
             context.set_response_status(status, body.get("error", ""), idx)
         context.set_response_content_type(idx, JSON)
         return json.dumps(body)
-
-
-def request_header(headers: dict | None, wanted: str) -> str | None:
-    """A request header's value, whatever its case (TorchServe keeps header names as sent)."""
-    for name, value in (headers or {}).items():
-        if name.lower() == wanted and isinstance(value, str):
-            return value
-    return None
 
 
 def request_protocol(headers: dict | None) -> str:

@@ -7,7 +7,7 @@ thread the OS has descheduled, and throughput falls several times. So each worke
 a batch, marks itself busy in a small file all workers of the server map (one slot per worker:
 its pid and a busy flag) and takes cores / busy workers threads, at most its own maximum.
 
-The launcher (serving.torchserve) names the file in SERVING_CORE_SHARE; without it (in-process
+The launcher (serving.run.torchserve) names the file in SERVING_CORE_SHARE; without it (in-process
 use, tests) the worker keeps a fixed number of threads.
 """
 

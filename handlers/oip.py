@@ -14,15 +14,19 @@ RequestError for that request alone, answered as the protocol's one message (`{"
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy
 
-from handlers.base import Payload, bad_request, request_header, unprocessable
+from handlers.errors import bad_request, request_header, unprocessable
+
+if TYPE_CHECKING:  # the type only: base.py imports this module
+    from handlers.base import Payload
 
 HEADER_LENGTH = "inference-header-content-length"
 NUMERIC = {"BOOL": numpy.bool_, "UINT8": numpy.uint8, "UINT16": numpy.uint16,
@@ -73,8 +77,8 @@ def parse(payload: Payload, json_length: int | None) -> Request:
         if not 0 < json_length <= len(body):
             raise bad_request("bad_binary", f"{HEADER_LENGTH} is {json_length:,}; the body has "
                               f"{len(body):,} bytes")
-        header = Payload(body[:json_length], "application/json", payload.max_json_depth,
-                         payload.max_json_number_chars).json()
+        header = dataclasses.replace(payload, data=body[:json_length],
+                                     content_type="application/json").json()
         binary = body[json_length:]
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list) \
             or not header["inputs"]:

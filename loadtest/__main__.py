@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from serving.paths import RUN_DIR
-from serving.prometheus import LOADTEST_METRICS_PORT, Prometheus
-from serving.torchserve import Instance
+from serving.run.paths import RUN_DIR
+from serving.run.prometheus import LOADTEST_METRICS_PORT, Prometheus
+from serving.run.torchserve import Instance
 
 import models
 from loadtest import user_class_name

@@ -30,7 +30,7 @@ def auth_header() -> dict[str, str]:
     the environment; a bare `locust` run reads the key file of `make up`'s server."""
     key = os.environ.get(KEY_ENV)
     if key is None:
-        from serving.torchserve import Instance
+        from serving.run.torchserve import Instance
 
         key = Instance.from_config().keys().get("inference")
     return {"Authorization": f"Bearer {key}"} if key else {}
@@ -55,7 +55,7 @@ def add_arguments(parser) -> None:
 
 
 def exporter_port() -> int:
-    from serving.prometheus import LOADTEST_METRICS_PORT
+    from serving.run.prometheus import LOADTEST_METRICS_PORT
 
     return LOADTEST_METRICS_PORT
 

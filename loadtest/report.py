@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
-from serving.prometheus import Prometheus  # noqa: E402
+from serving.run.prometheus import Prometheus  # noqa: E402
 
 QUANTILES = (0.5, 0.95, 0.99)
 STAGES = ("preprocess", "inference", "postprocess")

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from serving.paths import ROOT
-from serving.prometheus import LOADTEST_METRICS_PORT
-from serving.torchserve import Instance
+from serving.run.paths import ROOT
+from serving.run.prometheus import LOADTEST_METRICS_PORT
+from serving.run.torchserve import Instance
 
 from loadtest import KEY_ENV, user_class_name
 

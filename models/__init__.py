@@ -353,6 +353,10 @@ class ModelSpec:
     def example(self) -> dict:
         return self.card.get("example") or {}
 
+    @staticmethod
+    def content_type_of(file: str) -> str:
+        return content_type_of(file)
+
     @property
     def example_request(self) -> tuple[str, str]:
         """(file in the folder, content type) of the example request."""
@@ -366,14 +370,14 @@ class ModelSpec:
     # -- loading (torch from here on) ------------------------------------------------------------
 
     def load_eager(self, work_dir: Path) -> "torch.nn.Module":
-        from serving import sources
+        from models import sources
 
         return sources.load(self, work_dir).eval()
 
     def parity_inputs(self) -> list[tuple["torch.Tensor", ...]]:
         if "python" in self.parity_spec:
             return self.hook(self.parity_spec["python"], "parity.python")()
-        from serving import sources
+        from models import sources
 
         return sources.batches_from_requests(self, self.files(self.parity_spec["examples"],
                                                               "parity.examples"))
@@ -381,13 +385,13 @@ class ModelSpec:
     def example_inputs(self, batch: int) -> tuple["torch.Tensor", ...]:
         if self.module is not None and hasattr(self.module, "example_inputs"):
             return self.module.example_inputs(batch)
-        from serving import sources
+        from models import sources
 
         return sources.example_inputs(self, batch)
 
     def extra_files(self) -> dict[str, Path]:
         """Files the handler needs at serve time: name in the archive -> source."""
-        from serving import sources
+        from models import sources
 
         listed = self.extra_files_spec
         if "python" in listed:

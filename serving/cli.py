@@ -9,10 +9,10 @@ import time
 
 import models
 from handlers import PRECISIONS, TARGETS
-from serving import frontdoor
-from serving.paths import ROOT
-from serving.prometheus import Prometheus, PrometheusError
-from serving.torchserve import Instance, ServeError, port_in_use
+from serving.run import frontdoor
+from serving.run.paths import ROOT
+from serving.run.prometheus import Prometheus, PrometheusError
+from serving.run.torchserve import Instance, ServeError, port_in_use
 
 
 def served_models() -> list[str]:
@@ -32,14 +32,14 @@ def prometheus_for(instance: Instance) -> Prometheus:
 
 
 def build_all(*args, **kwargs):
-    from serving.build import build_all  # torch is imported only by commands that build
+    from serving.build.pipeline import build_all  # torch is imported only by commands that build
 
     return build_all(*args, **kwargs)
 
 
 def cmd_build(args) -> int:
-    from serving.build import BuildError
-    from serving.targets import NeuronOptions
+    from serving.build.pipeline import BuildError
+    from serving.build.targets import NeuronOptions
 
     try:
         neuron = None
@@ -103,7 +103,7 @@ def cmd_up(args) -> int:
 
 
 def readiness_process(instance: Instance):
-    from serving.process import owned_process
+    from serving.run.process import owned_process
 
     return owned_process(instance.run_dir / "readiness.pid", "serving", "readiness")
 
@@ -113,7 +113,7 @@ def start_readiness(instance: Instance, names: list[str]) -> None:
     until it answers: the front door's /ready, /v1/models[/<m>] and /v2/health/ready."""
     import subprocess
 
-    from serving.servedbench import wait_http
+    from serving.run.process import wait_http
 
     if port_in_use(instance.ports["ready"]):
         raise ServeError(f"port {instance.ports['ready']} (per-model readiness) is in use by "
@@ -129,7 +129,7 @@ def start_readiness(instance: Instance, names: list[str]) -> None:
 def cmd_readiness(args) -> int:
     """Per-model readiness of `make up`'s server on its ready port (SERVING_READY_PORT, 8086),
     until TorchServe stops: `make up` runs it in the background for the front door."""
-    from serving.readiness import ReadinessEndpoint, follow
+    from serving.run.readiness import ReadinessEndpoint, follow
 
     instance = Instance.from_config()
     names = args.models or served_models()
@@ -169,7 +169,7 @@ def cmd_serve(args) -> int:
         signal.signal(sig, lambda signum, frame: stopping.append(signum))
     readiness = None
     if os.environ.get("SERVING_READY_PORT"):  # GET /ready for the front door to proxy (pods)
-        from serving.readiness import ReadinessEndpoint
+        from serving.run.readiness import ReadinessEndpoint
 
         readiness = ReadinessEndpoint(
             names, int(os.environ["SERVING_READY_PORT"]),
@@ -288,35 +288,35 @@ def cmd_latency(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its own parser, shared with its child processes
-        from serving import bench
+        from serving.perf import bench
 
         return bench.main(argv[1:])
     if argv[:1] == ["bench-serve"]:
-        from serving import servedbench
+        from serving.perf import bench_serve
 
-        return servedbench.main(argv[1:])
+        return bench_serve.main(argv[1:])
     if argv[:1] == ["bench-protocols"]:
-        from serving import protocolbench
+        from serving.perf import bench_protocols
 
-        return protocolbench.main(argv[1:])
+        return bench_protocols.main(argv[1:])
     if argv[:1] == ["deploy"]:
-        from serving import deploy
+        from serving.scale import deploy
 
         return deploy.main(argv[1:])
     if argv[:1] == ["tune"]:
-        from serving import tune
+        from serving.perf import tune
 
         return tune.main(argv[1:])
     if argv[:1] == ["worst-case"]:
-        from serving import worstcase
+        from serving.perf import worst_case
 
-        return worstcase.main(argv[1:])
+        return worst_case.main(argv[1:])
     if argv[:1] == ["new"]:
-        from serving import new
+        from serving.build import scaffold
 
-        return new.main(argv[1:])
+        return scaffold.main(argv[1:])
     if argv[:1] == ["openapi"]:
-        from serving import openapi
+        from serving.build import openapi
 
         return openapi.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)

@@ -6,7 +6,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from serving.paths import MODEL_STORE
+from serving.run.paths import MODEL_STORE
 
 
 def write_broken_digits(target: Path) -> Path:

@@ -9,8 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from serving.paths import ROOT
-from serving.torchserve import free_port
+from serving.run.paths import ROOT
+from serving.run.torchserve import free_port
 
 # The compose services' ports on the host network, as shipped. Where one is taken (`make up`'s
 # service runs), a stack runs on free ports of its own instead (use_free_ports).

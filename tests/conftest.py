@@ -13,9 +13,9 @@ import os
 import pytest
 
 import models
-from serving.build import build_all
-from serving.torchserve import Instance
-from serving.torchserve import start_on_free_ports as serving_on_free_ports
+from serving.build.pipeline import build_all
+from serving.run.torchserve import Instance
+from serving.run.torchserve import start_on_free_ports as serving_on_free_ports
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -93,10 +93,10 @@ def server(build_info, tmp_path_factory) -> Instance:
 
 @pytest.fixture(scope="session")
 def front_door(server, tmp_path_factory):
-    """The front door `make up` runs (docker/nginx, serving/frontdoor.py) before `server`: it
+    """The front door `make up` runs (docker/nginx, serving/run/frontdoor.py) before `server`: it
     checks the server's inference key, and TorchServe checks it again."""
-    from serving.frontdoor import FrontDoor
-    from serving.torchserve import free_port
+    from serving.run.frontdoor import FrontDoor
+    from serving.run.torchserve import free_port
 
     door = FrontDoor.before(server, list(models.NAMES), tmp_path_factory.mktemp("door"), free_port())
     door.start()

@@ -23,7 +23,7 @@ import uuid
 import pytest
 import requests
 
-from serving.paths import ROOT
+from serving.run.paths import ROOT
 from tests.compose_stack import ComposeStack
 
 
@@ -149,7 +149,7 @@ def test_the_emulated_cpu_reports_bf16_and_the_graviton_bf16_path_runs(images):
     are its SVE256 ones, and a bf16 matmul agrees with fp32. As a Graviton2 (QEMU_CPU=neoverse-n1)
     the same image sees no bf16 and leaves fast math off; it multiplies no matrices there: under
     qemu 7.2 torch's NVPL BLAS never returns from an untransposed product without SVE (README)."""
-    settings = ("import json, torch\nfrom serving.cpu import cpu_flags, cpu_name, worker_environment\n"
+    settings = ("import json, torch\nfrom serving.run.cpu import cpu_flags, cpu_name, worker_environment\n"
                 "facts = {'flags': sorted(cpu_flags()), 'env': worker_environment(workers=2),"
                 " 'cpu': cpu_name(), 'capability': torch.backends.cpu.get_cpu_capability()}\n")
     bf16_matmul = ("a = torch.randn(128, 128); b = torch.randn(128, 128)\n"

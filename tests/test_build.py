@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import models
-import serving.build
+import serving.build.pipeline
 from handlers import TARGETS
-from serving.build import ParityError, build, candidates, check_parity, choose
+from serving.build.pipeline import ParityError, build, candidates, check_parity, choose
 
 
 def linear(seed: int, out: int = 10) -> torch.nn.Module:
@@ -109,8 +109,8 @@ def test_an_unchanged_build_is_skipped_and_a_changed_one_rebuilds(tmp_path, monk
     # of the repository under test) with a scratch file that stands for any source file.
     scratch = tmp_path / "scratch.py"
     scratch.write_text("A = 1\n")
-    files = serving.build.source_files
-    monkeypatch.setattr(serving.build, "source_files", lambda spec: files(spec) + [scratch])
+    files = serving.build.pipeline.source_files
+    monkeypatch.setattr(serving.build.pipeline, "source_files", lambda spec: files(spec) + [scratch])
     build("digits", **options)
     rebuilt_at = mar.stat().st_mtime_ns
     assert rebuilt_at != built_at
@@ -147,9 +147,9 @@ def test_an_archive_holds_everything_its_handler_needs(build_info, name, files):
 
 
 def test_every_target_is_one_row_of_each_table():
-    """A target is its exporter (serving/targets.py) and its loader (handlers/artifacts.py), and
+    """A target is its exporter (serving/build/targets.py) and its loader (handlers/artifacts.py), and
     nothing else names it."""
     from handlers.artifacts import LOADERS
-    from serving.targets import EXPORTERS
+    from serving.build.targets import EXPORTERS
 
     assert tuple(LOADERS) == TARGETS == tuple(EXPORTERS)

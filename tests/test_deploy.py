@@ -24,9 +24,10 @@ import requests
 import yaml
 
 import models
-from serving import capacity, deploy
-from serving.frontdoor import FrontDoor
-from serving.paths import ROOT
+from serving.build import archive
+from serving.run.frontdoor import FrontDoor
+from serving.scale import capacity, deploy, policy
+from serving.run.paths import ROOT
 
 K8S_VERSIONS = ("1.30.0", "1.37.0")  # the oldest Kubernetes EKS still supports here, and the newest
 SCHEMAS = ROOT / "deploy" / "schemas"
@@ -113,7 +114,7 @@ def test_capacity_matches_the_shipped_serving_settings():
         assert name in measured["models"], (f"{name}: no measured capacity; run `python -m "
                                             f"serving deploy measure {name}`, then `... render`")
         entry = measured["models"][name]
-        for knob, value in capacity.shipped(name).items():
+        for knob, value in archive.shipped_settings(name).items():
             assert entry[knob] == value, f"{name}: {knob} {entry[knob]} measured, {value} shipped"
         assert entry["replica_rps"] > 0 and entry["p99_ms_at_capacity"] <= entry["p99_target_ms"]
 
@@ -307,8 +308,8 @@ def serving_pods(rendered: Path) -> list[tuple[str, dict, dict]]:
 def test_network_policies_admit_inference_and_prometheus_only(rendered):
     policies = [(f, d) for f, d in documents(rendered) if d["kind"] == "NetworkPolicy"]
     assert {f.split("/")[0] for f, _ in policies} == {"kubernetes", "kserve"}
-    for file, policy in policies:
-        spec = policy["spec"]
+    for file, network_policy in policies:
+        spec = network_policy["spec"]
         assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
         # The default PVC storage is mounted, nothing to download: no egress at all.
         assert spec["egress"] == [], file
@@ -726,7 +727,7 @@ def test_spooled_bodies_cannot_fill_the_front_doors_volume(rendered):
     gave /tmp 64 MiB, so about seven concurrent 10 MB uploads evicted the pod. Now nginx holds at
     most FRONTDOOR_MAX_REQUESTS requests in flight (429 past that) and /tmp holds that many of the
     largest body."""
-    assert nginx_body_limit_mib() == deploy.MAX_BODY_MIB
+    assert nginx_body_limit_mib() == policy.MAX_BODY_MIB
     for stack, labels, pod in serving_pods(rendered):
         volumes = {v["name"]: v for v in pod["volumes"]}
         door = next(c for c in pod["containers"] if c["image"].startswith("model-serving-frontdoor"))
@@ -839,11 +840,11 @@ def pods(build_info, tmp_path_factory):
     each pinned to a core, behind the pod's nginx front door with a key."""
     if not nginx_available():
         pytest.fail("nginx is missing: `make setup` installs it (apt-get install nginx-light)")
-    from serving.torchserve import free_port
-    from serving.tune import settings_of
+    from serving.run.torchserve import free_port
+    from serving.perf.tune import settings_of
 
     work = tmp_path_factory.mktemp("pods")
-    settings = settings_of({**capacity.shipped("digits"), "workers": 1, "threads": 1})
+    settings = settings_of({**archive.shipped_settings("digits"), "workers": 1, "threads": 1})
     instances = capacity.cluster_instances("digits", 2, work, settings)
     key = "k" * 8 + "0123456789abcdef"
     door = FrontDoor(work / "nginx", [f"127.0.0.1:{i.ports['inference']}"
@@ -888,8 +889,8 @@ def test_front_door_checks_the_key_and_torchserve_answers(pods):
 def test_distributed_locust_through_the_front_door_reaches_every_replica(pods, tmp_path):
     """A Locust master with two worker processes, the key the front door checks: every replica
     serves, nothing fails; the adapter's per-pod series exist in a real Prometheus."""
-    from serving.prometheus import Prometheus
-    from serving.torchserve import free_port
+    from serving.run.prometheus import Prometheus
+    from serving.run.torchserve import free_port
 
     instances, door = pods
     prom = Prometheus(run_dir=tmp_path / "prometheus", port=free_port(), scrape_interval="1s",
@@ -938,7 +939,7 @@ def kserve_predictor(build_info, rendered, tmp_path_factory):
 
     if not nginx_available():
         pytest.fail("nginx is missing: `make setup` installs it (apt-get install nginx-light)")
-    from serving.torchserve import free_port
+    from serving.run.torchserve import free_port
 
     [(isvc, pod)] = [(doc, pod) for file, doc, _, pod in kserve_pods(rendered)
                      if file == "kserve/cpu/digits.yaml"]
@@ -1041,7 +1042,7 @@ def test_a_kserve_predictor_answers_through_its_front_door_and_drains(kserve_pre
 
 
 def test_the_readiness_endpoint_answers_kserve_v1s_model_routes():
-    from serving.readiness import ReadinessEndpoint
+    from serving.run.readiness import ReadinessEndpoint
 
     endpoint = ReadinessEndpoint(["digits", "minilm"], 0).start()
     url = f"http://127.0.0.1:{endpoint.port}"

@@ -9,7 +9,6 @@ and say so, or fail where REQUIRE_DOCKER=1 (CI); SKIP_DOCKER_TESTS=1 skips them 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 import requests
 
 from models.efficientnet_lite0.photos import encoded
-from serving.paths import ROOT
+from serving.run.paths import ROOT
 from tests.compose_stack import ComposeStack
 
 
@@ -124,7 +123,7 @@ def image(docker_engine) -> dict:
 def test_each_image_carries_its_bill_of_materials_and_every_component_is_reviewed(image, tmp_path):
     """The bills the image builds wrote (/app/sbom), checked completely against docs/security.md:
     a new or upgraded component fails here until the review covers it."""
-    from serving import sbom
+    from serving.build import sbom
 
     for tag, path in (("model-serving:cpu", "/app/sbom/serve.cdx.json"),
                       ("model-serving-frontdoor:nginx", "/app/sbom/frontdoor.cdx.json")):

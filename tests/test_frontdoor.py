@@ -1,4 +1,4 @@
-"""The front door as every mode runs it (docker/nginx; serving/frontdoor.py): before a real
+"""The front door as every mode runs it (docker/nginx; serving/run/frontdoor.py): before a real
 TorchServe, refusing what must not reach it in milliseconds, checking keys, admitting per model;
 and the image's entry point (docker/nginx/serve.sh) following TorchServe's keys."""
 
@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 import models
-from serving.paths import ROOT
+from serving.run.paths import ROOT
 from tests.test_fuzz import good_request
 
 
@@ -45,7 +45,7 @@ def test_the_front_door_admits_two_batches_per_worker_and_refuses_the_rest_at_on
     """EfficientNet's admission (2 workers x batch 4 x 2 = 16 in flight): 16 clients at once are
     all answered, more at once get 503 busy in JSON with Retry-After, fast, from nginx, while the
     rest are answered 200."""
-    from serving.frontdoor import admission_limit
+    from serving.run.frontdoor import admission_limit
 
     model = "efficientnet_lite0"
     limit = admission_limit(server.archive_config(model))
@@ -73,14 +73,14 @@ def test_the_front_door_admits_two_batches_per_worker_and_refuses_the_rest_at_on
 
 
 def test_per_model_readiness_through_the_front_door_follows_the_workers(server, tmp_path):
-    """What `make up` runs beside TorchServe (`python -m serving readiness`: serving.readiness's
+    """What `make up` runs beside TorchServe (`python -m serving readiness`: serving.run.readiness's
     follow) behind the same front door: /v1/models/<m> and /v2/health/ready answer from the
     workers' state, without a key, and turn 503 once the follower stops."""
     import threading
 
-    from serving.frontdoor import FrontDoor
-    from serving.readiness import ReadinessEndpoint, follow
-    from serving.torchserve import free_port
+    from serving.run.frontdoor import FrontDoor
+    from serving.run.readiness import ReadinessEndpoint, follow
+    from serving.run.torchserve import free_port
 
     names = ["digits", "minilm"]
     endpoint = ReadinessEndpoint(names, free_port()).start()
@@ -114,8 +114,8 @@ def test_the_images_entry_point_follows_torchserves_keys(server, tmp_path):
     """docker/nginx/serve.sh as compose runs it: the inference key from TorchServe's key file,
     reloaded when TorchServe writes new ones (a restarted container), without dropping
     connections; the admission from the serving process' /admission when not given."""
-    from serving.readiness import ReadinessEndpoint
-    from serving.torchserve import free_port
+    from serving.run.readiness import ReadinessEndpoint
+    from serving.run.torchserve import free_port
 
     keys = tmp_path / "key_file.json"
     keys.write_text(server.key_file.read_text())

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import models
-from serving.inprocess import Answer, LoadedModel
-from serving.worstcase import jpeg_many_scans
+from serving.run.inprocess import Answer, LoadedModel
+from serving.perf.worst_case import jpeg_many_scans
 from tests.fuzz_inputs import HOSTILE, declare_size, nested
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "120"))

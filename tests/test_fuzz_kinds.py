@@ -12,8 +12,8 @@ import pytest
 from hypothesis import strategies as st
 
 import models
-from serving import new
-from serving.build import build
+from serving.build import scaffold
+from serving.build.pipeline import build
 from tests import user_models
 from tests.fuzz_inputs import COMMON, raw_json, texts_bodies
 from tests.test_fuzz import Fuzzer, fuzz
@@ -46,7 +46,7 @@ def fuzzer(request, builds_or_serves, tmp_path_factory):
     name = request.param
     tmp = tmp_path_factory.mktemp(name)
     make, file = SOURCES[name]
-    folder, _ = new.create(name, make(tmp / file), models_dir=tmp / "models")
+    folder, _ = scaffold.create(name, make(tmp / file), models_dir=tmp / "models")
     spec = models.ModelSpec.from_folder(folder)
     build(name, model_store=tmp / "store", work_root=tmp / "work", target="torchscript",
           precision="fp32", spec=spec)

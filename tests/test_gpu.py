@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import models
-from serving import new
-from serving.build import build
-from serving.inprocess import LoadedModel
+from serving.build import scaffold
+from serving.build.pipeline import build
+from serving.run.inprocess import LoadedModel
 from tests import user_models
 
 
@@ -20,7 +20,7 @@ from tests import user_models
     ("gpu_bert", user_models.save_tiny_bert_classifier, "bert"),
 ])
 def test_a_user_model_built_for_cuda_answers_on_the_gpu(cuda_device, tmp_path, name, make, file):
-    folder, _ = new.create(name, make(tmp_path / file), models_dir=tmp_path / "models")
+    folder, _ = scaffold.create(name, make(tmp_path / file), models_dir=tmp_path / "models")
     # Not inductor: loading an AOTInductor CUDA package killed the process (segmentation fault)
     # with torch 2.11 on the lent H200, which no gate can answer (left open in the notes).
     card = folder / "model.yaml"

@@ -126,9 +126,9 @@ def test_a_request_past_its_decode_deadline_is_answered_alone_by_a_living_worker
     to decode here) passes it: that request is answered 422 in JSON by the worker that read it,
     the requests around it are answered 200, and no worker restarts. The shipped deadline
     (responseTimeout / (2 x batchSize)) holds in the same way the costs the limits miss."""
-    from serving.archive import with_config
-    from serving.paths import MODEL_STORE
-    from serving.worstcase import png_flat
+    from serving.build.archive import with_config
+    from serving.run.paths import MODEL_STORE
+    from serving.perf.worst_case import png_flat
     from tests.conftest import start_on_free_ports
 
     store = tmp_path_factory.mktemp("store")
@@ -191,7 +191,7 @@ def test_an_archive_that_cannot_load_leaves_the_model_unready(build_info, tmp_pa
     for it fails with where to look, so `serving serve` exits 1 and the container restarts."""
     import shutil
 
-    from serving.torchserve import Instance, ServeError
+    from serving.run.torchserve import Instance, ServeError
     from tests.archives import write_broken_digits
 
     store = tmp_path / "store"
@@ -215,7 +215,7 @@ def loadtest_command(server, *args: str, timeout: float = 300,
     import subprocess
     import sys
 
-    from serving.paths import ROOT
+    from serving.run.paths import ROOT
 
     done = subprocess.run([sys.executable, "-m", "loadtest", *args, "--host", host or server.inference_url,
                            "--key-file", str(server.key_file)], cwd=ROOT, capture_output=True,

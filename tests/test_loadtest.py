@@ -16,9 +16,9 @@ from loadtest import slo
 from loadtest.exporter import BUCKETS, cumulative_buckets, status_counts
 from loadtest.report import quantile_bucket
 from loadtest.schedules import spike_users, step_users
-from serving.paths import ROOT
-from serving.prometheus import Prometheus
-from serving.torchserve import free_port
+from serving.run.paths import ROOT
+from serving.run.prometheus import Prometheus
+from serving.run.torchserve import free_port
 
 MODELS = ("digits", "efficientnet_lite0", "minilm")
 LENIENT = ["--slo-p95-ms", "30000", "--slo-p99-ms", "60000", "--slo-min-rps", "0.1",

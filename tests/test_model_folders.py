@@ -15,8 +15,8 @@ import torch
 import models
 from handlers.base import Payload, RequestError
 from handlers.tensor import TensorHandler
-from serving import new
-from serving.paths import ROOT
+from serving.build import scaffold
+from serving.run.paths import ROOT
 from tests import user_models
 
 
@@ -32,7 +32,7 @@ def test_each_models_queue_holds_what_the_front_door_admits():
     """TorchServe's queue refuses past jobQueueSize with its own 503 at unpredictable moments (the
     issue saw 5 in ~8,500 requests at 16 clients with 12); the front door's admission is the one
     that refuses, so the queue must hold at least what it admits."""
-    from serving.frontdoor import admission_limit
+    from serving.run.frontdoor import admission_limit
 
     for name in models.names():
         config = models.load(name).config
@@ -51,7 +51,7 @@ def test_nothing_outside_models_names_a_shipped_model():
 def folder(tmp_path) -> Path:
     """A valid user model folder, made by `serving new`, outside the project's models/."""
     source = user_models.save_exported(tmp_path / "cnn.pt2")
-    created, _ = new.create("mine", source, models_dir=tmp_path / "models")
+    created, _ = scaffold.create("mine", source, models_dir=tmp_path / "models")
     return created
 
 
@@ -165,7 +165,7 @@ def test_a_new_folder_in_models_is_served_loaded_and_load_tested_by_name(tmp_pat
     source = user_models.save_torchscript(tmp_path / "cnn.pt")
     folder = models.MODELS_DIR / "zz_discovered"
     try:
-        new.create("zz_discovered", source, "array_classifier", "1,16,16")
+        scaffold.create("zz_discovered", source, "array_classifier", "1,16,16")
         assert "zz_discovered" in models.names()
         done = subprocess.run([sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py",
                                "--list"], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -176,7 +176,7 @@ def test_a_new_folder_in_models_is_served_loaded_and_load_tested_by_name(tmp_pat
 
 def test_an_output_that_does_not_fit_the_kind_is_named(folder):
     """A classifier's labels must match the classes the model answers."""
-    from serving.build import check_output
+    from serving.build.pipeline import check_output
 
     rewrite(folder, "model.yaml", "kind: tensor", "kind: array_classifier\nextra_files: "
             "{labels.txt: labels.txt}")
@@ -225,7 +225,7 @@ def test_a_tokenizer_that_does_not_fit_its_model_is_refused(tmp_path):
     import json as json_module
 
     source = user_models.save_tiny_bert_classifier(tmp_path / "bert")
-    folder, _ = new.create("bert", source, models_dir=tmp_path / "models")
+    folder, _ = scaffold.create("bert", source, models_dir=tmp_path / "models")
     config_file = folder / "hf" / "config.json"
     config = json_module.loads(config_file.read_text())
     config_file.write_text(json_module.dumps({**config, "vocab_size": 20}))

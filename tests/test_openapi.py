@@ -14,7 +14,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                response_schema_conformance,
                                                status_code_conformance)
 
-from serving import openapi
+from serving.build import openapi
 
 DOCUMENT = openapi.document()
 # schemathesis 4.32.5 builds its coverage cases while pytest collects; for KServe v1 digits (up to 64

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from serving import sbom
-from serving.paths import ROOT
+from serving.build import sbom
+from serving.run.paths import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,10 @@ import yaml
 
 import models
 from handlers.cores import SLOT, CoreShare
-from serving import loadgen, servedbench, tune
-from serving.archive import with_config
-from serving.paths import MODEL_STORE, ROOT
+from serving.build.archive import with_config
+from serving.perf import bench_serve, loadgen, tune
+from serving.run import process
+from serving.run.paths import MODEL_STORE, ROOT
 from tests.numerics import assert_same_top_k
 
 
@@ -191,17 +192,17 @@ def test_multipart_bodies_are_read_by_torchserve_as_the_raw_body_is(server):
 def peer(build_info):
     pytest.importorskip("litserve", reason="the benchmark's peer: pip install -r "
                         "requirements-bench.txt")
-    from serving.process import stop_tree
-    from serving.torchserve import free_port
+    from serving.run.process import stop_tree
+    from serving.run.torchserve import free_port
 
     import psutil
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "serving.peer", "digits", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "serving.perf.litserve_peer", "digits", "--port", str(port)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        servedbench.wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
+        process.wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
         yield f"http://127.0.0.1:{port}/predict"
     finally:
         stop_tree(psutil.Process(proc.pid), 20)
@@ -223,7 +224,7 @@ def test_the_peer_serves_the_same_archive_with_the_same_answers(server, peer):
 
 def test_the_served_benchmark_measures_every_part_and_draws_its_curves(build_info, tmp_path, capsys):
     pytest.importorskip("litserve", reason="pip install -r requirements-bench.txt")
-    code = servedbench.main(["digits", "--seconds", "1", "--clients", "4", "--sweep", "0.5", "1.0",
+    code = bench_serve.main(["digits", "--seconds", "1", "--clients", "4", "--sweep", "0.5", "1.0",
                              "--out", str(tmp_path)])
     assert code == 0
     result = json.loads((tmp_path / "served.json").read_text())

@@ -16,7 +16,7 @@ from models import MODELS_DIR
 from models.digits.model import split
 from models.minilm.model import source_dir
 from models.efficientnet_lite0.photos import encoded
-from serving.torchserve import Instance, port_in_use
+from serving.run.torchserve import Instance, port_in_use
 from tests.clients import kserve_sdk
 from tests.numerics import assert_held_out_count_matches, assert_same_top_k
 
@@ -455,10 +455,11 @@ def test_perf_analyzer_drives_the_oip_routes_for_a_bounded_run(server, front_doo
     it reads the model's metadata and config, sends binary tensors, and every request succeeds
     (it stops at the first failed one)."""
     import models
-    from serving import protocolbench, sources
+    from serving.perf import bench_protocols
+    from models import sources
 
     spec = models.load(model)
-    rows = protocolbench.perf_analyzer(spec, sources.model_handler(spec),
+    rows = bench_protocols.perf_analyzer(spec, sources.model_handler(spec),
                                        f"127.0.0.1:{front_door.port}", server.auth("inference"),
                                        [1, 2], 1.0, tmp_path)
     # perf_analyzer leaves out a point whose windows never agreed (noise on a busy machine).

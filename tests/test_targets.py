@@ -15,10 +15,10 @@ import torch
 from handlers import CPU_ENV
 from handlers.artifacts import NEURON_MISSING
 from models.digits.model import split
-from serving.build import BuildError, build
-from serving.cpu import cpu_flags, has_bf16, worker_environment
-from serving.paths import ROOT
-from serving.targets import FixedShape, NeuronOptions, fit_sequence, neuron_serving_config
+from serving.build.pipeline import BuildError, build
+from serving.run.cpu import cpu_flags, has_bf16, worker_environment
+from serving.run.paths import ROOT
+from serving.build.targets import FixedShape, NeuronOptions, fit_sequence, neuron_serving_config
 from tests.numerics import assert_held_out_count_matches
 
 GRAVITON3 = "processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 " \
@@ -166,7 +166,7 @@ def test_each_target_is_built_checked_and_served(per_target, target, precision):
 
 
 def test_int8_quantizes_the_linear_layers_except_those_skipped():
-    from serving.targets import TargetUnavailable, quantize_int8
+    from serving.build.targets import TargetUnavailable, quantize_int8
 
     model = torch.nn.Sequential()
     model.add_module("encoder", torch.nn.Linear(8, 8))
@@ -182,7 +182,7 @@ def test_int8_quantizes_the_linear_layers_except_those_skipped():
 
 
 def test_int8_is_tried_where_bf16_is_missing_and_only_as_torchscript(monkeypatch):
-    from serving import targets
+    from serving.build import targets
 
     monkeypatch.setattr(targets, "has_bf16", lambda: False)
     assert targets.candidate_precisions("cpu") == ["fp32", "int8"]

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from serving.paths import ROOT
-from serving.prometheus import Prometheus
-from serving.torchserve import Instance, free_port
+from serving.run.paths import ROOT
+from serving.run.prometheus import Prometheus
+from serving.run.torchserve import Instance, free_port
 from tests import user_models
 
 # name -> (how the user's file is made, extra arguments of `serving new`, the answer's field)

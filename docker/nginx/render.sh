@@ -17,8 +17,8 @@
 #   FRONTDOOR_MAX_REQUESTS  requests to the models in flight at once through this nginx (default
 #                         256); more are answered 429. Bodies over 1 MB wait in /tmp while they
 #                         arrive, so /tmp needs this many times the 10 MB body limit: a pod's
-#                         volume for /tmp is sized from it (serving/deploy.py)
-#   FRONTDOOR_MODEL_LIMITS  admission per model: "digits=64 efficientnet_lite0=16" (serving/frontdoor.py,
+#                         volume for /tmp is sized from it (serving/scale/deploy.py)
+#   FRONTDOOR_MODEL_LIMITS  admission per model: "digits=64 efficientnet_lite0=16" (serving/run/frontdoor.py,
 #                         admission_limit: two full batches per worker). Past its limit a model's
 #                         request is answered 503 {"error": "busy"} with Retry-After at once, by
 #                         nginx, instead of queueing behind the others; models not named have none

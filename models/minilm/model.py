@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from models.minilm.sentences import MORE_SENTENCES, SENTENCES
-from serving.sources import huggingface
+from models.sources import huggingface
 
 
 def source_dir() -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.paths import ROOT
+from serving.run.paths import ROOT
 
 CLIENTS = Path(__file__).resolve().parent
 

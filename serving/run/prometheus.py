@@ -12,8 +12,8 @@ from pathlib import Path
 import requests
 import yaml
 
-from serving.paths import ROOT, RUN_DIR
-from serving.process import owned_process, stop_tree
+from serving.run.paths import ROOT, RUN_DIR
+from serving.run.process import owned_process, stop_tree
 
 CONFIG_DIR = ROOT / "prometheus"
 DEFAULT_PORT = 9090

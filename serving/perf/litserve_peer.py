@@ -2,11 +2,11 @@
 
 Benchmark-only (requirements-bench.txt): it answers how much of the served cost is TorchServe's and
 how much is the work itself. The handler is initialised from the archive exactly as a TorchServe
-worker initialises it (serving.inprocess.LoadedModel); LitServe does the HTTP, the queue and the
+worker initialises it (serving.run.inprocess.LoadedModel); LitServe does the HTTP, the queue and the
 batching. LitServe parses only JSON and form bodies, so binary inputs go as a multipart field
 named "data" (the load generator sends the same multipart body to TorchServe, which reads it too).
 
-    python -m serving.peer MODEL --port P [--batch 8] [--batch-timeout 0.02] [--workers 1]
+    python -m serving.perf.litserve_peer MODEL --port P [--batch 8] [--batch-timeout 0.02] [--workers 1]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class ArchiveAPI(ls.LitAPI):
         self.model_name, self.model_store = model, model_store
 
     def setup(self, device) -> None:
-        from serving.inprocess import LoadedModel
+        from serving.run.inprocess import LoadedModel
 
         work = Path(tempfile.mkdtemp(prefix=f"peer-{self.model_name}-"))
         self.loaded = LoadedModel(self.model_name, work, Path(self.model_store))
@@ -70,9 +70,9 @@ class ArchiveAPI(ls.LitAPI):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from serving.paths import MODEL_STORE
+    from serving.run.paths import MODEL_STORE
 
-    parser = argparse.ArgumentParser(prog="python -m serving.peer", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m serving.perf.litserve_peer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model")
     parser.add_argument("--port", type=int, required=True)

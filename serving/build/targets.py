@@ -19,7 +19,7 @@ import torch
 
 from handlers import PRECISIONS
 from handlers.artifacts import LOADERS, NEURON_MISSING
-from serving.cpu import has_bf16
+from serving.run.cpu import has_bf16
 
 # The dtype a model's floating-point weights and inputs run in. int8 models take fp32 inputs and
 # quantize activations as they run (dynamic quantization of their Linear layers).

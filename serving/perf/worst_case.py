@@ -1,6 +1,6 @@
 """python -m serving worst-case: each model's most expensive request, next to a normal one.
 
-Through the real handler loaded from the real archive (serving.inprocess), in this process: a
+Through the real handler loaded from the real archive (serving.run.inprocess), in this process: a
 normal full batch (batchSize copies of the model's example request), the worst requests the
 limits admit (or refuse last), alone and as a full batch. The target: the worst request costs at
 most 3x a normal full batch, and a full batch of it ends well inside the model's responseTimeout.
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import models
-from serving.cpu import cpu_name
+from serving.run.cpu import cpu_name
 
 TARGET_RATIO = 3.0
 
@@ -116,7 +116,7 @@ def timed(model, batch: list[tuple[bytes, str]], runs: int) -> tuple[float, list
 
 
 def measure(name: str, work_dir: Path, runs: int) -> list[dict]:
-    from serving.inprocess import LoadedModel
+    from serving.run.inprocess import LoadedModel
 
     model = LoadedModel(name, work_dir)
     spec = models.load(name)

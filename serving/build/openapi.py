@@ -89,7 +89,7 @@ def oip_operation(spec, handler) -> dict:
 
 
 def document(names: list[str] | None = None, server_url: str = "http://127.0.0.1:8080") -> dict:
-    from serving import sources
+    from models import sources
 
     paths = {}
     for name in names or models.names():

@@ -9,7 +9,7 @@ SERVING_RUN_DIR (state; TorchServe's is its torchserve/ folder).
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # serving/run/paths.py
 BUILD_DIR = ROOT / "build"  # per-model work folders: exported model, build info
 # The .mar archives TorchServe loads.
 MODEL_STORE = Path(os.environ.get("SERVING_MODEL_STORE") or ROOT / "model_store")

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import models
-from serving.cpu import cpu_name
-from serving.paths import MODEL_STORE, RUN_DIR
+from serving.run.cpu import cpu_name
+from serving.run.paths import MODEL_STORE, RUN_DIR
 
 CLIENT_LADDER = (1, 2, 4, 8, 16, 32, 64)
 BEAM = 2
@@ -69,9 +69,9 @@ def measure(name: str, candidate: dict, p99_ms: float, seconds: float, work: Pat
     `front_door` (render.sh's settings, e.g. FRONTDOOR_MAX_REQUESTS): as a Kubernetes pod runs
     it, TorchServe with the cluster's config (no token check) behind the pod's nginx front door
     with a key, every request through nginx and its CPU counted with the server's."""
-    from serving.archive import with_config
-    from serving.servedbench import Target, load, tree
-    from serving.torchserve import free_port, start_on_free_ports
+    from serving.build.archive import with_config
+    from serving.perf.bench_serve import Target, load, tree
+    from serving.run.torchserve import free_port, start_on_free_ports
 
     store = work / "store"
     with_config(MODEL_STORE / f"{name}.mar", store / f"{name}.mar", settings_of(candidate))
@@ -82,7 +82,7 @@ def measure(name: str, candidate: dict, p99_ms: float, seconds: float, work: Pat
     started = time.monotonic()
     door, options = None, {}
     if front_door is not None:
-        from serving.deploy import write_cluster_config
+        from serving.run.torchserve import write_cluster_config
 
         options["base_config"] = write_cluster_config(work / "config") / "config.properties"
     instance = start_on_free_ports(work / "torchserve", [name], model_store=store, **options)
@@ -92,7 +92,7 @@ def measure(name: str, candidate: dict, p99_ms: float, seconds: float, work: Pat
         target = Target("torchserve", f"{instance.inference_url}/predictions/{name}",
                         instance.auth("inference"), lambda: tree(instance.process()))
         if front_door is not None:
-            from serving.frontdoor import FrontDoor
+            from serving.run.frontdoor import FrontDoor
 
             door = FrontDoor(work / "nginx", [f"127.0.0.1:{instance.ports['inference']}"],
                              "capacity-key-" + "0" * 16, free_port(), extra_env=front_door)
@@ -169,10 +169,10 @@ def better(result: dict, best: dict) -> bool:
 
 def search(name: str, p99_ms: float, budget_s: float, seconds: float, log,
            clients: int = 16) -> dict:
-    from serving.capacity import shipped
+    from serving.build.archive import shipped_settings
 
     cores = os.cpu_count() or 1
-    current = shipped(name)
+    current = shipped_settings(name)
     work = RUN_DIR / "tune" / name
     measured: dict[tuple, dict] = {}
     started = time.monotonic()

@@ -28,11 +28,11 @@ import yaml
 from handlers import WORKERS_ENV
 from handlers.cores import SHARE_ENV
 
-from serving.cpu import worker_environment
-from serving.frontdoor import PORT as FRONTDOOR_PORT
-from serving.frontdoor import READY_PORT
-from serving.paths import CONFIG_PROPERTIES, MODEL_STORE, RUN_DIR
-from serving.process import owned_process, stop_tree
+from serving.run.cpu import worker_environment
+from serving.run.frontdoor import PORT as FRONTDOOR_PORT
+from serving.run.frontdoor import READY_PORT
+from serving.run.paths import CONFIG_PROPERTIES, MODEL_STORE, ROOT, RUN_DIR
+from serving.run.process import owned_process, stop_tree
 
 JAVA_CLASS = "org.pytorch.serve.ModelServer"
 PATH_KEYS = ("metrics_config",)  # relative to config.properties, made absolute for TorchServe
@@ -121,7 +121,7 @@ class Instance:
             "grpc_inference": int(props.get("grpc_inference_port", 7070)),
             "grpc_management": int(props.get("grpc_management_port", 7071)),
             "worker": int(props.get("initial_worker_port", 9000)),
-            "frontdoor": FRONTDOOR_PORT,  # where clients reach this instance (serving/frontdoor.py)
+            "frontdoor": FRONTDOOR_PORT,  # where clients reach this instance (serving/run/frontdoor.py)
             "ready": READY_PORT,  # its per-model readiness, for the front door
         }
         for key in cls.PORT_KEYS:
@@ -411,3 +411,37 @@ def start_on_free_ports(run_dir: Path, models: list[str], attempts: int = 3,
             if attempt == attempts:
                 raise
     raise AssertionError("unreachable")
+
+
+# -- a pod's config (Kubernetes and KServe; serving.scale.deploy renders it) ---------------------------------------------------------------------------
+
+def cluster_properties() -> str:
+    """config.properties for a pod: the repository's, with TorchServe's token check off. In a pod
+    TorchServe listens on loopback behind the front door, which checks the key from a Secret:
+    TorchServe's own keys are new at every start, so replicas could not share them."""
+    lines = [
+        "# config.properties for Kubernetes and KServe pods, from the repository's config.properties",
+        "# by `python -m serving deploy render`. The difference: TorchServe's token check is off, as",
+        "# its keys are new at every start and replicas cannot share them. On Kubernetes the front",
+        "# door beside TorchServe (nginx) checks one key from a Secret and TorchServe listens on the",
+        "# pod's loopback, on Kubernetes and KServe alike.",
+        "# What each setting is for: the comments of config.properties in the repository.",
+    ]
+    for line in CONFIG_PROPERTIES.read_text().splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue  # the repository's comments speak of its own token check
+        key = line.partition("=")[0].strip()
+        if key == "disable_token_authorization":
+            line = "disable_token_authorization=true"
+        elif key == "token_expiration_min":
+            continue
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def write_cluster_config(folder: Path) -> Path:
+    """The pod's config folder: config.properties and the metrics.yaml it names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.properties").write_text(cluster_properties())
+    shutil.copy(ROOT / "metrics.yaml", folder / "metrics.yaml")
+    return folder

@@ -35,11 +35,13 @@ from pathlib import Path
 from typing import Callable
 
 import models
-from serving.cpu import cpu_name
-from serving.paths import MODEL_STORE, ROOT, RUN_DIR
-from serving.frontdoor import FrontDoor
+from serving.run.cpu import cpu_name
+from serving.run.paths import MODEL_STORE, RUN_DIR
+from serving.build.archive import shipped_settings
+from serving.run.frontdoor import FrontDoor
+from serving.run.torchserve import write_cluster_config
+from serving.scale.policy import CAPACITY_FILE, FRONTDOOR_MAX_REQUESTS, SCALE_UP_LOAD
 
-CAPACITY_FILE = ROOT / "deploy" / "capacity.json"
 USER_LADDER = (1, 2, 4, 8, 16, 32)
 
 
@@ -54,20 +56,8 @@ def slo_p99_ms(name: str) -> float:
     return float((models.load(name).loadtest.get("slo") or {}).get("p99_ms") or 1000)
 
 
-def shipped(name: str) -> dict:
-    """The archive's serving settings as a tuner candidate (model-config.yaml)."""
-    config = models.load(name).config
-    workers = int(config.get("minWorkers") or 1)
-    return {"batchSize": int(config.get("batchSize") or 1),
-            "maxBatchDelay": int(config.get("maxBatchDelay") or 0),
-            "workers": workers,
-            "threads": int((config.get("handler") or {}).get("torch_threads") or
-                           max(1, (os.cpu_count() or 1) // workers))}
-
-
 # -- per-replica capacity, measured -------------------------------------------------------------
 
-SCALE_UP_LOAD = 0.85  # of a replica's capacity: the queue wait there is the autoscaler's second signal
 
 
 MEASURED_THROUGH = "the pod's front door (nginx, docker/nginx)"
@@ -78,13 +68,12 @@ def measure(names: list[str], seconds: float, log=print) -> dict:
     front door, as every request in a pod passes it: the client ladder of the tuner, scored at the
     model's p99 target; the handler's service times for the queueing model, and from that model
     the mean queue wait of a replica at 85% of its capacity."""
-    from serving.deploy import FRONTDOOR_MAX_REQUESTS
-    from serving.tune import measure as climb
+    from serving.perf.tune import measure as climb
 
     result = {"cpu": cpu_name(), "cores": os.cpu_count(), "measured": time.strftime("%Y-%m-%d"),
               "seconds_per_point": seconds, "through": MEASURED_THROUGH, "models": {}}
     for name in names:
-        candidate, p99 = shipped(name), slo_p99_ms(name)
+        candidate, p99 = shipped_settings(name), slo_p99_ms(name)
         log(f"[{name}] one replica as shipped, p99 target {p99:g} ms")
         point = climb(name, candidate, p99, seconds, RUN_DIR / "capacity" / name, log,
                       front_door={"FRONTDOOR_MAX_REQUESTS": str(FRONTDOOR_MAX_REQUESTS)})
@@ -133,8 +122,8 @@ def torchserve_counters(metrics_url: str, model: str) -> dict[str, float]:
 def queue_wait(name: str, rate: float, seconds: float, work: Path) -> float:
     """The mean time a request waits in TorchServe's queue (ts_queue_latency_microseconds, the
     autoscaler's second signal) with the shipped archive under an open-loop `rate`."""
-    from serving.servedbench import Target, load, tree
-    from serving.torchserve import start_on_free_ports
+    from serving.perf.bench_serve import Target, load, tree
+    from serving.run.torchserve import start_on_free_ports
 
     spec = models.load(name)
     file, content_type = spec.example_request
@@ -169,7 +158,7 @@ def child_service_times(name: str, threads: int, batches: list[int], model_store
     `measure`'s generator sends)."""
     import torch
 
-    from serving.inprocess import LoadedModel
+    from serving.run.inprocess import LoadedModel
 
     os.environ["SERVING_WORKERS_TOTAL"] = "1"
     loaded = LoadedModel(name, Path(tempfile.mkdtemp(prefix=f"capacity-{name}-")),
@@ -198,11 +187,11 @@ def child_service_times(name: str, threads: int, batches: list[int], model_store
 
 def service_times(name: str, threads: int, batch: int, bodies_from: str,
                   model_store: Path = MODEL_STORE) -> dict:
-    from serving.bench import run_child
+    from serving.perf.bench import run_child
 
     batches = sorted({1, 2, *[2 ** k for k in range(2, 8) if 2 ** k < batch], batch})
     result = run_child("service-times", name, str(threads), ",".join(map(str, batches)),
-                       str(model_store), bodies_from, module="serving.capacity")
+                       str(model_store), bodies_from, module="serving.scale.capacity")
     return {int(b): s for b, s in result["seconds"].items()}
 
 
@@ -363,9 +352,8 @@ def pinned(cores: set[int]):
 def cluster_instances(name: str, replicas: int, run_dir: Path, settings: dict) -> list:
     """`replicas` TorchServe instances of one model with the cluster's config.properties (token
     check off, inference on loopback: the front door checks the key), each pinned to a core."""
-    from serving.archive import with_config
-    from serving.deploy import write_cluster_config
-    from serving.torchserve import start_on_free_ports
+    from serving.build.archive import with_config
+    from serving.run.torchserve import start_on_free_ports
 
     store = run_dir / "store"
     with_config(MODEL_STORE / f"{name}.mar", store / f"{name}.mar", settings)
@@ -389,7 +377,7 @@ def locust_point(name: str, host: str, users: int, duration: str, out: Path, key
                  processes: int) -> dict:
     from loadtest import user_class_name
     from loadtest.runner import MEASURE_ONLY, locust, seconds, stats
-    from serving.torchserve import free_port
+    from serving.run.torchserve import free_port
 
     import psutil
 
@@ -411,10 +399,10 @@ def locust_point(name: str, host: str, users: int, duration: str, out: Path, key
 def verify(name: str, replicas_list: list[int], duration: str, processes: int, log=print) -> dict:
     """Per replica count: the measured ladder through nginx and distributed Locust, and the
     model's prediction for the same ladder."""
-    from serving.torchserve import free_port
-    from serving.tune import settings_of
+    from serving.run.torchserve import free_port
+    from serving.perf.tune import settings_of
 
-    candidate = {**shipped(name), "workers": 1, "threads": 1}  # a replica per core here
+    candidate = {**shipped_settings(name), "workers": 1, "threads": 1}  # a replica per core here
     p99 = slo_p99_ms(name)
     work = RUN_DIR / "capacity-verify" / name
     log(f"[{name}] service times in-process, 1 thread, batch 1..{candidate['batchSize']}")

@@ -10,7 +10,7 @@ For each model, in one run, with the archive as built (model_store/NAME.mar):
                request rates up to and past saturation (the latency-throughput curve)
   litserve     the same archive and handler decode/encode under LitServe (the peer), same loads
 
-Every server and measurement runs in its own process; the load generator (serving.loadgen) is
+Every server and measurement runs in its own process; the load generator (serving.perf.loadgen) is
 the same for both servers and reports its own CPU, and each server's processes' CPU is sampled,
 so that on a 2-core machine the share each part takes is on the record. Binary inputs go as a
 multipart field to both servers (LitServe reads nothing else). Results: a table with the ratios,
@@ -33,9 +33,10 @@ from pathlib import Path
 import psutil
 
 import models
-from serving.bench import run_child
-from serving.cpu import cpu_name
-from serving.paths import MODEL_STORE, ROOT, RUN_DIR
+from serving.perf.bench import run_child
+from serving.run.cpu import cpu_name
+from serving.run import process
+from serving.run.paths import MODEL_STORE, ROOT, RUN_DIR
 
 SWEEP = (0.25, 0.5, 0.7, 0.85, 1.0, 1.15)  # open-loop rates, as fractions of the closed loop's
 
@@ -47,8 +48,8 @@ def child_inprocess(name: str, model_store: Path) -> dict:
     import torch
 
     from handlers.cores import available_cores
-    from serving.inprocess import LoadedModel
-    from serving.timing import call_times
+    from serving.run.inprocess import LoadedModel
+    from serving.build.timing import call_times
 
     os.environ.setdefault("SERVING_WORKERS_TOTAL", "1")
     loaded = LoadedModel(name, Path(tempfile.mkdtemp(prefix=f"bench-{name}-")), model_store)
@@ -149,7 +150,7 @@ def profile(pid: int, seconds: float, out: Path) -> list[tuple[str, float]]:
 
 def load(target: Target, body_file: Path, content_type: str, binary: bool, seconds: float,
          clients: int = 0, rate: float = 0.0, profile_to: Path | None = None) -> dict:
-    command = [sys.executable, "-m", "serving.loadgen", target.url, "--body", str(body_file),
+    command = [sys.executable, "-m", "serving.perf.loadgen", target.url, "--body", str(body_file),
                "--content-type", content_type, "--seconds", str(seconds)]
     command += ["--multipart"] if binary else []
     command += ["--clients", str(clients)] if clients else ["--rate", f"{rate:.2f}"]
@@ -204,20 +205,6 @@ def measure(target: Target, body_file: Path, content_type: str, binary: bool, cl
     return {"c1": c1, "closed": closed, "open": curve}
 
 
-def wait_http(url: str, timeout: float = 180) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s")
-
-
 def tree(proc: psutil.Process | None) -> list[psutil.Process]:
     if proc is None:
         return []
@@ -230,7 +217,7 @@ def tree(proc: psutil.Process | None) -> list[psutil.Process]:
 def bench_torchserve(name: str, model_store: Path, body_file: Path, content_type: str,
                      binary: bool, clients: int, seconds: float, sweep, log,
                      idle: tuple[str, ...] = (), profile_dir: Path | None = None) -> dict:
-    from serving.torchserve import start_on_free_ports
+    from serving.run.torchserve import start_on_free_ports
 
     served = [name, *[m for m in idle if m != name]]
     instance = start_on_free_ports(RUN_DIR / "bench-serve" / name, served, model_store=model_store)
@@ -257,8 +244,8 @@ def bench_litserve(name: str, model_store: Path, body_file: Path, content_type: 
                    batch_timeout: float | None, profile_dir: Path | None = None) -> dict:
     """LitServe with the archive's own batch size, workers and threads; its batch timeout is
     the archive's maxBatchDelay unless one is given."""
-    from serving.process import stop_tree
-    from serving.torchserve import free_port
+    from serving.run.process import stop_tree
+    from serving.run.torchserve import free_port
 
     config = archive_config(model_store, name)
     batch, workers = int(config.get("batchSize") or 1), int(config.get("minWorkers") or 1)
@@ -268,14 +255,14 @@ def bench_litserve(name: str, model_store: Path, body_file: Path, content_type: 
     log_file = RUN_DIR / "bench-serve" / f"litserve-{name}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "serving.peer", name, "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "serving.perf.litserve_peer", name, "--port", str(port),
                                  "--model-store", str(model_store), "--batch", str(batch),
                                  "--batch-timeout", str(batch_timeout), "--workers", str(workers)],
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     server = psutil.Process(proc.pid)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health")
+        process.wait_http(f"http://127.0.0.1:{port}/health")
         target = Target("litserve", f"http://127.0.0.1:{port}/predict", {}, lambda: tree(server))
         return measure(target, body_file, content_type, binary, clients, seconds, sweep, log,
                        profile_dir)
@@ -412,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         binary = not content_type.startswith("application/json")
         log(f"[{name}] in-process (model alone, then the handler)...")
         inproc = run_child("--child", name, "--model-store", str(model_store),
-                           module="serving.servedbench", timeout=600)
+                           module="serving.perf.bench_serve", timeout=600)
         log(f"  model alone {inproc['model_items_per_s']:.1f} items/s at batch {inproc['batch']}, "
             f"{inproc['forward_c1_ms']:.2f} ms at batch 1; handler {inproc['handler_req_per_s']:.1f} "
             f"req/s, {inproc['handler_c1_ms']:.2f} ms alone ({inproc['threads']} threads)")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from serving.paths import MODEL_STORE
+from serving.run.paths import MODEL_STORE
 
 
 @dataclass

@@ -12,7 +12,7 @@ the same state: `GET /v1/models` lists the models,
 `GET /v1/models/<m>` is `{"name": m, "ready": true}` (200) or `"ready": false` (503, as KServe's
 own model server answers), 404 for a model it does not serve.
 
-And `GET /admission`, what the front door beside it admits per model (serving/frontdoor.py,
+And `GET /admission`, what the front door beside it admits per model (serving/run/frontdoor.py,
 admission_limit; `{"models": {name: limit}}`), read by the front door at its start
 (docker/nginx/serve.sh): the models a container serves are known only to it.
 """

@@ -1,9 +1,9 @@
-"""python -m serving.sbom: the serving image's bill of materials (CycloneDX JSON), and its check
+"""python -m serving.build.sbom: the serving image's bill of materials (CycloneDX JSON), and its check
 against the versions docs/security.md reviewed.
 
-    python -m serving.sbom --out run/sbom/serve.cdx.json   # this Python environment, TorchServe's
+    python -m serving.build.sbom --out run/sbom/serve.cdx.json   # this Python environment, TorchServe's
                                                           # Java frontend and what it bundles, Java
-    python -m serving.sbom --check run/sbom/serve.cdx.json [--complete]
+    python -m serving.build.sbom --check run/sbom/serve.cdx.json [--complete]
 
 The Python packages come from cyclonedx-bom (`cyclonedx-py environment`, offline: it reads the
 installed distributions), run from an environment of its own so that it is not in the bill. The
@@ -14,7 +14,7 @@ TorchServe's build settings for that release (frontend/gradle.properties at its 
 The image build runs this (docker/Dockerfile); the front door image writes its own from its
 Debian packages (docker/nginx.Dockerfile). `--check` fails when a component the review lists has
 another version than the one reviewed (`--complete`: also when a component is not listed at all),
-so that an upgrade cannot land without a new review. Standard library and `serving.paths` only:
+so that an upgrade cannot land without a new review. Standard library and `serving.run.paths` only:
 the image runs it before anything else of the project is installed.
 """
 
@@ -30,7 +30,7 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
-from serving.paths import ROOT
+from serving.run.paths import ROOT
 
 REVIEW = ROOT / "docs" / "security.md"
 JAR = Path(sysconfig.get_paths()["purelib"]) / "ts" / "frontend" / "model-server.jar"
@@ -143,7 +143,7 @@ def check(bom: dict, review: dict[str, str], complete: bool) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.sbom", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m serving.build.sbom", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="write this environment's bill of materials here")
     parser.add_argument("--cyclonedx", default=shutil.which("cyclonedx-py") or

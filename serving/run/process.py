@@ -5,6 +5,7 @@ so a stale pid reused by another program is never signalled."""
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -33,3 +34,18 @@ def stop_tree(proc: psutil.Process, timeout: float = 30) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=5)
+
+
+def wait_http(url: str, timeout: float = 180) -> None:
+    """Until `url` answers 200 (a server started by us coming up), or RuntimeError."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s")

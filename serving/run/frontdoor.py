@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from serving.paths import ROOT
+from serving.run.paths import ROOT
 
 PORT = 8080  # where clients reach the service (SERVING_FRONTDOOR_PORT overrides it)
 READY_PORT = 8086  # per-model readiness beside TorchServe, for it (SERVING_READY_PORT)
@@ -111,7 +111,7 @@ class FrontDoor:
     def start(self, detach: bool = False) -> None:
         """Starts nginx and waits until it answers. `detach`: it outlives this process (`make
         up`); `stop` finds it again by its pid file."""
-        from serving.servedbench import wait_http
+        from serving.run.process import wait_http
 
         log = open(self.run_dir / "nginx.log", "ab")
         self.process = subprocess.Popen([nginx_binary(), "-c", str(self.config), "-e", "stderr",

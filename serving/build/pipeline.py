@@ -1,7 +1,7 @@
 """Build a model: plan the candidates (target x precision), try each (export -> parity gate ->
 timing), ship the fastest that passed into a .mar archive with the choice and every candidate's
-figures. The gate is serving/parity.py, the timing serving/timing.py, the archive
-serving/archive.py, each target's exporter serving/targets.py.
+figures. The gate is serving/build/parity.py, the timing serving/build/timing.py, the archive
+serving/build/archive.py, each target's exporter serving/build/targets.py.
 
 A named target (and/or precision) is built alone, and its failure fails the build; without one,
 candidates that cannot be built here or fail their gate are reported and skipped, never silently.
@@ -24,10 +24,14 @@ import models
 from handlers import artifacts
 from handlers.base import BUILD_INFO
 from models import ModelSpec
-from serving import archive, parity, sources, targets, timing
-from serving.parity import ParityError, check_parity  # noqa: F401 - the build's gate, re-exported
-from serving.paths import BUILD_DIR, MODEL_STORE, ROOT
-from serving.targets import NeuronOptions, TargetUnavailable
+from serving.build import archive
+from serving.build import parity
+from models import sources
+from serving.build import targets
+from serving.build import timing
+from serving.build.parity import ParityError, check_parity  # noqa: F401 - the build's gate, re-exported
+from serving.run.paths import BUILD_DIR, MODEL_STORE, ROOT
+from serving.build.targets import NeuronOptions, TargetUnavailable
 
 
 class BuildError(RuntimeError):

@@ -28,9 +28,9 @@ import numpy
 import models
 from handlers import oip
 from handlers.base import JSON, Payload
-from serving.cpu import cpu_name
-from serving.paths import MODEL_STORE, ROOT, RUN_DIR
-from serving.servedbench import Target, archive_config, load, tree
+from serving.run.cpu import cpu_name
+from serving.run.paths import MODEL_STORE, ROOT, RUN_DIR
+from serving.perf.bench_serve import Target, archive_config, load, tree
 
 TRITON = ROOT / ".venv-triton"
 PROTOCOLS = ("native", "kserve-v1", "v2-json", "v2-binary")
@@ -117,9 +117,9 @@ def perf_analyzer(spec, handler, url: str, headers: dict, concurrency: list[int]
 
 
 def bench(name: str, clients: int, seconds: float, model_store: Path, log) -> dict:
-    from serving import sources
-    from serving.frontdoor import FrontDoor
-    from serving.torchserve import free_port, start_on_free_ports
+    from models import sources
+    from serving.run.frontdoor import FrontDoor
+    from serving.run.torchserve import free_port, start_on_free_ports
 
     spec = models.load(name)
     handler = sources.model_handler(spec)

@@ -23,13 +23,13 @@ import torch
 
 import models
 from handlers import PRECISIONS, TARGETS
-from serving.paths import BUILD_DIR, ROOT, RUN_DIR
+from serving.run.paths import BUILD_DIR, ROOT, RUN_DIR
 
 BATCHES = (1, 8, 32)
 
 
 def measure_batch(model, inputs: tuple) -> dict:
-    from serving.timing import call_times
+    from serving.build.timing import call_times
 
     times = sorted(call_times(model, inputs, min_runs=5, budget=3.0, max_runs=200))
     median = statistics.median(times)
@@ -40,7 +40,7 @@ def measure_batch(model, inputs: tuple) -> dict:
 
 
 def child_export(args) -> dict:
-    from serving import targets
+    from serving.build import targets
 
     spec = models.load(args.model)
     work = BUILD_DIR / "bench" / args.model
@@ -56,7 +56,7 @@ def child_export(args) -> dict:
 
 def child_measure(args) -> dict:
     from handlers import artifacts
-    from serving.targets import Served
+    from serving.build.targets import Served
 
     spec = models.load(args.model)
     device = torch.device(args.device)
@@ -81,7 +81,7 @@ def child_measure(args) -> dict:
     # Speedup over eager, from calls interleaved with the eager model in this same process (medians
     # taken in different processes minutes apart differ by more than that on a shared machine).
     if args.target != "eager" or args.precision != "fp32":
-        from serving.timing import paired_speedup
+        from serving.build.timing import paired_speedup
 
         reference = spec.load_eager(BUILD_DIR / args.model).eval().to(device)
         for row in rows:
@@ -90,7 +90,7 @@ def child_measure(args) -> dict:
             "peak_rss_mb": peak_rss_mb}
 
 
-def run_child(*arguments: str, timeout: float = 900, module: str = "serving.bench") -> dict:
+def run_child(*arguments: str, timeout: float = 900, module: str = "serving.perf.bench") -> dict:
     """Runs `python -m module arguments` in a fresh process; its last JSON line is the result."""
     command = [sys.executable, "-m", module, *arguments]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -102,7 +102,7 @@ def run_child(*arguments: str, timeout: float = 900, module: str = "serving.benc
 
 
 def combinations(names, chosen_targets, precisions, device):
-    from serving.targets import TargetUnavailable, check_available
+    from serving.build.targets import TargetUnavailable, check_available
 
     for name in names:
         for target in chosen_targets:

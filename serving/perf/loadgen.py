@@ -11,7 +11,7 @@ since on a 2-core machine the generator competes with the server it measures.
   counted from each request's scheduled start, so a server that falls behind is charged for the
   queue it builds (no coordinated omission).
 
-    python -m serving.loadgen URL --body FILE --content-type TYPE [--header K:V] \
+    python -m serving.perf.loadgen URL --body FILE --content-type TYPE [--header K:V] \
         (--clients N | --rate R) --seconds S [--warmup S]
 prints one JSON object: ok/s, latency percentiles (ms), answers by status, the generator's CPU.
 """
@@ -112,7 +112,7 @@ def run(url: str, body: bytes, headers: dict, seconds: float, clients: int = 0, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.loadgen", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m serving.perf.loadgen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("url")
     parser.add_argument("--body", required=True, help="file holding one request body")

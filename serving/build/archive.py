@@ -15,8 +15,8 @@ import yaml
 import models
 from handlers.base import BUILD_INFO
 from models import ModelSpec
-from serving import sources
-from serving.paths import ROOT
+from models import sources
+from serving.run.paths import ROOT
 
 HANDLERS_DIR = ROOT / "handlers"
 
@@ -82,3 +82,14 @@ def with_config(source: Path, target: Path, settings: dict) -> Path:
                 out.writestr(entry, data)
     os.replace(partial, target)
     return target
+
+
+def shipped_settings(name: str) -> dict:
+    """The archive's serving settings as a tuner candidate (model-config.yaml)."""
+    config = models.load(name).config
+    workers = int(config.get("minWorkers") or 1)
+    return {"batchSize": int(config.get("batchSize") or 1),
+            "maxBatchDelay": int(config.get("maxBatchDelay") or 0),
+            "workers": workers,
+            "threads": int((config.get("handler") or {}).get("torch_threads") or
+                           max(1, (os.cpu_count() or 1) // workers))}

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from handlers.base import Payload, handler_class
-from models import content_type_of
 
 TOKENIZER_FILE = "tokenizer.json"
 LABELS_FILE = "labels.txt"
@@ -182,7 +181,7 @@ def decoded_items(spec, files: list[Path]) -> tuple[Any, list]:
     items = []
     for path in files:
         try:
-            items += handler.decode(Payload(path.read_bytes(), content_type_of(path.name)
+            items += handler.decode(Payload(path.read_bytes(), spec.content_type_of(path.name)
                                             if path.suffix else content_type))
         except Exception as e:  # noqa: BLE001 - a bad example is the folder's mistake
             raise spec.fail("parity.examples", f"{path.name} is not a request the {spec.kind} "

@@ -1,0 +1,123 @@
+"""The layers: every import in the project, function-level ones included, points down this order,
+and no two modules import each other by any path.
+
+    handlers  <-  models  <-  serving.run  <-  serving.build  <-  loadtest  <-  serving.perf
+              <-  serving.scale  <-  serving.cli
+
+handlers/ runs inside TorchServe's workers and imports nothing else of the project; models/ (the
+folders and their spec) only handlers; loadtest/ (Locust) only what runs a server. The AST is read,
+so an import inside a function counts as much as one at the top: a cycle hidden in a function is
+still a cycle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ["handlers", "models", "serving.run", "serving.build", "loadtest", "serving.perf",
+          "serving.scale", "serving"]  # the last: serving/__init__, __main__ and cli
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> int:
+    """The deepest layer the module belongs to (serving.run.paths is in serving.run)."""
+    found = [i for i, layer in enumerate(LAYERS)
+             if module == layer or module.startswith(layer + ".")]
+    assert found, module
+    return max(found, key=lambda i: len(LAYERS[i]))
+
+
+def project_modules() -> dict[str, Path]:
+    return {module_name(p): p for top in ("handlers", "models", "serving", "loadtest")
+            for p in (ROOT / top).rglob("*.py") if "__pycache__" not in p.parts}
+
+
+def nodes_that_run(node: ast.AST):
+    """Every node, at any depth, except under `if TYPE_CHECKING:` (imports for annotations only)."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and ast.unparse(child.test) == "TYPE_CHECKING":
+            yield from (n for c in child.orelse for n in nodes_that_run(c))
+            continue
+        yield from nodes_that_run(child)
+
+
+def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules `path` imports anywhere in it (`from a import b` counts a.b when that
+    is a module, else a)."""
+    found = set()
+    for node in nodes_that_run(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
+                     else node.module for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in modules:  # `import serving.run.paths` -> the module
+                name = name.rpartition(".")[0]
+            if name:
+                found.add(name)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {m: imports_of(p, modules) - {m} for m, p in modules.items()}
+
+
+def test_every_import_points_down_the_layers():
+    upward = sorted(f"{m} ({LAYERS[layer_of(m)]}) imports {i} ({LAYERS[layer_of(i)]})"
+                    for m, imported in graph().items() for i in imported
+                    if layer_of(i) > layer_of(m))
+    assert not upward, "\n".join(upward)
+
+
+def test_no_module_imports_itself_back_through_others():
+    edges = graph()
+    cycles, index, low, stack, on_stack = [], {}, {}, [], set()
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    assert not cycles, cycles
+
+
+def test_the_layer_check_sees_an_upward_import_hidden_in_a_function(tmp_path):
+    """The walk must find imports inside functions, or the two tests above could not fail."""
+    path = tmp_path / "probe.py"
+    path.write_text("def f():\n    from serving.scale import deploy\n    return deploy\n")
+    assert imports_of(path, project_modules()) == {"serving.scale.deploy"}
+
+
+def test_handlers_import_nothing_else_of_the_project():
+    outside = {m: sorted(i for i in imported if not i.startswith("handlers"))
+               for m, imported in graph().items() if m.startswith("handlers")}
+    assert not any(outside.values()), outside
