@@ -58,7 +58,8 @@ HOOKS = {
 }
 CARD_FIELDS = {"kind", "description", "source", "inputs", "dynamic", "build", "parity", "example",
                "extra_files", "loadtest"}
-BUILD_FIELDS = {"targets", "channels_last", "prepare_export", "evaluate", "packages", "int8_skip"}
+BUILD_FIELDS = {"targets", "precisions", "channels_last", "prepare_export", "evaluate", "packages",
+                "int8_skip"}
 LOADTEST_FIELDS = {"payloads", "content_type", "slo"}
 DEFAULT_RANGES = {"batch": (1, 1024), "seq": (2, 512)}
 NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_-]*"  # a model's name is its URL path: /predictions/NAME
@@ -154,11 +155,14 @@ class ModelSpec:
         if not self.inputs and self.source_type != "huggingface":
             raise self.fail("inputs", "missing: list the model's inputs, e.g. "
                             "[{name: x, shape: [batch, 3, 32, 32], dtype: float32}]")
-        from handlers import TARGETS
+        from handlers import PRECISIONS, TARGETS
 
         for target in self.targets:
             if target not in TARGETS:
                 raise self.fail("build.targets", f"{target!r}; targets: {', '.join(TARGETS)}")
+        wanted = self.build_settings.get("precisions", ["fp32"])
+        if not isinstance(wanted, list) or not wanted or set(wanted) - set(PRECISIONS):
+            raise self.fail("build.precisions", f"{wanted!r}; a list of: {', '.join(PRECISIONS)}")
         if "python" not in self.extra_files_spec:
             for name in self.extra_files_spec.values():
                 self.path(name, "extra_files")
@@ -270,6 +274,12 @@ class ModelSpec:
     @property
     def build_settings(self) -> dict:
         return self.card.get("build") or {}
+
+    @property
+    def ship_precisions(self) -> tuple[str, ...]:
+        """The precisions the build may ship: the model's own (fp32) unless model.yaml asks for
+        reduced ones (build.precisions). The others are still built and gated, and reported."""
+        return tuple(self.build_settings.get("precisions", ["fp32"]))
 
     @property
     def handler_settings(self) -> dict:

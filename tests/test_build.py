@@ -4,6 +4,7 @@ what an archive holds."""
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 
 import pytest
@@ -12,7 +13,8 @@ import torch
 import models
 import serving.build.pipeline
 from handlers import TARGETS
-from serving.build.pipeline import ParityError, build, candidates, check_parity, choose
+from serving.build.pipeline import (ParityError, build, candidates, check_parity, choose,
+                                    hold_back_unasked)
 
 
 def linear(seed: int, out: int = 10) -> torch.nn.Module:
@@ -84,6 +86,30 @@ def test_untimed_candidates_are_chosen_by_the_preferences_alone():
     low = {"target": "inductor", "precision": "bf16", "speedup": None}
     assert choose([eager, low, script]) is script
     assert choose([low]) is low
+
+
+def test_a_reduced_precision_ships_only_when_asked_for(tmp_path):
+    """A user's model was shipped bf16, 5% off on one output, because bf16 was faster and passed
+    its gate: reduced precisions stay candidates, but only ship where model.yaml asks."""
+    fp32 = {"target": "torchscript", "precision": "fp32", "status": "passed", "speedup": 1.2}
+    bf16 = {"target": "inductor", "precision": "bf16", "status": "passed", "speedup": 3.0}
+    shippable = hold_back_unasked([dict(fp32), dict(bf16)], ("fp32",))
+    assert [c["precision"] for c in shippable] == ["fp32"]
+    held = [dict(fp32), dict(bf16)]
+    hold_back_unasked(held, ("fp32",))
+    assert held[1]["status"] == "passed, not asked for" and "build.precisions" in held[1]["reason"]
+    assert choose(hold_back_unasked([dict(fp32), dict(bf16)], ("fp32", "bf16")))["precision"] == "bf16"
+    # What a folder asks: fp32 unless it lists more; a precision that does not exist is refused.
+    shipped = models.load("digits")
+    assert shipped.ship_precisions == ("fp32", "bf16", "fp16", "int8")
+    card = (shipped.folder / "model.yaml").read_text()
+    folder = tmp_path / "digits"
+    shutil.copytree(shipped.folder, folder)
+    (folder / "model.yaml").write_text(card.replace("  precisions: [fp32, bf16, fp16, int8]", ""))
+    assert models.ModelSpec.from_folder(folder).ship_precisions == ("fp32",)
+    (folder / "model.yaml").write_text(card.replace("[fp32, bf16, fp16, int8]", "[fp64]"))
+    with pytest.raises(models.ModelFolderError, match="build.precisions"):
+        models.ModelSpec.from_folder(folder)
 
 
 def test_candidates_named_and_default():

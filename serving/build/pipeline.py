@@ -84,6 +84,19 @@ def choose(passing: list[dict]) -> dict:
                                       PREFERRED_TARGETS.index(r["target"])))
 
 
+def hold_back_unasked(passed: list[dict], allowed: tuple[str, ...]) -> list[dict]:
+    """The passing candidates that may ship. A reduced precision ships only where the user asked
+    for it (model.yaml build.precisions, or --precision): passing its gate, it still changes the
+    answers (a user's bf16 model was 5% off on one output). The others stay in the build's report,
+    marked, with their parity and timing."""
+    for r in passed:
+        if r["precision"] not in allowed:
+            r["status"] = "passed, not asked for"
+            r["reason"] = (f"{r['precision']} ships only when asked: build.precisions in "
+                           f"model.yaml (now {list(allowed)}) or --precision")
+    return [r for r in passed if r["status"] == "passed"]
+
+
 def serving_config(spec: ModelSpec, target: str, neuron: NeuronOptions | None) -> dict:
     config = dict(spec.config)
     if artifacts.LOADERS[target].fixed_shapes:
@@ -229,11 +242,17 @@ def load_artifact(entry: dict, device: str):
 
 def ship(spec: ModelSpec, ref: Reference, results: list[dict], request: dict, digest: str,
          work_dir: Path, model_store: Path, archive_name: str, neuron: NeuronOptions | None,
-         named: bool) -> dict:
-    passing = [r for r in results if r["status"] == "passed"]
-    if not passing:
+         named: bool, asked_precision: str | None = None) -> dict:
+    passed = [r for r in results if r["status"] == "passed"]
+    if not passed:
         raise BuildError(f"{archive_name}: no candidate passed: " +
                          "; ".join(f"{r['target']}/{r['precision']}: {r['reason']}" for r in results))
+    passing = hold_back_unasked(passed, (asked_precision,) if asked_precision
+                                else spec.ship_precisions)
+    if not passing:
+        raise BuildError(f"{archive_name}: only {', '.join(sorted({r['precision'] for r in passed}))} "
+                         f"passed, which model.yaml does not ask for (build.precisions: "
+                         f"{list(spec.ship_precisions)})")
     chosen = choose(passing)
     skipped = [f"{r['target']}/{r['precision']} ({r['status']})" for r in results
                if r["status"] != "passed"]
@@ -311,7 +330,7 @@ def build(name: str, force: bool = False, model_store: Path = MODEL_STORE,
             if target and (precision or len(plan) == 1):
                 raise BuildError(f"{archive_name}: {t}/{p} {status}: {e}") from e
     info = ship(spec, ref, results, request, digest, work_dir, model_store, archive_name, neuron,
-                named=bool(target and precision))
+                named=bool(target and precision), asked_precision=precision)
     info["build_seconds"] = round(time.perf_counter() - started, 2)
     info_file.write_text(json.dumps(info, indent=2))
     say(archive_name, f"built {mar} in {info['build_seconds']:.1f}s")
