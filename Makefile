@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-serve.txt requirements-bench.txt | sha256sum | cut -c1-12)
 
-.PHONY: setup prometheus nginx sbom deploy capacity new build up down ready latency loadtest bench bench-serve bench-protocols tune worst-case fuzz overload soak compose-up compose-down arm64-up arm64-down test test-fast clean
+.PHONY: help setup prometheus nginx sbom deploy capacity new build up down ready latency loadtest bench bench-serve bench-protocols tune worst-case fuzz overload soak compose-up compose-down arm64-up arm64-down test test-fast clean
 
 # A virtual environment with the pinned dependencies; redone when requirements.txt changes.
 $(STAMP): requirements.txt requirements-serve.txt requirements-bench.txt
@@ -56,6 +56,9 @@ $(TRITON_STAMP): requirements-triton.txt
 	$(PYTHON) -m venv $(TRITON)
 	$(TRITON)/bin/python -m pip install --quiet --progress-bar off -r requirements-triton.txt
 	rm -f $(TRITON)/.installed-* && touch $@
+
+help:                    ## this list
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## /\1\t/' | expand -t 18
 
 setup: $(STAMP) prometheus nginx
 
@@ -130,7 +133,7 @@ deploy: setup            ## Kubernetes, KServe and Locust manifests into deploy/
 capacity: setup          ## the queueing model against 1 and 2 TorchServe instances behind nginx (ARGS="digits")
 	$(PY) -m serving deploy verify $(or $(ARGS),efficientnet_lite0)
 
-compose-up: setup        ## docker compose up on a machine with no registry or bridge networks (see README)
+compose-up: setup        ## docker compose up on a machine with no registry or bridge networks (docs/docker.md)
 	docker/compose.sh up -d --build
 
 compose-down: setup      ## stop and remove what compose-up started, volumes too
@@ -138,7 +141,7 @@ compose-down: setup      ## stop and remove what compose-up started, volumes too
 
 # Graviton on this x86 machine, under qemu: the arm64 images, the models built on arm64
 # (reusing the weights `make build` trained here), TorchServe arm64 behind the front door on
-# 127.0.0.1:8080. Tens of minutes the first time (README, "Graviton (arm64)").
+# 127.0.0.1:8080. Tens of minutes the first time (docs/docker.md, "Graviton (arm64)").
 ARM64_MODELS ?= digits
 arm64-up: build          ## arm64 (Graviton) images, models built on arm64, served; emulated on x86
 	ARCH=arm64 docker/compose.sh --profile build build torchserve builder

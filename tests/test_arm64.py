@@ -5,7 +5,7 @@ x86 build of this session.
 
 On an x86 machine everything arm64 runs under qemu (docker/enable-arm64-emulation.sh; registering
 it needs root), 10-50x slower than natively: this is the slowest test file (docker/compose.sh
-ARCH=arm64 does the work; the README's "Graviton (arm64)" section has the figures). Training is
+ARCH=arm64 does the work; docs/docker.md's "Graviton (arm64)" section has the figures). Training is
 not repeated emulated: the builder reuses the weights this session's x86 build trained.
 Without an engine it skips and says so (fails where REQUIRE_DOCKER=1, as in CI);
 SKIP_DOCKER_TESTS=1 or SKIP_ARM64_TESTS=1 skips it on purpose (tests/conftest.py)."""
@@ -28,7 +28,7 @@ from tests.compose_stack import ComposeStack
 
 
 # digits in `make test` (CI's budget); ARM64_MODELS="digits minilm" adds MiniLM, whose emulated
-# build alone had not finished after 25 minutes here (README, "Graviton (arm64)").
+# build alone had not finished after 25 minutes here (docs/docker.md, "Graviton (arm64)").
 MODELS = tuple(os.environ.get("ARM64_MODELS", "digits").split())
 EMULATED = platform.machine() != "aarch64"
 ARM64 = ComposeStack("model-serving-arm64-test", {"ARCH": "arm64", "ARM64_MODELS": " ".join(MODELS)})
@@ -148,7 +148,7 @@ def test_the_emulated_cpu_reports_bf16_and_the_graviton_bf16_path_runs(images):
     and 256-bit SVE, so the worker environment turns on oneDNN's bf16 fast math, torch's kernels
     are its SVE256 ones, and a bf16 matmul agrees with fp32. As a Graviton2 (QEMU_CPU=neoverse-n1)
     the same image sees no bf16 and leaves fast math off; it multiplies no matrices there: under
-    qemu 7.2 torch's NVPL BLAS never returns from an untransposed product without SVE (README)."""
+    qemu 7.2 torch's NVPL BLAS never returns from an untransposed product without SVE (docs/docker.md)."""
     settings = ("import json, torch\nfrom serving.run.cpu import cpu_flags, cpu_name, worker_environment\n"
                 "facts = {'flags': sorted(cpu_flags()), 'env': worker_environment(workers=2),"
                 " 'cpu': cpu_name(), 'capability': torch.backends.cpu.get_cpu_capability()}\n")
