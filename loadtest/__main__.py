@@ -19,7 +19,7 @@ from serving.run.torchserve import Instance
 
 import models
 from loadtest import user_class_name
-from loadtest.runner import HERE, MEASURE_ONLY, SHAPES, capacity, instance_of, locust, seconds, stats
+from loadtest.runner import HERE, MEASURE_ONLY, SHAPES, closed_loop, instance_of, locust, seconds, stats
 
 
 def prometheus_of(args) -> Prometheus:
@@ -128,8 +128,8 @@ def cmd_soak(args) -> int:
     names = args.models or list(models.names())
     rates = {}
     for model in names:
-        alone = float(capacity(model, host, out / f"capacity-{model}", 8, args.capacity_duration,
-                               args.key_file)["Requests/s"])
+        alone = float(closed_loop(model, host, out / f"capacity-{model}", 8,
+                                  args.capacity_duration, args.key_file)["Requests/s"])
         # The models share the cores: each gets an equal part of LOAD x the machine.
         rates[model] = alone * args.load / len(names)
         print(f"[soak] {model}: capacity {alone:.1f} req/s alone; soaking at {rates[model]:.1f}",

@@ -93,12 +93,12 @@ def run(model: str, host: str, out_root: Path, batch_users: int, factor: float, 
         key_file: str | None) -> dict:
     print(f"[overload] {model}: unloaded, {batch_users} users (one full batch) back to back for "
           f"{duration}", flush=True)
-    p99 = float(runner.capacity(model, host, out_root / "unloaded", batch_users, duration,
-                                key_file)["99%"])
+    p99 = float(runner.closed_loop(model, host, out_root / "unloaded", batch_users, duration,
+                                   key_file)["99%"])
     print(f"[overload] {model}: unloaded p99 {p99:.0f} ms; capacity, {2 * batch_users} users "
           f"back to back for {duration}", flush=True)
-    saturated = runner.capacity(model, host, out_root / "capacity", 2 * batch_users, duration,
-                                key_file)
+    saturated = runner.closed_loop(model, host, out_root / "capacity", 2 * batch_users,
+                                   duration, key_file)
     capacity = float(saturated["Requests/s"])
     users = max(1, round(capacity * factor))
     overload_dir = out_root / "overload"

@@ -62,8 +62,8 @@ def stats(out: Path) -> dict[str, dict]:
         return {row["Name"]: row for row in csv.DictReader(f)}
 
 
-def capacity(model: str, host: str, out: Path, users: int, duration: str,
-             key_file: str | None) -> dict:
+def closed_loop(model: str, host: str, out: Path, users: int, duration: str,
+                key_file: str | None) -> dict:
     """The model's closed-loop throughput and latency: `users` clients sending back to back."""
     out.mkdir(parents=True, exist_ok=True)
     locust(out, host, users, users, duration, [user_class_name(model)], extra=MEASURE_ONLY,

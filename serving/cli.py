@@ -255,9 +255,9 @@ def cmd_describe(args) -> int:
 def cmd_latency(args) -> int:
     """Sequential single requests with each model's example body: no batching, no queueing.
     "first" is this run's first request (right after `make up`: the first after start)."""
-    import statistics
-
     import requests
+
+    from serving.perf.measure import percentile
 
     instance = Instance.from_config()
     names = args.models or served_models()
@@ -279,9 +279,9 @@ def cmd_latency(args) -> int:
                 first = elapsed if first is None else first
                 if i >= 5:  # the first few warm the connection
                     timings.append(elapsed)
-            q = statistics.quantiles(timings, n=100)
-            print(f"{name:20s} {first:9.1f} {len(timings):4d} {statistics.median(timings):10.1f} "
-                  f"{q[89]:8.1f} {q[98]:8.1f} {min(timings):8.1f}")
+            ranked = sorted(timings)
+            print(f"{name:20s} {first:9.1f} {len(timings):4d} {percentile(ranked, 0.5):10.1f} "
+                  f"{percentile(ranked, 0.9):8.1f} {percentile(ranked, 0.99):8.1f} {ranked[0]:8.1f}")
     return 0
 
 

@@ -244,7 +244,7 @@ def test_the_served_benchmark_measures_every_part_and_draws_its_curves(build_inf
 def test_the_tuner_measures_a_configuration_against_the_real_server(build_info, tmp_path,
                                                                     monkeypatch):
     monkeypatch.setattr(tune, "RUN_DIR", tmp_path)
-    monkeypatch.setattr(tune, "CLIENT_LADDER", (1, 2))
+    monkeypatch.setattr(tune, "LADDER", (1, 2))
     result = tune.search("digits", p99_ms=1000, budget_s=0, seconds=1, log=print)
     [only] = result["candidates"]  # no time for more than the current settings
     assert not result["complete"] and result["best"] is only

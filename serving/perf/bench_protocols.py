@@ -30,7 +30,8 @@ from handlers import oip
 from handlers.base import JSON, Payload
 from serving.run.cpu import cpu_name
 from serving.run.paths import MODEL_STORE, ROOT, RUN_DIR
-from serving.perf.bench_serve import Target, archive_config, load, tree
+from serving.perf.bench_serve import archive_config
+from serving.perf.measure import Target, run_point, tree
 
 TRITON = ROOT / ".venv-triton"
 PROTOCOLS = ("native", "kserve-v1", "v2-json", "v2-binary")
@@ -140,11 +141,11 @@ def bench(name: str, clients: int, seconds: float, model_store: Path, log) -> di
             targets.append((Target(protocol, f"http://127.0.0.1:{door.port}{path}",
                                    {**auth, **headers}, processes), body_file, content_type))
         for target, body_file, content_type in targets:  # unmeasured: whoever goes first would
-            load(target, body_file, content_type, False, 2.0, clients=4)  # pay the warm-up
+            run_point(target, body_file, content_type, False, 2.0, clients=4)  # pay the warm-up
         for target, body_file, content_type in targets:
             protocol, body = target.label, body_file.read_bytes()
-            c1 = load(target, body_file, content_type, False, min(seconds, 6.0), clients=1)
-            closed = load(target, body_file, content_type, False, seconds, clients=clients)
+            c1 = run_point(target, body_file, content_type, False, min(seconds, 6.0), clients=1)
+            closed = run_point(target, body_file, content_type, False, seconds, clients=clients)
             if c1["statuses"].keys() - {"200"} or not closed["ok"]:
                 raise RuntimeError(f"{name} over {protocol}: answers {c1['statuses']} "
                                    f"{closed['statuses']}")

@@ -21,19 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import psutil
 
 import models
 from serving.perf.bench import run_child
+from serving.perf.measure import Target, best_within, loaded_alone, run_point, time_calls, tree
 from serving.run.cpu import cpu_name
 from serving.run import process
 from serving.run.paths import MODEL_STORE, ROOT, RUN_DIR
@@ -48,11 +46,8 @@ def child_inprocess(name: str, model_store: Path) -> dict:
     import torch
 
     from handlers.cores import available_cores
-    from serving.run.inprocess import LoadedModel
-    from serving.build.timing import call_times
 
-    os.environ.setdefault("SERVING_WORKERS_TOTAL", "1")
-    loaded = LoadedModel(name, Path(tempfile.mkdtemp(prefix=f"bench-{name}-")), model_store)
+    loaded = loaded_alone(name, model_store, "bench")
     handler = loaded.handler
     # One caller with every core: the most a single process gets (the archive may give each of
     # its workers fewer threads).
@@ -65,20 +60,16 @@ def child_inprocess(name: str, model_store: Path) -> dict:
     def model_alone(n: int) -> list[float]:
         chunk = (items * n)[:n]
         inputs = tuple(t.to(handler.device) for t in handler.collate(chunk))
-        return call_times(handler.model, inputs, min_runs=10, budget=3.0)
+        with torch.inference_mode():
+            return time_calls(lambda: handler.model(*inputs), min_runs=10, budget_s=3.0,
+                              warmup=2)
+
+    def all_ok(answers) -> None:
+        assert all(a.status == 200 for a in answers), answers[0]
 
     def handled(n: int) -> list[float]:
         requests = [(body, content_type)] * n
-        times = []
-        for _ in range(3):
-            loaded.handle(requests)
-        deadline = time.perf_counter() + 4.0
-        while len(times) < 10 or time.perf_counter() < deadline:
-            started = time.perf_counter()
-            answers = loaded.handle(requests)
-            times.append(time.perf_counter() - started)
-            assert all(a.status == 200 for a in answers), answers[0]
-        return times
+        return time_calls(lambda: loaded.handle(requests), check=all_ok)
 
     full_model, one_model = model_alone(batch), model_alone(1)
     full_handler, one_handler = handled(batch), handled(1)
@@ -93,99 +84,13 @@ def child_inprocess(name: str, model_store: Path) -> dict:
 
 # -- load -----------------------------------------------------------------------------------------
 
-class Target:
-    """A server under test: its URL and headers, and the processes whose CPU it uses."""
-
-    def __init__(self, label: str, url: str, headers: dict, processes) -> None:
-        self.label, self.url, self.headers, self.processes = label, url, headers, processes
-
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU seconds so far: the server's first process (TorchServe's Java frontend, LitServe's
-        main process) and the processes it started (model workers, LitServe's API server)."""
-        totals = {"frontend": 0.0, "workers": 0.0}
-        for i, proc in enumerate(self.processes()):
-            try:
-                times = proc.cpu_times()
-                totals["frontend" if i == 0 else "workers"] += times.user + times.system
-            except psutil.Error:
-                pass
-        return totals
-
-    def worker_pids(self) -> list[int]:
-        """The server's Python child processes, the largest first: the one holding the model."""
-        children = []
-        for proc in self.processes()[1:]:
-            try:
-                if "python" in proc.name().lower():
-                    children.append((proc.memory_info().rss, proc.pid))
-            except psutil.Error:
-                pass
-        return [pid for _, pid in sorted(children, reverse=True)]
-
-
-def profile(pid: int, seconds: float, out: Path) -> list[tuple[str, float]]:
-    """py-spy samples of one process for `seconds`: the functions it spends its time in (own
-    time, as a share of samples), most first. [] where py-spy is missing or not allowed."""
-    import shutil
-
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(spy).exists():
-        return []
-    done = subprocess.run([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
-                           "--rate", "100", "--format", "raw", "--nonblocking", "--output",
-                           str(out)], capture_output=True, text=True, timeout=seconds + 60)
-    if done.returncode != 0 or not out.exists():
-        return []
-    own: dict[str, int] = {}
-    total = 0
-    for line in out.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        leaf = stack.split(";")[-1]
-        own[leaf] = own.get(leaf, 0) + int(count)
-        total += int(count)
-    return [(frame, n / total) for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:10]]
-
-
-def load(target: Target, body_file: Path, content_type: str, binary: bool, seconds: float,
-         clients: int = 0, rate: float = 0.0, profile_to: Path | None = None) -> dict:
-    command = [sys.executable, "-m", "serving.perf.loadgen", target.url, "--body", str(body_file),
-               "--content-type", content_type, "--seconds", str(seconds)]
-    command += ["--multipart"] if binary else []
-    command += ["--clients", str(clients)] if clients else ["--rate", f"{rate:.2f}"]
-    for key, value in target.headers.items():
-        command += ["--header", f"{key}: {value}"]
-    before = target.cpu_seconds()
-    started = time.monotonic()
-    generator = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True)
-    hot = []
-    if profile_to is not None and target.worker_pids():
-        time.sleep(1.5)  # past the generator's warm-up
-        hot = profile(target.worker_pids()[0], max(1.0, seconds - 2), profile_to)
-    stdout, stderr = generator.communicate(timeout=seconds + 120)
-    elapsed = time.monotonic() - started
-    if generator.returncode != 0:
-        raise RuntimeError(f"load generator failed: {stderr.strip()[-500:]}")
-    result = json.loads(stdout.strip().splitlines()[-1])
-    # The server's CPU over the whole generator run (its warm-up included), in cores.
-    after = target.cpu_seconds()
-    result["cpu_cores"] = {part: (after[part] - before[part]) / elapsed for part in after}
-    result["server_cpu_share"] = sum(result["cpu_cores"].values())
-    if hot:
-        result["worker_profile"] = hot
-    result.update({"clients": clients, "rate": rate})
-    return result
-
-
-def measure(target: Target, body_file: Path, content_type: str, binary: bool, clients: int,
+def measure_server(target: Target, body_file: Path, content_type: str, binary: bool, clients: int,
             seconds: float, sweep: tuple[float, ...], log, profile_dir: Path | None = None) -> dict:
-    c1 = load(target, body_file, content_type, binary, min(seconds, 6.0), clients=1)
+    c1 = run_point(target, body_file, content_type, binary, min(seconds, 6.0), clients=1)
     if not c1["ok"]:
         raise RuntimeError(f"{target.label} answered no request with 200: {c1['statuses']}")
     log(f"  {target.label}: c1 p50 {c1['p50_ms']:.1f} ms")
-    closed = load(target, body_file, content_type, binary, seconds, clients=clients,
+    closed = run_point(target, body_file, content_type, binary, seconds, clients=clients,
                   profile_to=profile_dir / f"{target.label}.txt" if profile_dir else None)
     cpu = closed["cpu_cores"]
     log(f"  {target.label}: closed loop, {clients} clients: {closed['ok_per_s']:.1f} req/s, "
@@ -196,22 +101,13 @@ def measure(target: Target, body_file: Path, content_type: str, binary: bool, cl
         log(f"    worker {share:5.1%}  {frame}")
     curve = []
     for fraction in sweep:
-        point = load(target, body_file, content_type, binary, seconds,
+        point = run_point(target, body_file, content_type, binary, seconds,
                      rate=max(1.0, fraction * closed["ok_per_s"]))
         point["fraction"] = fraction
         curve.append(point)
         log(f"  {target.label}: open loop {point['rate']:.1f}/s -> {point['ok_per_s']:.1f} ok/s, "
             f"p50 {point['p50_ms']:.0f} ms, p99 {point['p99_ms']:.0f} ms")
     return {"c1": c1, "closed": closed, "open": curve}
-
-
-def tree(proc: psutil.Process | None) -> list[psutil.Process]:
-    if proc is None:
-        return []
-    try:
-        return [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return []
 
 
 def bench_torchserve(name: str, model_store: Path, body_file: Path, content_type: str,
@@ -224,7 +120,7 @@ def bench_torchserve(name: str, model_store: Path, body_file: Path, content_type
     try:
         target = Target("torchserve", f"{instance.inference_url}/predictions/{name}",
                         instance.auth("inference"), lambda: tree(instance.process()))
-        return measure(target, body_file, content_type, binary, clients, seconds, sweep, log,
+        return measure_server(target, body_file, content_type, binary, clients, seconds, sweep, log,
                        profile_dir)
     finally:
         instance.stop()
@@ -264,19 +160,13 @@ def bench_litserve(name: str, model_store: Path, body_file: Path, content_type: 
     try:
         process.wait_http(f"http://127.0.0.1:{port}/health")
         target = Target("litserve", f"http://127.0.0.1:{port}/predict", {}, lambda: tree(server))
-        return measure(target, body_file, content_type, binary, clients, seconds, sweep, log,
+        return measure_server(target, body_file, content_type, binary, clients, seconds, sweep, log,
                        profile_dir)
     finally:
         stop_tree(server, 20)
 
 
 # -- report ---------------------------------------------------------------------------------------
-
-def best_within(curve: list[dict], p99_ms: float) -> dict | None:
-    """The highest-throughput point of an open-loop curve whose p99 is within `p99_ms`."""
-    fits = [p for p in curve if p["p99_ms"] <= p99_ms and p["ok"] > 0]
-    return max(fits, key=lambda p: p["ok_per_s"]) if fits else None
-
 
 def summarise(result: dict) -> dict:
     inproc, ts = result["inprocess"], result["torchserve"]

@@ -25,6 +25,8 @@ import sys
 import time
 import uuid
 
+from serving.perf.measure import percentile
+
 
 def multipart(body: bytes, content_type: str, field: str = "data") -> tuple[bytes, str]:
     """`body` as a multipart/form-data upload in `field`: the one way to send raw bytes that both
@@ -33,12 +35,6 @@ def multipart(body: bytes, content_type: str, field: str = "data") -> tuple[byte
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
             f"filename=\"input\"\r\nContent-Type: {content_type}\r\n\r\n").encode()
     return head + body + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
 
 
 def summary(latencies: list[float], statuses: dict, seconds: float, cpu: float) -> dict:

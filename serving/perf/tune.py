@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 
 import models
+from serving.perf.measure import LADDER, Target, best_within, climb, run_point, tree
 from serving.run.cpu import cpu_name
 from serving.run.paths import MODEL_STORE, RUN_DIR
 
-CLIENT_LADDER = (1, 2, 4, 8, 16, 32, 64)
 BEAM = 2
 KNOBS = ("batchSize", "maxBatchDelay", "workers", "threads")
 
@@ -56,13 +56,12 @@ def score(points: list[dict], p99_ms: float, clients: int) -> tuple[float, dict 
     concurrency the service is sized for, whatever its throughput."""
     if any(p["errors"] and p["clients"] <= clients for p in points):
         return 0.0, None
-    fits = [p for p in points if p["p99_ms"] <= p99_ms and not p["errors"]]
-    best = max(fits, key=lambda p: p["ok_per_s"]) if fits else None
+    best = best_within(points, p99_ms)
     return (best["ok_per_s"] if best else 0.0), best
 
 
-def measure(name: str, candidate: dict, p99_ms: float, seconds: float, work: Path, log,
-            clients: int = 16, front_door: dict | None = None) -> dict:
+def measure_candidate(name: str, candidate: dict, p99_ms: float, seconds: float, work: Path, log,
+                      clients: int = 16, front_door: dict | None = None) -> dict:
     """Serves the candidate and climbs the client ladder, at least to `clients` (unless it refuses
     a request first), then on while the p99 is within the limit and throughput grows.
 
@@ -70,7 +69,6 @@ def measure(name: str, candidate: dict, p99_ms: float, seconds: float, work: Pat
     it, TorchServe with the cluster's config (no token check) behind the pod's nginx front door
     with a key, every request through nginx and its CPU counted with the server's."""
     from serving.build.archive import with_config
-    from serving.perf.bench_serve import Target, load, tree
     from serving.run.torchserve import free_port, start_on_free_ports
 
     store = work / "store"
@@ -87,7 +85,6 @@ def measure(name: str, candidate: dict, p99_ms: float, seconds: float, work: Pat
         options["base_config"] = write_cluster_config(work / "config") / "config.properties"
     instance = start_on_free_ports(work / "torchserve", [name], model_store=store, **options)
     ready_s = time.monotonic() - started
-    points = []
     try:
         target = Target("torchserve", f"{instance.inference_url}/predictions/{name}",
                         instance.auth("inference"), lambda: tree(instance.process()))
@@ -101,15 +98,11 @@ def measure(name: str, candidate: dict, p99_ms: float, seconds: float, work: Pat
                             f"http://127.0.0.1:{door.port}/predictions/{name}",
                             {"Authorization": f"Bearer {door.key}"},
                             lambda: tree(instance.process()) + tree(door.process_handle()))
-        for connections in CLIENT_LADDER:
-            point = load(target, body_file, content_type, binary, seconds, clients=connections)
-            errors = sum(count for status, count in point["statuses"].items() if status != "200")
-            points.append({"clients": connections, "ok_per_s": point["ok_per_s"],
-                           "p50_ms": point["p50_ms"], "p99_ms": point["p99_ms"], "errors": errors})
-            fits = point["p99_ms"] <= p99_ms and errors == 0
-            growing = len(points) < 2 or point["ok_per_s"] > 1.05 * points[-2]["ok_per_s"]
-            if errors or (connections >= clients and (not fits or not growing)):
-                break
+        def point_at(connections: int) -> dict:
+            point = run_point(target, body_file, content_type, binary, seconds, clients=connections)
+            return {k: point[k] for k in ("clients", "ok_per_s", "p50_ms", "p99_ms", "errors")}
+
+        points = climb(point_at, p99_ms, at_least=clients, ladder=LADDER)
         rss_mb = sum(p.memory_info().rss for p in tree(instance.process())) / 2 ** 20
     finally:
         if door:
@@ -180,7 +173,7 @@ def search(name: str, p99_ms: float, budget_s: float, seconds: float, log,
     def run(candidate: dict) -> dict:
         key = tuple(candidate[k] for k in KNOBS)
         if key not in measured:
-            measured[key] = measure(name, candidate, p99_ms, seconds, work, log, clients)
+            measured[key] = measure_candidate(name, candidate, p99_ms, seconds, work, log, clients)
         return measured[key]
 
     log(f"[{name}] the current config: {label(current)}")

@@ -115,7 +115,7 @@ def timed(model, batch: list[tuple[bytes, str]], runs: int) -> tuple[float, list
     return statistics.median(times), answers
 
 
-def measure(name: str, work_dir: Path, runs: int) -> list[dict]:
+def measure_worst(name: str, work_dir: Path, runs: int) -> list[dict]:
     from serving.run.inprocess import LoadedModel
 
     model = LoadedModel(name, work_dir)
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            rows += measure(name, Path(tmp), args.runs)
+            rows += measure_worst(name, Path(tmp), args.runs)
     print(f"\n{'model':20s} {'request':30s} {'status':>6s} {'alone ms':>9s} {'batch':>5s} "
           f"{'full batch ms':>13s} {'x normal batch':>14s} {'timeout s':>9s}")
     worst_ratio = {}

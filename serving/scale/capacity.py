@@ -21,13 +21,13 @@ verify    the model against real runs here: N TorchServe instances on loopback, 
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import os
 import random
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -38,11 +38,13 @@ import models
 from serving.run.cpu import cpu_name
 from serving.run.paths import MODEL_STORE, RUN_DIR
 from serving.build.archive import shipped_settings
+from serving.perf.measure import (LADDER, Target, best_within, loaded_alone, percentile,
+                                  run_point, time_calls, tree)
 from serving.run.frontdoor import FrontDoor
 from serving.run.torchserve import write_cluster_config
 from serving.scale.policy import CAPACITY_FILE, FRONTDOOR_MAX_REQUESTS, SCALE_UP_LOAD
 
-USER_LADDER = (1, 2, 4, 8, 16, 32)
+USER_LADDER = tuple(c for c in LADDER if c <= 32)  # Locust users: `verify`, and the model's ladder
 
 
 def outside_worker_s(one_client_rps: float, s: Callable[[int], float], delay_s: float) -> float:
@@ -68,14 +70,14 @@ def measure(names: list[str], seconds: float, log=print) -> dict:
     front door, as every request in a pod passes it: the client ladder of the tuner, scored at the
     model's p99 target; the handler's service times for the queueing model, and from that model
     the mean queue wait of a replica at 85% of its capacity."""
-    from serving.perf.tune import measure as climb
+    from serving.perf.tune import measure_candidate
 
     result = {"cpu": cpu_name(), "cores": os.cpu_count(), "measured": time.strftime("%Y-%m-%d"),
               "seconds_per_point": seconds, "through": MEASURED_THROUGH, "models": {}}
     for name in names:
         candidate, p99 = shipped_settings(name), slo_p99_ms(name)
         log(f"[{name}] one replica as shipped, p99 target {p99:g} ms")
-        point = climb(name, candidate, p99, seconds, RUN_DIR / "capacity" / name, log,
+        point = measure_candidate(name, candidate, p99, seconds, RUN_DIR / "capacity" / name, log,
                       front_door={"FRONTDOOR_MAX_REQUESTS": str(FRONTDOOR_MAX_REQUESTS)})
         if not point["best"]:
             raise RuntimeError(f"{name}: nothing within p99 {p99:g} ms on this machine")
@@ -122,7 +124,6 @@ def torchserve_counters(metrics_url: str, model: str) -> dict[str, float]:
 def queue_wait(name: str, rate: float, seconds: float, work: Path) -> float:
     """The mean time a request waits in TorchServe's queue (ts_queue_latency_microseconds, the
     autoscaler's second signal) with the shipped archive under an open-loop `rate`."""
-    from serving.perf.bench_serve import Target, load, tree
     from serving.run.torchserve import start_on_free_ports
 
     spec = models.load(name)
@@ -132,8 +133,8 @@ def queue_wait(name: str, rate: float, seconds: float, work: Path) -> float:
         target = Target("torchserve", f"{instance.inference_url}/predictions/{name}",
                         instance.auth("inference"), lambda: tree(instance.process()))
         before = torchserve_counters(instance.metrics_url, name)
-        load(target, models.MODELS_DIR / name / file, content_type,
-             not content_type.startswith("application/json"), seconds, rate=rate)
+        run_point(target, models.MODELS_DIR / name / file, content_type,
+                  not content_type.startswith("application/json"), seconds, rate=rate)
         after = torchserve_counters(instance.metrics_url, name)
     finally:
         instance.stop()
@@ -158,11 +159,7 @@ def child_service_times(name: str, threads: int, batches: list[int], model_store
     `measure`'s generator sends)."""
     import torch
 
-    from serving.run.inprocess import LoadedModel
-
-    os.environ["SERVING_WORKERS_TOTAL"] = "1"
-    loaded = LoadedModel(name, Path(tempfile.mkdtemp(prefix=f"capacity-{name}-")),
-                         Path(model_store))
+    loaded = loaded_alone(name, Path(model_store), "capacity")
     torch.set_num_threads(threads)
     spec = models.load(name)
     if bodies_from == "payloads":
@@ -171,17 +168,17 @@ def child_service_times(name: str, threads: int, batches: list[int], model_store
         file, content_type = spec.example_request
         bodies = [(models.MODELS_DIR / name / file).read_bytes()]
     rng = random.Random(0)
+    def all_ok(answers) -> None:
+        assert all(a.status == 200 for a in answers), answers[0]
+
     times = {}
     for b in batches:
-        runs = []
-        deadline = time.perf_counter() + 3.0
-        while len(runs) < 8 or time.perf_counter() < deadline:
-            batch = [(rng.choice(bodies), content_type) for _ in range(b)]
-            started = time.perf_counter()
-            answers = loaded.handle(batch)
-            runs.append(time.perf_counter() - started)
-            assert all(a.status == 200 for a in answers), answers[0]
-        times[b] = statistics.median(runs[2:])
+        batches_of_bodies = [[(rng.choice(bodies), content_type) for _ in range(b)]
+                             for _ in range(64)]  # drawn before timing, taken in turn
+        turns = itertools.cycle(batches_of_bodies)
+        runs = time_calls(lambda: loaded.handle(next(turns)),
+                          min_runs=8, budget_s=3.0, warmup=2, check=all_ok)
+        times[b] = statistics.median(runs)
     return {"threads": torch.get_num_threads(), "seconds": times}
 
 
@@ -308,8 +305,8 @@ def simulate(service: Callable[[int], float], replicas: int, workers: int, batch
     kept = sorted(latencies[warmup:])
     span = finished_at[-1] - finished_at[warmup]
     return {"throughput": (len(kept) - 1) / span if span > 0 else 0.0,
-            "p50_ms": kept[len(kept) // 2] * 1000,
-            "p99_ms": kept[min(len(kept) - 1, int(0.99 * len(kept)))] * 1000,
+            "p50_ms": percentile(kept, 0.50) * 1000,
+            "p99_ms": percentile(kept, 0.99) * 1000,
             "mean_ms": statistics.fmean(kept) * 1000,
             "mean_wait_ms": statistics.fmean(waits[warmup:]) * 1000,
             "refused": refused}
@@ -318,8 +315,8 @@ def simulate(service: Callable[[int], float], replicas: int, workers: int, batch
 def capacity_at(p99_ms: float, run: Callable[[int], dict], ladder=USER_LADDER) -> tuple[float, list]:
     """The most throughput whose p99 is within the target, over a client ladder."""
     points = [{"clients": c, **run(c)} for c in ladder]
-    fits = [p["throughput"] for p in points if p["p99_ms"] <= p99_ms and not p.get("refused")]
-    return (max(fits) if fits else 0.0), points
+    best = best_within(points, p99_ms, rate="throughput", errors="refused")
+    return (best["throughput"] if best else 0.0), points
 
 
 def replicas_for(rate: float, service: Callable[[int], float], workers: int, batch: int,
