@@ -118,7 +118,17 @@ def artifact_device(info: dict, device: torch.device) -> torch.device:
     return device
 
 
+class ArtifactLoadError(RuntimeError):
+    """The archive's model file is there but does not load."""
+
+
 def load(model_dir: Path, serialized_file: str, info: dict, device: torch.device):
-    """The artifact as a callable taking and returning tensors."""
+    """The artifact as a callable taking and returning tensors. A file that does not load (cut
+    short, overwritten, from another tool) raises ArtifactLoadError naming it, for the model log."""
     check_compatible(info, device)
-    return LOADERS[info["target"]].load(str(model_dir / serialized_file), device)
+    try:
+        return LOADERS[info["target"]].load(str(model_dir / serialized_file), device)
+    except Exception as e:  # noqa: BLE001 - whatever the loader raises, say which file failed
+        raise ArtifactLoadError(f"cannot load {serialized_file} ({info['target']}/"
+                                f"{info.get('precision', '?')} artifact): {type(e).__name__}: "
+                                f"{str(e)[:300]}; rebuild the archive (make build)") from e

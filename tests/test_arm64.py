@@ -205,19 +205,21 @@ def ready_lines() -> dict[str, str]:
     return {m: line.strip() for line in logs.splitlines() for m in MODELS if f"{m} ready:" in line}
 
 
-def test_the_arm64_service_answers_as_the_x86_one(stack, server, build_info):
-    """The same inputs to the arm64 stack and to this session's x86 TorchServe: the same digit
-    with the same probabilities, the same embeddings. Within fp32 rounding where both compute in
-    fp32; within the bf16 gates where either side rounds to bf16: an x86 archive built in bf16,
-    or oneDNN's bf16 fast math, which the workers on a CPU with BF16 get (Graviton3, and the
+def rounds_to_bf16(model: str, build_info: dict) -> tuple[bool, bool]:
+    """(either side rounds to bf16, the arm64 workers' bf16 fast math): an x86 archive built in
+    bf16, or oneDNN's bf16 fast math, which the workers on a CPU with BF16 get (Graviton3, and the
     Graviton3-like CPU emulated here)."""
+    fast_math = "DNNL_DEFAULT_FPMATH_MODE=BF16" in ready_lines()[model]
+    return build_info[model]["precision"] == "bf16" or fast_math, fast_math
+
+
+def test_the_arm64_service_answers_digits_as_the_x86_one(stack, server, build_info):
+    """The same grid to the arm64 stack and to this session's x86 TorchServe: the same digit with
+    the same probabilities, within fp32 rounding where both compute in fp32 and within the bf16
+    gates where either side rounds to bf16."""
     arm64, auth = ARM64.url("frontdoor"), ARM64.key()
     x86, x86_auth = server.inference_url, server.auth("inference")
-    fast_math = {m: "DNNL_DEFAULT_FPMATH_MODE=BF16" in line for m, line in ready_lines().items()}
-
-    def bf16(model: str) -> bool:
-        return build_info[model]["precision"] == "bf16" or fast_math[model]
-
+    bf16, fast_math = rounds_to_bf16("digits", build_info)
     digits = (ROOT / "models/digits/example.json").read_bytes()
     ours, theirs = post(arm64, "digits", digits, auth), post(x86, "digits", digits, x86_auth)
     assert ours.status_code == theirs.status_code == 200, ours.text
@@ -227,23 +229,30 @@ def test_the_arm64_service_answers_as_the_x86_one(stack, server, build_info):
     worst = max(abs(p["probability"] - theirs_by_label[p["label"]])
                 for p in ours if p["label"] in theirs_by_label)
     print(f"\ndigits, arm64 vs x86 ({build_info['digits']['target']}/"
-          f"{build_info['digits']['precision']}; arm64 bf16 fast math: {fast_math['digits']}): "
+          f"{build_info['digits']['precision']}; arm64 bf16 fast math: {fast_math}): "
           f"top-1 {ours[0]['label']} {ours[0]['probability']:.6f} vs {theirs[0]['probability']:.6f}, "
           f"largest probability difference {worst:.2e}")
-    assert worst <= (1e-2 if bf16("digits") else 1e-4)
+    assert worst <= (1e-2 if bf16 else 1e-4)
 
-    if "minilm" not in MODELS:
-        return
+
+@pytest.mark.skipif("minilm" not in MODELS, reason="MiniLM is not built on arm64 here: emulated, "
+                    "its build does not finish in CI's time (docs/docker.md); "
+                    "ARM64_MODELS='digits minilm' runs this")
+def test_the_arm64_service_answers_minilm_as_the_x86_one(stack, server, build_info):
+    """The same texts to both: the same embeddings, within the gates as for digits."""
+    arm64, auth = ARM64.url("frontdoor"), ARM64.key()
+    x86, x86_auth = server.inference_url, server.auth("inference")
+    bf16, fast_math = rounds_to_bf16("minilm", build_info)
     texts = (ROOT / "models/minilm/example.json").read_bytes()
     ours, theirs = post(arm64, "minilm", texts, auth), post(x86, "minilm", texts, x86_auth)
     assert ours.status_code == theirs.status_code == 200, ours.text
     ours, theirs = ours.json()["embeddings"], theirs.json()["embeddings"]
     similarity = [cosine(a, b) for a, b in zip(ours, theirs)]
     print(f"minilm, arm64 vs x86 ({build_info['minilm']['target']}/"
-          f"{build_info['minilm']['precision']}; arm64 bf16 fast math: {fast_math['minilm']}): "
+          f"{build_info['minilm']['precision']}; arm64 bf16 fast math: {fast_math}): "
           f"cosine {[round(x, 6) for x in similarity]}")
     assert len(ours) == len(theirs) == 3
-    assert min(similarity) >= (0.99 if bf16("minilm") else 0.9999)
+    assert min(similarity) >= (0.99 if bf16 else 0.9999)
     # the two guitar sentences are each other's nearest neighbour on arm64 too
     assert cosine(ours[0], ours[1]) > cosine(ours[0], ours[2])
 

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -284,11 +285,53 @@ def test_the_locust_service_runs_a_load_test(stack):
     assert len(series["data"]["result"]) == 3
 
 
+def run_hardened(name: str, work: Path, store: Path, *serve_args: str) -> None:
+    """The serving image run as compose runs it (hardened, host network, readiness as its health
+    check), on ports of its own beside the stack, with short waits."""
+    ports = {"8085": "18085", "8081": "18081", "8082": "18082", "7070": "17070",
+             "7071": "17071", "9000": "19000"}
+    text = (ROOT / "config.properties").read_text()
+    for old, new in ports.items():
+        text = re.sub(rf"(?<=[:=]){old}\b", new, text)
+    (work / "config.properties").write_text(text)
+    (work / "run").mkdir()
+    (work / "run").chmod(0o777)  # TorchServe's logs and unpacked archive, as compose's volume
+    for path in (work, store):
+        path.chmod(0o755)
+    for path in (*store.iterdir(), work / "config.properties"):
+        path.chmod(0o644)
+    subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host",
+                    "--read-only", "--tmpfs", "/tmp", "-v", f"{work / 'run'}:/app/run/torchserve",
+                    "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
+                    "--restart", "on-failure:5",
+                    "--health-cmd", "python -m serving ready", "--health-interval", "3s",
+                    "--health-retries", "1", "--health-timeout", "10s",
+                    "--health-start-period", "1s",  # the image allows 180 s to warm up
+                    "-v", f"{store}:/app/model_store:ro",
+                    "-v", f"{work / 'config.properties'}:/app/config.properties:ro",
+                    "model-serving:cpu", "python", "-m", "serving", "serve", "digits",
+                    "--no-build", *serve_args],
+                   capture_output=True, text=True, check=True)
+
+
+def wait_for_state(name: str, done, timeout: float = 120) -> tuple[set, int]:
+    """Polls the container until done(health statuses seen, restart count)."""
+    seen, deadline = set(), time.monotonic() + timeout
+    while True:
+        found = json.loads(subprocess.run(["docker", "inspect", name], capture_output=True,
+                                          text=True, check=True).stdout)[0]
+        state, restarts = found["State"], found["RestartCount"]
+        seen.add((state.get("Health") or {}).get("Status"))
+        if done(seen, restarts):
+            return seen, restarts
+        assert time.monotonic() < deadline, (seen, restarts, state)
+        time.sleep(1)
+
+
 def test_an_archive_that_cannot_load_makes_the_container_unhealthy_and_restarted(image):
-    """The serving image with a broken digits archive, run as compose runs it (hardened, host
-    network, readiness as its health check) but on ports of its own beside the stack and with
-    short waits: it reports unhealthy, exits 1 saying which model and where to look, and its
-    restart policy starts it again; never a silent crash loop."""
+    """A broken digits archive: the model never gets READY, so `serving serve` exits 1 when its
+    start timeout passes, saying which model and where to look, the container reports unhealthy,
+    and its restart policy starts it again; never a silent crash loop."""
     import tempfile
 
     from tests.archives import write_broken_digits
@@ -299,45 +342,50 @@ def test_an_archive_that_cannot_load_makes_the_container_unhealthy_and_restarted
         store = work / "store"
         store.mkdir()
         write_broken_digits(store / "digits.mar")
-        ports = {"8085": "18085", "8081": "18081", "8082": "18082", "7070": "17070",
-                 "7071": "17071", "9000": "19000"}
-        text = (ROOT / "config.properties").read_text()
-        for old, new in ports.items():
-            text = re.sub(rf"(?<=[:=]){old}\b", new, text)
-        (work / "config.properties").write_text(text)
-        (work / "run").mkdir()
-        (work / "run").chmod(0o777)  # TorchServe's logs and unpacked archive, as compose's volume
-        for path in (work, store):
-            path.chmod(0o755)
-        for path in (store / "digits.mar", work / "config.properties"):
-            path.chmod(0o644)
-        subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host",
-                        "--read-only", "--tmpfs", "/tmp", "-v", f"{work / 'run'}:/app/run/torchserve",
-                        "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
-                        "--restart", "on-failure:5",
-                        "--health-cmd", "python -m serving ready", "--health-interval", "3s",
-                        "--health-retries", "1", "--health-timeout", "10s",
-                        "--health-start-period", "1s",  # the image allows 180 s to warm up
-                        "-v", f"{store}:/app/model_store:ro",
-                        "-v", f"{work / 'config.properties'}:/app/config.properties:ro",
-                        "model-serving:cpu", "python", "-m", "serving", "serve", "digits",
-                        "--no-build", "--timeout", "20", "--unready-exit", "10"],
-                       capture_output=True, text=True, check=True)
-        seen, deadline = set(), time.monotonic() + 120
-        while True:
-            found = json.loads(subprocess.run(["docker", "inspect", name], capture_output=True,
-                                              text=True, check=True).stdout)[0]
-            state, restarts = found["State"], found["RestartCount"]
-            seen.add((state.get("Health") or {}).get("Status"))
-            if restarts >= 1 and "unhealthy" in seen:
-                break
-            assert time.monotonic() < deadline, (seen, restarts, state)
-            time.sleep(1)
+        run_hardened(name, work, store, "--timeout", "20", "--unready-exit", "10")
+        seen, restarts = wait_for_state(name, lambda seen, restarts: restarts >= 1
+                                        and "unhealthy" in seen)
         logs = subprocess.run(["docker", "logs", name], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True).stdout
         assert "not READY" in logs and "digits" in logs and "model_log" in logs, logs[-3000:]
         # on-failure restarts only after a non-zero exit: `serving serve` exited 1
         print(f"\nbroken archive: unhealthy, then restarted {restarts}x")
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_model_that_stops_loading_after_ready_makes_the_container_exit_and_restart(image):
+    """The other path of `serving serve --unready-exit` (the one above ends at the start timeout):
+    digits READY and healthy, then its unpacked model file is broken and its workers killed, so
+    every replacement fails to load; after --unready-exit seconds unready, serve exits 1 naming
+    the model, and the restart policy starts the container again."""
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="stops-loading-"))
+    name = f"{PROJECT}-stops-loading"
+    try:
+        store = work / "store"
+        store.mkdir()
+        shutil.copy(ROOT / "model_store" / "digits.mar", store / "digits.mar")
+        with zipfile.ZipFile(store / "digits.mar") as mar:
+            model_file = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"]
+        run_hardened(name, work, store, "--timeout", "120", "--unready-exit", "8")
+        wait_for_state(name, lambda seen, restarts: "healthy" in seen)
+        unpacked = list((work / "run" / "tmp").rglob(model_file))
+        assert unpacked, sorted(str(p) for p in (work / "run").rglob("*"))[:40]
+        for path in unpacked:
+            path.write_bytes(b"not a model")
+        subprocess.run(["docker", "exec", name, "python", "-c",
+                        "import psutil\nfor p in psutil.process_iter(['cmdline']):\n"
+                        "    if 'model_service_worker' in ' '.join(p.info['cmdline'] or []):\n"
+                        "        p.kill()"], check=True, capture_output=True, text=True)
+        seen, restarts = wait_for_state(name, lambda seen, restarts: restarts >= 1)
+        logs = subprocess.run(["docker", "logs", name], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True).stdout
+        assert "All 1 models READY" in logs, logs[-3000:]
+        assert "digits not READY for 8s" in logs and "model_log" in logs, logs[-3000:]
+        print(f"\nstopped loading after READY: exited, restarted {restarts}x (health seen: {seen})")
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)

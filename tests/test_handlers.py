@@ -376,6 +376,17 @@ def test_a_worker_refuses_an_artifact_built_for_another_machine(tmp_path, info, 
         "unknown" in str(caught.value)
 
 
+@pytest.mark.parametrize("target, file", [("torchscript", "model.pt"), ("eager", "model.pt2")])
+def test_a_model_file_that_does_not_load_is_named_in_the_error(tmp_path, target, file):
+    from handlers import artifacts
+
+    (tmp_path / file).write_bytes(b"not a model")
+    info = {"target": target, "precision": "fp32", "torch": torch.__version__,
+            "arch": platform.machine()}
+    with pytest.raises(artifacts.ArtifactLoadError, match=f"cannot load {file} \\({target}/fp32"):
+        artifacts.load(tmp_path, file, info, torch.device("cpu"))
+
+
 # -- isolation: whatever one request does, the others in its batch get their answers -------------
 
 def grid_body(value) -> bytes:
@@ -542,22 +553,37 @@ def test_a_tiny_image_is_scaled_up_to_the_crop():
     assert tensor.shape == (3, 224, 224) and tensor[:, 0, 0].tolist() == [10.0, 20.0, 30.0]
 
 
+RED, BLUE = (200, 10, 10), (10, 10, 200)
+
+
 def exif_image(orientation) -> bytes:
-    image = Image.new("RGB", (40, 20), (200, 10, 10))
+    """40 x 20, the left half red and the right half blue, with an EXIF orientation (PNG: exact
+    colours)."""
+    image = Image.new("RGB", (40, 20), RED)
+    image.paste(BLUE, (20, 0, 40, 20))
     exif = Image.Exif()
     exif[0x0112] = orientation
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", exif=exif)
+    image.save(buffer, "PNG", exif=exif)
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("orientation", [6, 0, 9, 65535])
-def test_any_exif_orientation_is_answered_without_a_5xx(orientation):
-    try:
-        [tensor] = image_handler().read({"body": exif_image(orientation)}, None)
-        assert tensor.shape == (3, 224, 224)
-    except RequestError as e:
-        assert 400 <= e.status < 500
+@pytest.mark.parametrize("orientation, top, left", [
+    (1, None, RED),        # as stored: red left, blue right
+    (6, RED, None),        # rotate 90 degrees clockwise to display: the left half goes on top
+    (8, BLUE, None),       # 90 degrees counter-clockwise: the right half on top
+    (3, None, BLUE),       # 180 degrees
+    (0, None, RED), (9, None, RED), (65535, None, RED),  # not orientations: the image as stored
+])
+def test_the_exif_orientation_is_applied_and_meaningless_values_leave_the_image(orientation, top,
+                                                                                left):
+    [tensor] = image_handler().read({"body": exif_image(orientation)}, None)
+    assert tensor.shape == (3, 224, 224)
+    colour = lambda y, x: tuple(int(v) for v in tensor[:, y, x].tolist())  # noqa: E731
+    if top:
+        assert colour(5, 112) == top and colour(218, 112) == (BLUE if top == RED else RED)
+    else:
+        assert colour(112, 5) == left and colour(112, 218) == (BLUE if left == RED else RED)
 
 
 def test_text_with_a_lone_surrogate_is_400(text_handler):
