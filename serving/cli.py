@@ -64,8 +64,12 @@ def cmd_up(args) -> int:
     door_dir = instance.run_dir.parent / "frontdoor"
     if instance.process():
         print(f"TorchServe already runs (pid {instance.process().pid}); `make down` stops it.")
+        if missing := sorted(set(names) - set(instance.served())):
+            print(f"It does not serve {', '.join(missing)} (added or built since it started, or "
+                  "left out): `make down; make up` serves every folder.")
     else:
         frontdoor.stop(frontdoor.running_in(door_dir))  # one left from a server that died
+        check_ports_free(instance)  # before the build, which takes minutes
         if not args.no_build:
             build_all(names)
         started = time.monotonic()
@@ -100,6 +104,20 @@ def cmd_up(args) -> int:
     for name in names:
         print(f"{name}:\n  {curl_example(instance, name)}")
     return 0
+
+
+def check_ports_free(instance: Instance) -> None:
+    """Every port `make up` will listen on, checked before anything is built: a taken one found
+    after a 12-minute build cost a new user those minutes."""
+    taken = [f"{port} ({what})" for what, port in instance.ports.items()
+             if what != "worker" and port_in_use(port)]
+    prometheus = prometheus_for(instance)
+    if not prometheus.process() and port_in_use(prometheus.port):
+        taken.append(f"{prometheus.port} (prometheus)")
+    if taken:
+        raise ServeError(f"ports in use on 127.0.0.1: {', '.join(taken)}. Another server runs "
+                         "there (`docker ps`, `ss -ltnp`); stop it, or move ours: config.properties "
+                         "for TorchServe's, SERVING_FRONTDOOR_PORT and SERVING_READY_PORT")
 
 
 def readiness_process(instance: Instance):

@@ -489,3 +489,24 @@ def test_answers_are_counted_by_protocol(server, front_door):
                 and 'status="200"' in line for label in wanted if label in line}
         time.sleep(1)
     assert seen == wanted, seen
+
+
+def test_make_up_names_a_taken_port_before_it_builds(tmp_path):
+    """`make up` checks every port it will listen on first: a taken one found after the build cost
+    a new user 13 minutes."""
+    import socket
+
+    from serving.cli import check_ports_free
+    from serving.run.torchserve import Instance, ServeError
+
+    instance = Instance.on_free_ports(run_dir=tmp_path / "ts")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", instance.ports["frontdoor"]))
+        taken.listen()
+        with pytest.raises(ServeError, match=f"{instance.ports['frontdoor']} \\(frontdoor\\)"):
+            check_ports_free(instance)
+
+
+def test_a_running_server_says_which_models_it_serves(server):
+    """What `make up` compares with the folders, to name those a running server does not serve."""
+    assert server.served() == sorted(models.NAMES)

@@ -305,6 +305,17 @@ class Instance:
 
     # -- health ----------------------------------------------------------------------------------
 
+    def served(self) -> list[str]:
+        """The models this running server has registered (the management API; [] when it does
+        not answer)."""
+        try:
+            response = requests.get(f"{self.management_url}/models", headers=self.auth("management"),
+                                    params={"limit": 1000}, timeout=5)
+            return sorted(m["modelName"] for m in response.json().get("models", [])) \
+                if response.status_code == 200 else []
+        except (requests.RequestException, ValueError):
+            return []
+
     def describe(self, model: str) -> list[dict]:
         """The management API's description of the model ([] when it does not answer)."""
         try:
