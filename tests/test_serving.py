@@ -12,6 +12,7 @@ import requests
 import torch
 from PIL import Image
 
+import models
 from models import MODELS_DIR
 from models.digits.model import split
 from models.minilm.model import source_dir
