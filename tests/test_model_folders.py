@@ -251,3 +251,22 @@ def test_every_kind_describes_itself(folder, kind):
     described = handler.describe("m")
     assert described["kind"] == kind and described["description"]
     assert described["request"] and described["answer"]
+
+
+def test_a_program_with_a_capped_batch_builds_every_target_within_its_range(builds_or_serves,
+                                                                           tmp_path):
+    """A .pt2 exported with Dim("batch", max=64) refuses 65, and exporting it again over the
+    default range failed ("Constraints violated (batch)!"): eager and inductor were lost and
+    TorchScript shipped, silently. `serving new` reads the program's range into model.yaml and the
+    build exports within it."""
+    from serving.build.pipeline import build
+
+    folder, _ = scaffold.create("capped", user_models.save_exported(tmp_path / "cnn.pt2", 64),
+                                models_dir=tmp_path / "models")
+    spec = models.ModelSpec.from_folder(folder)
+    assert spec.dim_ranges["batch"] == (1, 64) and spec.config["batchSize"] <= 64
+    info = build("capped", model_store=tmp_path / "store", work_root=tmp_path / "work",
+                 precision="fp32", spec=spec, timed=False)
+    status = {c["target"]: (c["status"], c.get("reason", "")[:200]) for c in info["candidates"]}
+    assert all(s == "passed" for s, _ in status.values()) and set(status) >= {"eager", "inductor"}, \
+        status

@@ -36,9 +36,9 @@ def save_torchscript(path: Path) -> Path:
     return path
 
 
-def save_exported(path: Path) -> Path:
-    """The CNN as a torch.export program with a dynamic batch."""
-    batch = torch.export.Dim("batch", min=1, max=1024)
+def save_exported(path: Path, max_batch: int = 1024) -> Path:
+    """The CNN as a torch.export program with a dynamic batch (of at most max_batch)."""
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
     program = torch.export.export(small_cnn(), (torch.rand(2, 1, 16, 16),),
                                   dynamic_shapes=({0: batch},))
     torch.export.save(program, str(path))

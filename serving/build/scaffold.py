@@ -94,6 +94,17 @@ def inspect_torchscript(path: Path, input_shape: str | None, dtype: str) -> Insp
     return found
 
 
+def program_range(program, size) -> tuple[int, int | None]:
+    """(lowest, highest or None for unbounded) of a symbolic size, from the program's range
+    constraints: `Dim("batch", max=64)` makes the program refuse 65, and an export of it with a
+    larger range fails ("Constraints violated"), so the build must stay within it."""
+    bounds = program.range_constraints.get(getattr(getattr(size, "node", None), "expr", None))
+    if bounds is None:
+        return 0, None
+    upper = bounds.upper  # torch's int_oo (unbounded) is no sympy Integer
+    return int(bounds.lower), (int(upper) if getattr(upper, "is_Integer", False) else None)
+
+
 def inspect_exported(path: Path) -> Inspection:
     found = Inspection()
     try:
@@ -115,8 +126,12 @@ def inspect_exported(path: Path) -> Inspection:
             else:
                 name = "batch" if axis == 0 else f"{node.name}_d{axis}"
                 shape.append(name)
+                low, high = program_range(program, size)
                 if axis:
-                    found.dynamic[name] = [2, 512]
+                    found.dynamic[name] = [max(2, low), high or 512]
+                elif high is not None:  # a capped batch: the build exports within it
+                    found.dynamic[name] = [max(1, low), high]
+                    found.learnt.append(f"the batch is at most {high} (the program's range)")
         if shape and shape[0] != "batch":
             raise NewModelError(f"{path}: input {node.name!r} has a fixed first dimension "
                                 f"({shape[0]}); export with a dynamic batch, e.g. "
@@ -124,9 +139,9 @@ def inspect_exported(path: Path) -> Inspection:
         found.inputs.append({"name": node.name, "shape": shape,
                              "dtype": DTYPE_NAMES.get(value.dtype, "float32")})
     found.learnt.append("input names, shapes, dtypes and the dynamic batch from the program")
-    if found.dynamic:
-        found.unknown.append(f"the ranges of dynamic dimensions {sorted(found.dynamic)} "
-                             "(set to 2..512 in model.yaml `dynamic:`)")
+    if set(found.dynamic) - {"batch"}:
+        found.unknown.append(f"the ranges of dynamic dimensions {sorted(set(found.dynamic) - {'batch'})} "
+                             "(the program's, else 2..512, in model.yaml `dynamic:`)")
     trial(found, program.module())
     return found
 
@@ -218,7 +233,8 @@ def serving_config(found: Inspection, kind: str) -> dict:
         handler = dict(found.text_settings)
         if kind == "text_classifier":
             handler["top_k"] = min(3, found.num_outputs or 3)
-    return {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 10,
+    most = (found.dynamic.get("batch") or [1, 8])[1]
+    return {"minWorkers": 1, "maxWorkers": 1, "batchSize": min(8, most), "maxBatchDelay": 10,
             "responseTimeout": 30, "startupTimeout": 180, "jobQueueSize": 16, "handler": handler}
 
 
