@@ -80,6 +80,47 @@ def test_among_equally_fast_candidates_the_most_ahead_of_time_target_wins():
     assert choose([script, far]) is script
 
 
+def test_noise_never_makes_a_candidate_win_and_all_noise_ranks_by_preference():
+    """A busy machine: a candidate whose timing blocks disagree ranks by its pessimistic speedup;
+    when every timing is noisy, the build ranks by the preferences and says so."""
+    noisy = {"target": "inductor", "precision": "fp32", "speedup": 3.0, "timing_spread": 2.0}
+    steady = {"target": "torchscript", "precision": "fp32", "speedup": 2.0, "timing_spread": 1.05}
+    assert choose([noisy, steady]) is steady        # 3.0 / 2.0 = 1.5: not clearly faster
+    clearly = dict(noisy, speedup=5.0)               # 5.0 / 2.0 = 2.5 still beats 2.0
+    assert choose([clearly, steady]) is clearly
+    both = [dict(noisy), dict(steady, timing_spread=1.6, speedup=9.0)]
+    assert choose(both) is both[0]                  # all noisy: inductor by preference, not 9x
+
+
+def test_paired_timing_figures_agree_and_a_noisy_pairing_is_measured_again(monkeypatch):
+    from serving.build import timing
+
+    paired = timing.Paired(reference_s=0.224, speedup=2.0, spread=1.1)
+    assert paired.candidate_s == 0.112 and not paired.noisy  # ms that agree with the ratio
+    # The retry rule alone, on made-up attempts (the measurement itself is real elsewhere):
+    attempts = iter([timing.Paired(0.2, 2.0, 1.9), timing.Paired(0.2, 1.5, 1.1),
+                     timing.Paired(0.2, 9.0, 3.0)])
+    monkeypatch.setattr(timing, "paired_once", lambda *args: next(attempts))
+    steadiest = timing.paired_timing(None, None, ())
+    assert (steadiest.speedup, steadiest.spread) == (1.5, 1.1)  # stopped once steady
+    always = iter([timing.Paired(0.2, 2.0, 1.9), timing.Paired(0.2, 4.0, 2.5),
+                   timing.Paired(0.2, 3.0, 1.7)])
+    monkeypatch.setattr(timing, "paired_once", lambda *args: next(always))
+    kept = timing.paired_timing(None, None, ())
+    assert kept.noisy and kept.spread == 1.7          # the steadiest of three, still noisy
+
+
+def test_paired_timing_measures_a_real_difference():
+    import time
+
+    from serving.build import timing
+
+    paired = timing.paired_timing(lambda: time.sleep(0.004), lambda: time.sleep(0.002), (),
+                                  block_seconds=0.05)
+    assert 1.4 < paired.speedup < 2.6 and abs(paired.candidate_s - paired.reference_s /
+                                               paired.speedup) < 1e-12
+
+
 def test_untimed_candidates_are_chosen_by_the_preferences_alone():
     eager = {"target": "eager", "precision": "fp32", "speedup": None}
     script = {"target": "torchscript", "precision": "fp32", "speedup": None}

@@ -71,15 +71,31 @@ PREFERRED_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 PREFERRED_TARGETS = ("neuron", "inductor", "torchscript", "eager")
 
 
+def noisy(r: dict) -> bool:
+    return (r.get("timing_spread") or 1.0) > timing.NOISY_SPREAD
+
+
+def rankable(r: dict) -> float:
+    """The speedup a candidate ranks by: a noisy one's pessimistic reading (its speedup over its
+    blocks' spread), so noise alone never makes a candidate win."""
+    return r["speedup"] / r["timing_spread"] if noisy(r) else r["speedup"]
+
+
+def unranked(passing: list[dict]) -> bool:
+    """No timing to rank by: untimed (--no-timing), or every timing too noisy to trust."""
+    return any(r["speedup"] is None for r in passing) or all(noisy(r) for r in passing)
+
+
 def choose(passing: list[dict]) -> dict:
     """By speedup over eager (each measured against eager in the same process, so candidates
     measured at different moments compare fairly), with the preferences above among equals; by
-    the preferences alone where the build did not time them (--no-timing)."""
-    if any(r["speedup"] is None for r in passing):
+    the preferences alone where the build did not time them (--no-timing) or could not time any
+    of them steadily (a busy machine)."""
+    if unranked(passing):
         return min(passing, key=lambda r: (PREFERRED_PRECISIONS.index(r["precision"]),
                                            PREFERRED_TARGETS.index(r["target"])))
-    best = max(r["speedup"] for r in passing)
-    equals = [r for r in passing if r["speedup"] * EQUALLY_FAST >= best]
+    best = max(rankable(r) for r in passing)
+    equals = [r for r in passing if rankable(r) * EQUALLY_FAST >= best]
     return min(equals, key=lambda r: (PREFERRED_PRECISIONS.index(r["precision"]),
                                       PREFERRED_TARGETS.index(r["target"])))
 
@@ -208,12 +224,16 @@ def try_candidate(spec: ModelSpec, ref: Reference, t: str, p: str, work_dir: Pat
         say(label, f"{t}/{p}: passed its gate ({entry['parity']['gate']}); not timed "
                    f"(export {entry['export_seconds']:.1f}s)")
         return entry
-    seconds, speedup = timing.paired_speedup(ref.eager, exported, ref.timing_inputs)
-    entry["batch_ms"] = round(seconds * 1000, 2)
-    entry["speedup"] = round(speedup, 2)
+    paired = timing.paired_timing(ref.eager, exported, ref.timing_inputs)
+    entry["batch_ms"] = round(paired.candidate_s * 1000, 2)
+    entry["speedup"] = round(paired.speedup, 2)
+    entry["eager_ms_beside"] = round(paired.reference_s * 1000, 2)  # what the speedup divides
+    entry["timing_spread"] = round(paired.spread, 2)
     say(label, f"{t}/{p}: passed its gate ({entry['parity']['gate']}); {entry['batch_ms']:.1f} ms "
-               f"per batch of {ref.batch}, {entry['speedup']:.2f}x eager "
-               f"(export {entry['export_seconds']:.1f}s)")
+               f"per batch of {ref.batch} against eager's {entry['eager_ms_beside']:.1f} ms beside "
+               f"it: {entry['speedup']:.2f}x" + (f", NOISY (blocks {paired.spread:.2f}x apart: a "
+                                                 "busy machine)" if paired.noisy else "")
+               + f" (export {entry['export_seconds']:.1f}s)")
     return entry
 
 
@@ -257,9 +277,13 @@ def ship(spec: ModelSpec, ref: Reference, results: list[dict], request: dict, di
     skipped = [f"{r['target']}/{r['precision']} ({r['status']})" for r in results
                if r["status"] != "passed"]
     timed = chosen["speedup"] is not None
+    ranked = not unranked(passing)
     say(archive_name, f"shipping {chosen['target']}/{chosen['precision']}: the "
                       + (f"fastest of {len(passing)} that passed (within {EQUALLY_FAST - 1:.0%}: "
-                         if timed else f"first of {len(passing)} that passed, not timed (")
+                         if ranked else f"first of {len(passing)} that passed, not timed ("
+                         if not timed else f"first of {len(passing)} that passed: the machine was "
+                         "too busy to rank them (every timing noisy; `make build ARGS=--force` on "
+                         "a quiet machine ranks them) (")
                       + f"fp32 first, then {' > '.join(PREFERRED_TARGETS[1:])})"
                       + (f"; not shipped: {', '.join(skipped)}" if skipped else ""))
     device = request["device"]
@@ -270,8 +294,9 @@ def ship(spec: ModelSpec, ref: Reference, results: list[dict], request: dict, di
         "torch": torch.__version__, "arch": platform.machine(),
         "inputs_sha256": digest,
         "chosen_because": "named on the command line" if named else
-                          f"fastest passing candidate at batch {ref.batch}" if timed else
-                          "the preferred passing candidate (not timed)",
+                          f"fastest passing candidate at batch {ref.batch}" if ranked else
+                          "the preferred passing candidate (not timed)" if not timed else
+                          "the preferred passing candidate (timings too noisy to rank)",
         "eager_batch_ms": round(ref.eager_seconds * 1000, 2) if timed else None,
         "timing_batch": ref.batch,
         "parity": chosen["parity"], "evaluation": evaluation,
