@@ -7,6 +7,7 @@ KServe v1: each instance is such a body.
 
 from __future__ import annotations
 
+import json
 import math
 from numbers import Real
 from pathlib import Path
@@ -40,6 +41,24 @@ class ArrayClassifier(TopKAnswer, ModelHandler):
 
     settings_defaults = {"input_key": "inputs", "input_shape": None, "value_range": None,
                          "top_k": 3, "num_classes": None}
+
+    @classmethod
+    def worst_requests(cls, settings: dict) -> dict[str, tuple[bytes, str]]:
+        key, width = settings.get("input_key", "inputs"), settings["max_json_number_chars"]
+        shape = settings.get("input_shape") or [8, 8]
+        longest = float("1." + "1" * (width - 3))
+        grid: object = longest
+        for size in reversed(shape):
+            grid = [grid] * size
+        flat = b"[" + b"0," * (settings["max_request_bytes"] // 2 - 16) + b"0]"
+        return {"grid of longest numbers": (json.dumps({key: grid}).encode(), JSON),
+                "largest body (flat numbers)": (b'{"%s": ' % key.encode() + flat + b"}", JSON),
+                "deepest nesting admitted": (json.dumps({key: [[[[[[[[[0]]]]]]]]]}).encode(), JSON)}
+
+    @classmethod
+    def scaffold_settings(cls, inputs: list[dict], outputs: int | None, text: dict) -> dict:
+        return {"input_key": inputs[0]["name"], "input_shape": inputs[0]["shape"][1:],
+                "num_classes": outputs, "top_k": min(5, outputs)}
 
     def load_resources(self, model_dir: Path) -> None:
         self.labels = load_labels(model_dir, self.settings["num_classes"])

@@ -257,6 +257,24 @@ class ModelHandler:
     def warmup_items(self) -> list[Any]:
         raise NotImplementedError
 
+    # What the kind contributes outside the worker: `make worst-case` (serving/perf/worst_case.py)
+    # and `serving new` (serving/build/scaffold.py) ask the kind, never branch on its name.
+
+    @classmethod
+    def worst_requests(cls, settings: dict[str, Any]) -> dict[str, tuple[bytes, str]]:
+        """The costliest requests the limits in `settings` still admit, by name, as (body,
+        content type): what `make worst-case` times next to a normal full batch. {} where every
+        admitted request costs the same (fixed shapes)."""
+        return {}
+
+    @classmethod
+    def scaffold_settings(cls, inputs: list[dict], outputs: int | None,
+                          text: dict[str, Any]) -> dict[str, Any]:
+        """model-config.yaml `handler:` settings for a new folder of this kind (`serving new`),
+        from what was learnt from the model file: its inputs (name, shape with the batch first,
+        dtype), its number of outputs, and for text its tokenizer's settings."""
+        return {}
+
     def prediction(self, row: torch.Tensor) -> Any:
         """One item's answer: an entry of v1's `predictions`."""
         raise NotImplementedError
@@ -768,6 +786,15 @@ def handler_class(module) -> type:
     [cls] = [c for _, c in inspect.getmembers(module, inspect.isclass)
              if issubclass(c, ModelHandler) and c.__module__ == module.__name__]
     return cls
+
+
+def kind_class(kind: str) -> type:
+    """The handler class of a kind (model.yaml `kind:`, a key of handlers.KINDS)."""
+    import importlib
+
+    from handlers import KINDS
+
+    return handler_class(importlib.import_module(f"handlers.{KINDS[kind].handler}"))
 
 
 def inference_failure(error: BaseException) -> RequestError:

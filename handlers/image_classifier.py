@@ -118,6 +118,46 @@ def to_tensor(image: Image.Image, resize_size: int, crop_size: int) -> torch.Ten
     return torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
 
 
+# -- the costliest admitted images (make worst-case) ----------------------------------------------
+
+def side_of(pixels: int) -> int:
+    return int(pixels ** 0.5)
+
+
+def png_noise(pixels: int, mode: str = "L") -> bytes:
+    """Noise compresses worst: the most pixels per byte limit."""
+    rng = np.random.default_rng(0)
+    side = side_of(pixels)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8), mode).save(
+        buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def flat_image(pixels: int, image_format: str) -> bytes:
+    side = side_of(pixels)
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 120, 200)).save(
+        buffer, image_format, **({"quality": 90} if image_format == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def jpeg_many_scans(pixels: int, scans: int) -> bytes:
+    """A progressive JPEG of `pixels` whose last scan (a refinement pass over the whole image, in
+    a few dozen bytes) is repeated until it has `scans` scans: decoders warn of the repeat and
+    decode every one, so the cost grows with the scans while the bytes hardly do."""
+    side = side_of(pixels)
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (side // 8 + 1, side // 8 + 1, 3), dtype=np.uint8)
+    image = Image.fromarray(blocks.repeat(8, 0).repeat(8, 1)[:side, :side])
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90, progressive=True)
+    data = buffer.getvalue()
+    last = data.rfind(b"\xff\xda")
+    have = data.count(b"\xff\xda")
+    return data[:-2] + data[last:-2] * max(0, scans - have) + b"\xff\xd9"
+
+
 class ImageClassifier(TopKAnswer, ModelHandler):
     """An image in (JPEG, PNG, GIF, BMP, TIFF, WebP; the raw body or a multipart field), the top-k
     classes out. The shorter side is resized to resize_size and the centre crop_size square is
@@ -127,6 +167,23 @@ class ImageClassifier(TopKAnswer, ModelHandler):
                          "max_aspect_ratio": 20, "max_jpeg_scans": 32, "mean": None, "std": None}
     request_content_types = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp",
                              "image/tiff")
+
+    @classmethod
+    def worst_requests(cls, settings: dict) -> dict[str, tuple[bytes, str]]:
+        pixels = settings["max_image_pixels"]
+        return {"PNG at the pixel limit": (flat_image(pixels, "PNG"), "image/png"),
+                "JPEG at the pixel limit": (flat_image(pixels, "JPEG"), "image/jpeg"),
+                "progressive JPEG at the limits": (
+                    jpeg_many_scans(pixels, settings["max_jpeg_scans"]), "image/jpeg"),
+                "noise PNG at the byte limit": (
+                    png_noise(min(pixels, settings["max_request_bytes"] - 100_000)), "image/png")}
+
+    @classmethod
+    def scaffold_settings(cls, inputs: list[dict], outputs: int | None, text: dict) -> dict:
+        size = inputs[0]["shape"][-1]  # (batch, 3, N, N): `serving new` checked it
+        return {"resize_size": size * 8 // 7, "crop_size": size,
+                "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                "top_k": min(5, outputs)}
 
     def load_resources(self, model_dir: Path) -> None:
         self.labels = load_labels(model_dir)

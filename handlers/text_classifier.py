@@ -21,6 +21,10 @@ class TextClassifier(TopKAnswer, TextEmbedder):
 
     settings_defaults = {**TextEmbedder.settings_defaults, "top_k": 3, "num_classes": None}
 
+    @classmethod
+    def scaffold_settings(cls, inputs: list[dict], outputs: int | None, text: dict) -> dict:
+        return {**text, "top_k": min(3, outputs or 3)}
+
     def load_resources(self, model_dir: Path) -> None:
         super().load_resources(model_dir)
         self.labels = load_labels(model_dir, self.settings["num_classes"])

@@ -9,6 +9,7 @@ padding a sentence to a longer bucket does not change its embedding.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy
@@ -25,6 +26,19 @@ class TextEmbedder(ModelHandler):
     request_content_types = (JSON, "text/plain")
     settings_defaults = {"max_tokens": 256, "sequence_buckets": [16, 32, 64, 128, 256],
                          "pad_token_id": 0, "max_tokens_per_request": 2048}
+
+    @classmethod
+    def worst_requests(cls, settings: dict) -> dict[str, tuple[bytes, str]]:
+        tokens, longest = settings["max_tokens_per_request"], settings["max_tokens"]
+        texts = {"longest texts (token limit)": ["word " * longest] * (tokens // longest),
+                 "most texts (item limit)": ["a short sentence of words"] *
+                 settings["max_items_per_request"],
+                 "longest characters": ["x" * settings["max_text_chars"]]}
+        return {name: (json.dumps({"texts": t}).encode(), JSON) for name, t in texts.items()}
+
+    @classmethod
+    def scaffold_settings(cls, inputs: list[dict], outputs: int | None, text: dict) -> dict:
+        return dict(text)
 
     def load_resources(self, model_dir: Path) -> None:
         from tokenizers import Tokenizer

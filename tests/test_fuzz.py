@@ -22,7 +22,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 import models
 from serving.run.inprocess import Answer, LoadedModel
 from serving.run.paths import ROOT
-from serving.perf.worst_case import jpeg_many_scans
+from handlers.image_classifier import jpeg_many_scans
 from tests.fuzz_inputs import HOSTILE, declare_size, nested, valid_images
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "120"))

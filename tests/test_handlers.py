@@ -109,7 +109,7 @@ def test_image_request_byte_limit():
 
 def test_jpeg_scans_are_counted_without_decoding_and_a_thumbnail_is_not_a_scan():
     from handlers.image_classifier import jpeg_scans
-    from serving.perf.worst_case import jpeg_many_scans
+    from handlers.image_classifier import jpeg_many_scans
 
     photo = Image.open(io.BytesIO(encoded("chelsea", "JPEG")))
     with_thumbnail = io.BytesIO()
@@ -128,7 +128,7 @@ def test_a_jpeg_of_too_many_scans_is_refused_before_its_pixels_are_decoded():
     """14,600 scans of 2 MP in 447 KB decode in ~10 s; refused in milliseconds."""
     import time
 
-    from serving.perf.worst_case import jpeg_many_scans
+    from handlers.image_classifier import jpeg_many_scans
 
     started = time.perf_counter()
     e = refused(image_handler(), Payload(jpeg_many_scans(2_000_000, 14_600), "image/jpeg"))

@@ -129,7 +129,7 @@ def test_a_request_past_its_decode_deadline_is_answered_alone_by_a_living_worker
     (responseTimeout / (2 x batchSize)) holds in the same way the costs the limits miss."""
     from serving.build.archive import with_config
     from serving.run.paths import MODEL_STORE
-    from serving.perf.worst_case import png_flat
+    from handlers.image_classifier import flat_image
     from tests.conftest import start_on_free_ports
 
     store = tmp_path_factory.mktemp("store")
@@ -140,7 +140,7 @@ def test_a_request_past_its_decode_deadline_is_answered_alone_by_a_living_worker
         pids = worker_pids(instance, "efficientnet_lite0")
         photo = good_request("efficientnet_lite0")
         batch = [photo] * 6
-        batch.insert(3, (png_flat(12_000_000), "image/png"))
+        batch.insert(3, (flat_image(12_000_000, "PNG"), "image/png"))
         with ThreadPoolExecutor(len(batch)) as pool:
             answers = list(pool.map(lambda r: post(instance, "efficientnet_lite0", *r), batch))
         slow = answers.pop(3)

@@ -270,3 +270,28 @@ def test_a_program_with_a_capped_batch_builds_every_target_within_its_range(buil
     status = {c["target"]: (c["status"], c.get("reason", "")[:200]) for c in info["candidates"]}
     assert all(s == "passed" for s, _ in status.values()) and set(status) >= {"eager", "inductor"}, \
         status
+
+
+@pytest.mark.parametrize("kind", sorted(__import__("handlers").KINDS))
+def test_every_kind_is_a_complete_unit_of_extension(kind):
+    """What docs/kinds.md asks of a kind: its module in handlers/ (imports only handlers/:
+    tests/test_layers.py), one ModelHandler subclass with its own decode, encode (or predictions),
+    warm-up items and schemas, and the class hooks that `make worst-case` and `serving new` call
+    instead of branching on the kind's name."""
+    from handlers import KINDS
+    from handlers.base import DEFAULT_SETTINGS, ModelHandler, kind_class
+
+    cls = kind_class(kind)
+    assert cls.__module__ == f"handlers.{KINDS[kind].handler}" and issubclass(cls, ModelHandler)
+    for hook in ("decode", "warmup_items", "request_schema", "answer_schema"):
+        assert getattr(cls, hook) is not getattr(ModelHandler, hook), (kind, hook)
+    assert cls.encode is not ModelHandler.encode or cls.predictions is not ModelHandler.predictions
+    assert cls.__doc__, kind  # the one description of its request and answer (docs/models.md)
+    settings = {**DEFAULT_SETTINGS, "max_image_pixels": 10_000, **cls.settings_defaults,
+                "input_shape": [8, 8], "max_tokens": 16, "max_tokens_per_request": 64}
+    worst = cls.worst_requests(settings)
+    assert all(isinstance(body, bytes) and content_type for body, content_type in worst.values())
+    defaults = cls.scaffold_settings([{"name": "x", "shape": ["batch", 3, 32, 32],
+                                       "dtype": "float32"}], 10, {"max_tokens": 64})
+    assert isinstance(defaults, dict) and set(defaults) <= set(cls.settings_defaults) | set(
+        DEFAULT_SETTINGS), (kind, defaults)

@@ -220,19 +220,10 @@ def choose_kind(found: Inspection, kind: str | None) -> str:
 
 
 def serving_config(found: Inspection, kind: str) -> dict:
-    handler: dict = {}
-    if kind == "array_classifier":
-        handler = {"input_key": found.inputs[0]["name"], "input_shape": found.inputs[0]["shape"][1:],
-                   "num_classes": found.num_outputs, "top_k": min(5, found.num_outputs)}
-    elif kind == "image_classifier":
-        size = found.inputs[0]["shape"][-1]
-        handler = {"resize_size": size * 8 // 7, "crop_size": size,
-                   "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                   "top_k": min(5, found.num_outputs)}
-    elif kind.startswith("text_"):
-        handler = dict(found.text_settings)
-        if kind == "text_classifier":
-            handler["top_k"] = min(3, found.num_outputs or 3)
+    from handlers.base import kind_class
+
+    handler = kind_class(kind).scaffold_settings(found.inputs, found.num_outputs,
+                                                 found.text_settings)
     most = (found.dynamic.get("batch") or [1, 8])[1]
     return {"minWorkers": 1, "maxWorkers": 1, "batchSize": min(8, most), "maxBatchDelay": 10,
             "responseTimeout": 30, "startupTimeout": 180, "jobQueueSize": 16, "handler": handler}

@@ -9,7 +9,6 @@ most 3x a normal full batch, and a full batch of it ends well inside the model's
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import statistics
@@ -21,89 +20,6 @@ import models
 from serving.run.cpu import cpu_name
 
 TARGET_RATIO = 3.0
-
-
-def png_noise(pixels: int, mode: str = "L") -> bytes:
-    import numpy as np
-    from PIL import Image
-
-    side = int(pixels ** 0.5)
-    rng = np.random.default_rng(0)
-    buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8), mode).save(
-        buffer, "PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def png_flat(pixels: int) -> bytes:
-    from PIL import Image
-
-    side = int(pixels ** 0.5)
-    buffer = io.BytesIO()
-    Image.new("RGB", (side, side), (90, 120, 200)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def jpeg_flat(pixels: int) -> bytes:
-    from PIL import Image
-
-    side = int(pixels ** 0.5)
-    buffer = io.BytesIO()
-    Image.new("RGB", (side, side), (90, 120, 200)).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def jpeg_many_scans(pixels: int, scans: int) -> bytes:
-    """A progressive JPEG of `pixels` whose last scan (a refinement pass over the whole image, in
-    a few dozen bytes) is repeated until it has `scans` scans: decoders warn of the repeat and
-    decode every one, so the cost grows with the scans while the bytes hardly do."""
-    import numpy as np
-    from PIL import Image
-
-    side = int(pixels ** 0.5)
-    rng = np.random.default_rng(0)
-    blocks = rng.integers(0, 256, (side // 8 + 1, side // 8 + 1, 3), dtype=np.uint8)
-    image = Image.fromarray(blocks.repeat(8, 0).repeat(8, 1)[:side, :side])
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90, progressive=True)
-    data = buffer.getvalue()
-    last = data.rfind(b"\xff\xda")
-    have = data.count(b"\xff\xda")
-    return data[:-2] + data[last:-2] * max(0, scans - have) + b"\xff\xd9"
-
-
-def worst_requests(kind: str, settings: dict) -> dict[str, tuple[bytes, str]]:
-    """The costliest requests each limit still admits (or the largest a limit refuses)."""
-    if kind == "tensor":
-        return {}  # fixed shapes: every admitted request costs the same
-    if kind == "array_classifier":
-        key, width = settings.get("input_key", "inputs"), settings["max_json_number_chars"]
-        long_number = float("1." + "1" * (width - 3))
-        grid = [[long_number] * 8] * 8
-        limit = settings["max_request_bytes"]
-        flat = b"[" + b"0," * (limit // 2 - 16) + b"0]"
-        return {"grid of longest numbers": (json.dumps({key: grid}).encode(), "application/json"),
-                "largest body (flat numbers)": (b'{"%s": ' % key.encode() + flat + b"}",
-                                                "application/json"),
-                "deepest nesting admitted": (json.dumps({key: [[[[[[[[[0]]]]]]]]]}).encode(),
-                                             "application/json")}
-    if kind == "image_classifier":
-        pixels = settings["max_image_pixels"]
-        noise = png_noise(min(pixels, settings["max_request_bytes"] - 100_000))
-        return {"PNG at the pixel limit": (png_flat(pixels), "image/png"),
-                "JPEG at the pixel limit": (jpeg_flat(pixels), "image/jpeg"),
-                "progressive JPEG at the limits": (
-                    jpeg_many_scans(pixels, settings["max_jpeg_scans"]), "image/jpeg"),
-                "noise PNG at the byte limit": (noise, "image/png")}
-    tokens = settings["max_tokens_per_request"]
-    longest = settings["max_tokens"]
-    return {"longest texts (token limit)": (json.dumps(
-                {"texts": ["word " * longest] * (tokens // longest)}).encode(), "application/json"),
-            "most texts (item limit)": (json.dumps(
-                {"texts": ["a short sentence of words"] * settings["max_items_per_request"]}
-            ).encode(), "application/json"),
-            "longest characters": (json.dumps({"texts": ["x" * settings["max_text_chars"]]}
-                                              ).encode(), "application/json")}
 
 
 def timed(model, batch: list[tuple[bytes, str]], runs: int) -> tuple[float, list]:
@@ -127,7 +43,7 @@ def measure_worst(name: str, work_dir: Path, runs: int) -> list[dict]:
     rows = [{"model": name, "request": "normal (example)", "status": 200,
              "alone ms": timed(model, [normal], runs)[0] * 1000,
              "full batch ms": normal_batch * 1000, "x normal batch": 1.0}]
-    for label, request in worst_requests(spec.kind, model.handler.settings).items():
+    for label, request in type(model.handler).worst_requests(model.handler.settings).items():
         alone, [answer] = timed(model, [request], runs)
         batch, _ = timed(model, [request] * full, max(1, runs // 2))
         rows.append({"model": name, "request": label, "status": answer.status,
