@@ -23,6 +23,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import math
 import os
 import random
 import secrets
@@ -42,7 +43,8 @@ from serving.perf.measure import (LADDER, Target, best_within, loaded_alone, per
                                   run_point, time_calls, tree)
 from serving.run.frontdoor import FrontDoor
 from serving.run.torchserve import write_cluster_config
-from serving.scale.policy import CAPACITY_FILE, FRONTDOOR_MAX_REQUESTS, SCALE_UP_LOAD
+from serving.scale.policy import (CAPACITY_FILE, FRONTDOOR_MAX_REQUESTS, MIN_REPLICAS, SCALE_UP_LOAD,
+                                  TARGET_LOAD)
 
 USER_LADDER = tuple(c for c in LADDER if c <= 32)  # Locust users: `verify`, and the model's ladder
 
@@ -503,6 +505,68 @@ def plot(result: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# -- the commands (`python -m serving deploy measure|plan|verify`) ---------------------------------
+
+def cmd_measure(args) -> int:
+    result = measure(args.models or list(models.names()), args.seconds)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"Written: {args.out}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    capacity = load_capacity()
+    entry = capacity["models"][args.model]
+    by_target = max(MIN_REPLICAS, math.ceil(args.rate / (TARGET_LOAD * entry["replica_rps"])))
+    measured_s = interpolate({int(b): t for b, t in entry["service_s"].items()})
+    # The handler's in-process times leave out what else a replica's cores run (the frontend,
+    # and here the load generator): stretched so that one simulated replica saturates at the
+    # capacity measured, the model keeps the queueing and batching and loses that optimism.
+    saturation = entry["workers"] * entry["batchSize"] / measured_s(entry["batchSize"])
+    stretch = max(1.0, saturation / entry["replica_rps"])
+
+    def s(b: int) -> float:
+        return stretch * measured_s(b)
+
+    p99 = args.p99_ms or entry["p99_target_ms"]
+    model = replicas_for(args.rate, s, entry["workers"], entry["batchSize"],
+                         entry["maxBatchDelay"] / 1000, entry["overhead_s"], p99)
+    print(f"{args.model} at {args.rate:g} req/s, p99 target {p99:g} ms (one replica: "
+          f"{entry['replica_rps']} req/s within p99 {entry['p99_target_ms']:g} ms, "
+          f"{entry['cores']} cores, measured on {capacity['cpu']}):\n"
+          f"  autoscaler ({TARGET_LOAD:.0%} of a replica's capacity, at least {MIN_REPLICAS}): "
+          f"{by_target} replicas\n"
+          f"  queueing model (Poisson arrivals; in-process service times x{stretch:.2f} to the "
+          f"measured capacity): at least {model['replicas']} replica(s) for p99 "
+          f"{model['p99_ms']:.1f} ms, at {model['utilisation']:.0%} of their capacity")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    if args.recorded:  # the model again over runs already measured
+        result = predict(json.loads(Path(args.recorded).read_text()))
+    else:
+        result = verify(args.model, args.replicas, args.duration, args.processes)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    picture = plot(result, out.with_suffix(".png"))
+    print(f"\n{args.model}, p99 target {result['p99_target_ms']:g} ms, {result['cpu']}:")
+    bound = result["cpu_s_per_request"]
+    print(f"CPU per request, everything on the machine: "
+          f"{bound * 1000:.1f} ms" if bound else "no CPU figures in this run")
+    print(f"{'replicas':>8}  {'measured':>9}  {'model':>7}  {'error':>7}  {'CPU bound':>9}  "
+          f"{'model, bounded':>14}  {'error':>7}   (req/s within the p99 target)")
+    for run in result["runs"]:
+        error = f"{run['error']:+.1%}" if run["error"] is not None else "-"
+        bounded = f"{run['error_bounded']:+.1%}" if run["error_bounded"] is not None else "-"
+        print(f"{run['replicas']:>8}  {run['measured_rps']:>9.1f}  {run['predicted_rps']:>7.1f}  "
+              f"{error:>7}  {run['cpu_bound_rps']:>9.1f}  {run['predicted_bounded_rps']:>14.1f}  "
+              f"{bounded:>7}")
+    print(f"Written: {out}, {picture}")
+    return 0
 
 
 def main(argv: list[str]) -> int:
