@@ -143,6 +143,18 @@ COMMON = st.one_of(
     st.tuples(st.integers(1, 6000).map(lambda n: b"1" * n), st.just("application/json")),
 )
 
+# Valid requests, drawn: each must be answered 200 (the hostile side may get any 4xx).
+VALID = {
+    "digits": st.lists(st.lists(st.floats(0, 16, allow_nan=False) | st.integers(0, 16),
+                                min_size=8, max_size=8), min_size=8, max_size=8).map(
+        lambda grid: (raw_json({"pixels": grid}), "application/json")),
+    "efficientnet_lite0": st.tuples(valid_images(acceptable=True), st.sampled_from(
+        ("image/jpeg", "image/png", "application/octet-stream"))),
+    "minilm": st.lists(st.text(min_size=1, max_size=200).filter(lambda t: t.strip()),
+                       min_size=1, max_size=8).map(
+        lambda texts: (raw_json({"texts": texts}), "application/json")),
+}
+
 HOSTILE = {
     "digits": st.one_of(COMMON, pixels_bodies()),
     "efficientnet_lite0": st.one_of(COMMON, st.tuples(hostile_images(), st.sampled_from(

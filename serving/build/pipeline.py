@@ -267,12 +267,12 @@ def ship(spec: ModelSpec, ref: Reference, results: list[dict], request: dict, di
     if not passed:
         raise BuildError(f"{archive_name}: no candidate passed: " +
                          "; ".join(f"{r['target']}/{r['precision']}: {r['reason']}" for r in results))
-    passing = hold_back_unasked(passed, (asked_precision,) if asked_precision
-                                else spec.ship_precisions)
+    asked = (asked_precision,) if asked_precision else spec.ship_precisions
+    passing = hold_back_unasked(passed, asked)
     if not passing:
-        raise BuildError(f"{archive_name}: only {', '.join(sorted({r['precision'] for r in passed}))} "
-                         f"passed, which model.yaml does not ask for (build.precisions: "
-                         f"{list(spec.ship_precisions)})")
+        only = ", ".join(sorted({r["precision"] for r in passed}))
+        raise BuildError(f"{archive_name}: only {only} passed, which model.yaml does not ask for "
+                         f"(build.precisions: {list(spec.ship_precisions)})")
     chosen = choose(passing)
     skipped = [f"{r['target']}/{r['precision']} ({r['status']})" for r in results
                if r["status"] != "passed"]

@@ -140,7 +140,8 @@ def inspect_exported(path: Path) -> Inspection:
                              "dtype": DTYPE_NAMES.get(value.dtype, "float32")})
     found.learnt.append("input names, shapes, dtypes and the dynamic batch from the program")
     if set(found.dynamic) - {"batch"}:
-        found.unknown.append(f"the ranges of dynamic dimensions {sorted(set(found.dynamic) - {'batch'})} "
+        others = sorted(set(found.dynamic) - {"batch"})
+        found.unknown.append(f"the ranges of dynamic dimensions {others} "
                              "(the program's, else 2..512, in model.yaml `dynamic:`)")
     trial(found, program.module())
     return found
