@@ -328,7 +328,7 @@ def wait_for_state(name: str, done, timeout: float = 120) -> tuple[set, int]:
         time.sleep(1)
 
 
-def test_an_archive_that_cannot_load_makes_the_container_unhealthy_and_restarted(image):
+def test_an_archive_that_cannot_load_makes_the_container_unhealthy_and_restarted(image, build_info):
     """A broken digits archive: the model never gets READY, so `serving serve` exits 1 when its
     start timeout passes, saying which model and where to look, the container reports unhealthy,
     and its restart policy starts it again; never a silent crash loop."""
@@ -355,7 +355,8 @@ def test_an_archive_that_cannot_load_makes_the_container_unhealthy_and_restarted
         shutil.rmtree(work, ignore_errors=True)
 
 
-def test_a_model_that_stops_loading_after_ready_makes_the_container_exit_and_restart(image):
+def test_a_model_that_stops_loading_after_ready_makes_the_container_exit_and_restart(image,
+                                                                                   build_info):
     """The other path of `serving serve --unready-exit` (the one above ends at the start timeout):
     digits READY and healthy, then its unpacked model file is broken and its workers killed, so
     every replacement fails to load; after --unready-exit seconds unready, serve exits 1 naming
