@@ -328,7 +328,8 @@ def wait_for_state(name: str, done, timeout: float = 120) -> tuple[set, int]:
         time.sleep(1)
 
 
-def test_an_archive_that_cannot_load_makes_the_container_unhealthy_and_restarted(image, build_info):
+def test_an_archive_that_cannot_load_makes_the_container_unhealthy_and_restarted(image,
+                                                                                 build_info):
     """A broken digits archive: the model never gets READY, so `serving serve` exits 1 when its
     start timeout passes, saying which model and where to look, the container reports unhealthy,
     and its restart policy starts it again; never a silent crash loop."""
