@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -303,40 +304,31 @@ def cmd_latency(args) -> int:
     return 0
 
 
+# Commands with a parser of their own, in their wing: module, and the line `--help` shows.
+DELEGATED = {
+    "bench": ("serving.perf.bench", "every model x target x precision x batch size, in-process"),
+    "bench-serve": ("serving.perf.bench_serve", "per model: in-process, TorchServe and LitServe on "
+                    "the same archive, closed loop and an open-loop sweep"),
+    "bench-protocols": ("serving.perf.bench_protocols", "per model: native REST, KServe v1 and "
+                        "the Open Inference Protocol (JSON, binary) through the front door, with "
+                        "perf_analyzer"),
+    "tune": ("serving.perf.tune", "the batch size, delay, workers and threads with the most "
+             "throughput within a p99 limit, against the real TorchServe: MODEL --p99-ms X"),
+    "worst-case": ("serving.perf.worst_case", "each model's costliest request next to a normal "
+                   "full batch"),
+    "new": ("serving.build.scaffold", "a model folder from your model file: NAME --from PATH"),
+    "openapi": ("serving.build.openapi", "the OpenAPI document of every model's endpoint, with "
+                "its request and answer schemas"),
+    "deploy": ("serving.scale.deploy", "Kubernetes and KServe manifests from the model folders "
+               "and the measured capacity; measure, plan and verify capacity"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # its own parser, shared with its child processes
-        from serving.perf import bench
-
-        return bench.main(argv[1:])
-    if argv[:1] == ["bench-serve"]:
-        from serving.perf import bench_serve
-
-        return bench_serve.main(argv[1:])
-    if argv[:1] == ["bench-protocols"]:
-        from serving.perf import bench_protocols
-
-        return bench_protocols.main(argv[1:])
-    if argv[:1] == ["deploy"]:
-        from serving.scale import deploy
-
-        return deploy.main(argv[1:])
-    if argv[:1] == ["tune"]:
-        from serving.perf import tune
-
-        return tune.main(argv[1:])
-    if argv[:1] == ["worst-case"]:
-        from serving.perf import worst_case
-
-        return worst_case.main(argv[1:])
-    if argv[:1] == ["new"]:
-        from serving.build import scaffold
-
-        return scaffold.main(argv[1:])
-    if argv[:1] == ["openapi"]:
-        from serving.build import openapi
-
-        return openapi.main(argv[1:])
+    if argv[:1] and argv[0] in DELEGATED:  # a command with a parser of its own
+        module, _ = DELEGATED[argv[0]]
+        return importlib.import_module(module).main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -345,8 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
     p.add_argument("--target", choices=TARGETS, help="build this target only (default: try "
                    "the model's candidates and ship the fastest that passes its parity gate)")
-    p.add_argument("--precision", choices=PRECISIONS, help="default: fp32, and bf16 where the "
-                   "CPU has it (shipped only if it passes its gate and is >10%% faster)")
+    p.add_argument("--precision", choices=PRECISIONS, help="build and ship this precision only "
+                   "(default: every one the CPU has is built and gated; a reduced one ships only "
+                   "where model.yaml's build.precisions lists it, passes its gate and is >10%% "
+                   "faster)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="compile for this device (cuda: for TorchServe's deviceType gpu)")
     p.add_argument("--no-timing", action="store_true", help="parity gates only; ship the "
@@ -398,31 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("models", nargs="*", metavar="MODEL")
     p.set_defaults(func=cmd_ready)
 
-    sub.add_parser("bench", help="every model x target x precision x batch size, in-process "
-                   "(python -m serving bench --help)")
-
-    sub.add_parser("new", help="a model folder from your model file: NAME --from PATH "
-                   "(python -m serving new --help)")
-    sub.add_parser("openapi", help="the OpenAPI document of every model's endpoint, with its "
-                   "request and answer schemas")
-
     p = sub.add_parser("describe", help="a served model's metadata: kind, schemas, build, parity")
     p.add_argument("model")
     p.set_defaults(func=cmd_describe)
 
-    sub.add_parser("bench-serve", help="per model: in-process, TorchServe and LitServe on the "
-                   "same archive, closed loop and an open-loop sweep (python -m serving bench-serve "
-                   "--help)")
-    sub.add_parser("bench-protocols", help="per model: native REST, KServe v1 and the Open "
-                   "Inference Protocol (JSON, binary) through the front door, with perf_analyzer "
-                   "(python -m serving bench-protocols --help)")
-    sub.add_parser("deploy", help="Kubernetes and KServe manifests from the model folders and the "
-                   "measured capacity; capacity plan (python -m serving deploy --help)")
-    sub.add_parser("tune", help="the batch size, delay, workers and threads with the most "
-                   "throughput within a p99 limit, against the real TorchServe: MODEL --p99-ms X "
-                   "(python -m serving tune --help)")
-    sub.add_parser("worst-case", help="each model's costliest request next to a normal full batch "
-                   "(python -m serving worst-case --help)")
+    for command, (_, summary) in DELEGATED.items():  # listed in --help; each parses its own
+        sub.add_parser(command, help=f"{summary} (python -m serving {command} --help)")
 
     p = sub.add_parser("latency", help="single-request latency per model (service must be up)")
     p.add_argument("models", nargs="*", metavar="MODEL")
