@@ -304,6 +304,7 @@ def run_hardened(name: str, work: Path, store: Path | None, *serve_args: str) ->
                     "--read-only", "--tmpfs", "/tmp", "-v", f"{work / 'run'}:/app/run/torchserve",
                     "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
                     "--restart", "on-failure:5",
+                    "-e", "SERVING_MODELS=digits",  # what the health check asks about too
                     "--health-cmd", "python -m serving ready", "--health-interval", "3s",
                     "--health-retries", "1", "--health-timeout", "10s",
                     "--health-start-period", "1s",  # the image allows 180 s to warm up
