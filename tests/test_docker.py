@@ -381,10 +381,12 @@ def test_a_model_that_stops_loading_after_ready_makes_the_container_exit_and_res
         assert unpacked, sorted(str(p) for p in (work / "run").rglob("*"))[:40]
         for path in unpacked:
             path.write_bytes(b"not a model")
+        # (not this very process, whose own command line names the workers)
         subprocess.run(["docker", "exec", name, "python", "-c",
-                        "import psutil\nfor p in psutil.process_iter(['cmdline']):\n"
-                        "    if 'model_service_worker' in ' '.join(p.info['cmdline'] or []):\n"
-                        "        p.kill()"], check=True, capture_output=True, text=True)
+                        "import os, psutil\nfor p in psutil.process_iter(['cmdline']):\n"
+                        "    if p.pid != os.getpid() and 'model_service_worker' in "
+                        "' '.join(p.info['cmdline'] or []):\n        p.kill()"],
+                       check=True, capture_output=True, text=True)
         seen, restarts = wait_for_state(name, lambda seen, restarts: restarts >= 1)
         logs = subprocess.run(["docker", "logs", name], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True).stdout
