@@ -392,6 +392,9 @@ def test_a_model_that_stops_loading_after_ready_makes_the_container_exit_and_res
                               stderr=subprocess.STDOUT, text=True).stdout
         assert "All 1 models READY" in logs, logs[-3000:]
         assert "digits not READY for 8s" in logs and "model_log" in logs, logs[-3000:]
+        # ...because the replacements could not load the broken file, not merely slow to start
+        model_log = (work / "run" / "logs" / "model_log.log").read_text(errors="replace")
+        assert f"ArtifactLoadError: cannot load {model_file}" in model_log, model_log[-3000:]
         print(f"\nstopped loading after READY: exited, restarted {restarts}x (health seen: {seen})")
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
