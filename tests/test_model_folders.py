@@ -112,6 +112,8 @@ def test_serving_new_says_what_it_cannot_do(tmp_path, args, expected):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and expected in done.stderr, done.stderr
     assert not (models.MODELS_DIR / "mine").exists()
+    if "--input-shape" in done.stderr.splitlines()[0]:  # the option, in the make form too
+        assert 'make new NAME=mine FROM=' in done.stderr and 'ARGS="--input-shape' in done.stderr
 
 
 class TensorModel(TensorHandler):

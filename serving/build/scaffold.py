@@ -336,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
                                args.input_dtype, force=args.force)
     except (NewModelError, models.ModelFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if " --" in f" {e}":  # an option to add: how to give it through make as well
+            print(f"With make, options go in ARGS: make new NAME={args.name} FROM={args.source} "
+                  "ARGS=\"--input-shape ... --kind ...\"", file=sys.stderr)
         return 1
     spec = models.load(args.name) if folder.parent == models.MODELS_DIR else None
     relative = folder.relative_to(Path.cwd()) if folder.is_relative_to(Path.cwd()) else folder
