@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import models
 
-from loadtest import runner
+from loadtest import percentile, runner
 
 TARGETS = {"accepted_p99_x": 2.0, "rejected_p99_ms": 50.0, "goodput": 0.85}
 
@@ -78,15 +78,8 @@ class Probe(threading.Thread):
         self.stopping.set()
         self.join()
         return {f"{outcome}_{field}": value for outcome, values in self.latencies_ms.items()
-                for field, value in (("count", len(values)), ("p99_ms", percentile(values, 99)))}
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest rank; 0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+                for field, value in (("count", len(values)),  # no answers of a kind: 0 ms
+                                     ("p99_ms", percentile(sorted(values), 0.99) if values else 0.0))}
 
 
 def run(model: str, host: str, out_root: Path, batch_users: int, factor: float, duration: str,

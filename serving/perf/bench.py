@@ -23,6 +23,7 @@ import torch
 
 import models
 from handlers import PRECISIONS, TARGETS
+from serving.perf.measure import percentile
 from serving.run.paths import BUILD_DIR, ROOT, RUN_DIR
 
 BATCHES = (1, 8, 32)
@@ -33,7 +34,7 @@ def measure_batch(model, inputs: tuple) -> dict:
 
     times = sorted(call_times(model, inputs, min_runs=5, budget=3.0, max_runs=200))
     median = statistics.median(times)
-    p99 = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))]
+    p99 = percentile(times, 0.99)
     batch = inputs[0].shape[0]
     return {"batch": batch, "runs": len(times), "median_ms": median * 1000, "p99_ms": p99 * 1000,
             "items_per_s": batch / median}
