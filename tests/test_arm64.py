@@ -7,7 +7,7 @@ On an x86 machine everything arm64 runs under qemu (docker/enable-arm64-emulatio
 it needs root), 10-50x slower than natively: this is the slowest test file (docker/compose.sh
 ARCH=arm64 does the work; docs/docker.md's "Graviton (arm64)" section has the figures). Training is
 not repeated emulated: the builder reuses the weights this session's x86 build trained.
-Without an engine it skips and says so (fails where REQUIRE_DOCKER=1, as in CI);
+Without an engine it skips and says so (fails where CI or REQUIRE_DOCKER=1 is set);
 SKIP_DOCKER_TESTS=1 or SKIP_ARM64_TESTS=1 skips it on purpose (tests/conftest.py)."""
 
 from __future__ import annotations

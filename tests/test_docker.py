@@ -3,7 +3,7 @@ engine from a base image made here (no registry); the services up and healthy; a
 model; the composed Prometheus; the locust service's run; then down -v.
 
 Needs a running engine (docker/start-engine.sh, which .ci/run calls): without one these tests skip
-and say so, or fail where REQUIRE_DOCKER=1 (CI); SKIP_DOCKER_TESTS=1 skips them on purpose
+and say so, or fail where CI or REQUIRE_DOCKER=1 is set; SKIP_DOCKER_TESTS=1 skips them on purpose
 (tests/conftest.py, docker_engine)."""
 
 from __future__ import annotations
