@@ -61,6 +61,7 @@ CARD_FIELDS = {"kind", "description", "source", "inputs", "dynamic", "build", "p
 BUILD_FIELDS = {"targets", "precisions", "channels_last", "prepare_export", "evaluate", "packages",
                 "int8_skip"}
 LOADTEST_FIELDS = {"payloads", "content_type", "slo"}
+DEFAULT_SHIP_PRECISIONS = ("fp32",)  # a model ships at the precision it was given, unless asked
 DEFAULT_RANGES = {"batch": (1, 1024), "seq": (2, 512)}
 NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_-]*"  # a model's name is its URL path: /predictions/NAME
 
@@ -160,7 +161,7 @@ class ModelSpec:
         for target in self.targets:
             if target not in TARGETS:
                 raise self.fail("build.targets", f"{target!r}; targets: {', '.join(TARGETS)}")
-        wanted = self.build_settings.get("precisions", ["fp32"])
+        wanted = self.build_settings.get("precisions", list(DEFAULT_SHIP_PRECISIONS))
         if not isinstance(wanted, list) or not wanted or set(wanted) - set(PRECISIONS):
             raise self.fail("build.precisions", f"{wanted!r}; a list of: {', '.join(PRECISIONS)}")
         if "python" not in self.extra_files_spec:
@@ -279,7 +280,7 @@ class ModelSpec:
     def ship_precisions(self) -> tuple[str, ...]:
         """The precisions the build may ship: the model's own (fp32) unless model.yaml asks for
         reduced ones (build.precisions). The others are still built and gated, and reported."""
-        return tuple(self.build_settings.get("precisions", ["fp32"]))
+        return tuple(self.build_settings.get("precisions", DEFAULT_SHIP_PRECISIONS))
 
     @property
     def handler_settings(self) -> dict:

@@ -278,13 +278,16 @@ def ship(spec: ModelSpec, ref: Reference, results: list[dict], request: dict, di
                if r["status"] != "passed"]
     timed = chosen["speedup"] is not None
     ranked = not unranked(passing)
-    say(archive_name, f"shipping {chosen['target']}/{chosen['precision']}: the "
-                      + (f"fastest of {len(passing)} that passed (within {EQUALLY_FAST - 1:.0%}: "
-                         if ranked else f"first of {len(passing)} that passed, not timed ("
-                         if not timed else f"first of {len(passing)} that passed: the machine was "
-                         "too busy to rank them (every timing noisy; `make build ARGS=--force` on "
-                         "a quiet machine ranks them) (")
-                      + f"fp32 first, then {' > '.join(PREFERRED_TARGETS[1:])})"
+    n = len(passing)
+    if ranked:
+        how = f"fastest of {n} that passed (within {EQUALLY_FAST - 1:.0%}: "
+    elif not timed:
+        how = f"first of {n} that passed, not timed ("
+    else:
+        how = (f"first of {n} that passed: the machine was too busy to rank them (every timing "
+               "noisy; `make build ARGS=--force` on a quiet machine ranks them) (")
+    say(archive_name, f"shipping {chosen['target']}/{chosen['precision']}: the {how}"
+                      f"fp32 first, then {' > '.join(PREFERRED_TARGETS[1:])})"
                       + (f"; not shipped: {', '.join(skipped)}" if skipped else ""))
     device = request["device"]
     evaluation = spec.evaluate(load_artifact(chosen, device)) if spec.evaluate else {}

@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Callable
 
 import models
-from serving.run.cpu import cpu_name
-from serving.run.paths import MODEL_STORE, RUN_DIR
 from serving.build.archive import shipped_settings
 from serving.perf.measure import (LADDER, Target, best_within, loaded_alone, percentile,
                                   run_point, time_calls, tree)
+from serving.run.cpu import cpu_name
 from serving.run.frontdoor import FrontDoor
+from serving.run.paths import MODEL_STORE, RUN_DIR
 from serving.run.torchserve import write_cluster_config
 from serving.scale.policy import (CAPACITY_FILE, FRONTDOOR_MAX_REQUESTS, MIN_REPLICAS, SCALE_UP_LOAD,
                                   TARGET_LOAD)
@@ -62,8 +62,6 @@ def slo_p99_ms(name: str) -> float:
 
 # -- per-replica capacity, measured -------------------------------------------------------------
 
-
-
 MEASURED_THROUGH = "the pod's front door (nginx, docker/nginx)"
 
 
@@ -80,7 +78,7 @@ def measure(names: list[str], seconds: float, log=print) -> dict:
         candidate, p99 = shipped_settings(name), slo_p99_ms(name)
         log(f"[{name}] one replica as shipped, p99 target {p99:g} ms")
         point = measure_candidate(name, candidate, p99, seconds, RUN_DIR / "capacity" / name, log,
-                      front_door={"FRONTDOOR_MAX_REQUESTS": str(FRONTDOOR_MAX_REQUESTS)})
+                                  front_door={"FRONTDOOR_MAX_REQUESTS": str(FRONTDOOR_MAX_REQUESTS)})
         if not point["best"]:
             raise RuntimeError(f"{name}: nothing within p99 {p99:g} ms on this machine")
         times = service_times(name, candidate["threads"], candidate["batchSize"], "example")
