@@ -3,7 +3,6 @@ it: real example requests through the model's own handler, as a worker would dec
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import itertools
 import json
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from handlers.base import Payload, handler_class
+from handlers.base import Payload, kind_class
 
 TOKENIZER_FILE = "tokenizer.json"
 LABELS_FILE = "labels.txt"
@@ -151,7 +150,7 @@ def generated_files(spec) -> dict[str, str]:
 def handler_for(spec, resources: Path):
     """The model's own handler, configured from its folder, with its resources loaded from
     `resources` (the archive's staged files): the build decodes examples exactly as it serves."""
-    handler = handler_class(importlib.import_module(f"handlers.{spec.handler}"))()
+    handler = kind_class(spec.kind)()
     handler.configure(spec.handler_settings)
     handler.card = spec.card
     handler.load_resources(resources)

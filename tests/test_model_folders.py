@@ -239,12 +239,9 @@ def test_a_tokenizer_that_does_not_fit_its_model_is_refused(tmp_path):
 @pytest.mark.parametrize("kind", ["array_classifier", "tensor"])
 def test_every_kind_describes_itself(folder, kind):
     """The describe answer (TorchServe's customized metadata) for a kind without a description."""
-    import importlib
+    from handlers.base import kind_class
 
-    from handlers import KINDS
-    from handlers.base import handler_class
-
-    handler = handler_class(importlib.import_module(f"handlers.{KINDS[kind].handler}"))()
+    handler = kind_class(kind)()
     handler.card = {"kind": kind, "inputs": [{"name": "image", "shape": ["batch", 1, 16, 16]}]}
     handler.configure({"input_key": "image", "input_shape": [1, 16, 16]}
                       if kind == "array_classifier" else {})
