@@ -14,10 +14,12 @@ from pathlib import Path
 
 import torch
 
-from handlers.base import JSON, ModelHandler, Payload, unprocessable
+from handlers.base import JSON, ModelFile, ModelHandler, Payload, Scaffold, unprocessable
 from handlers.classification import TopKAnswer, load_labels
 
 FLOAT32_MAX = 3.4028234663852886e38
+RANDOM_EXAMPLES = ("real inputs: examples/ holds random ones (parity inputs and load-test "
+                   "payloads); put real requests there")
 
 
 def shape_of(value, path: str = "input") -> list[int]:
@@ -56,9 +58,11 @@ class ArrayClassifier(TopKAnswer, ModelHandler):
                 "deepest nesting admitted": (json.dumps({key: [[[[[[[[[0]]]]]]]]]}).encode(), JSON)}
 
     @classmethod
-    def scaffold_settings(cls, inputs: list[dict], outputs: int | None, text: dict) -> dict:
-        return {"input_key": inputs[0]["name"], "input_shape": inputs[0]["shape"][1:],
-                "num_classes": outputs, "top_k": min(5, outputs)}
+    def scaffold(cls, model: ModelFile, count: int) -> Scaffold:
+        the_input = model.one_input_classifier()
+        return Scaffold({"input_key": the_input["name"], "input_shape": the_input["shape"][1:],
+                         "num_classes": model.num_outputs, "top_k": min(5, model.num_outputs)},
+                        random_bodies([the_input], count), [RANDOM_EXAMPLES])
 
     def load_resources(self, model_dir: Path) -> None:
         self.labels = load_labels(model_dir, self.settings["num_classes"])
@@ -103,3 +107,21 @@ def nested_array_schema(shape, value_range=None, integer: bool = False) -> dict:
         schema = {"type": "array", "items": schema, "minItems": 1,
                   **({"maxItems": size, "minItems": size} if isinstance(size, int) else {})}
     return schema
+
+
+def random_input(spec: dict, batch: int, rng: torch.Generator | None = None) -> torch.Tensor:
+    """Random values for an input of model.yaml's `inputs:` (name, shape with "batch" first,
+    dtype), `batch` rows; other dynamic sizes are 16."""
+    shape = [batch if d == "batch" else (16 if isinstance(d, str) else d) for d in spec["shape"]]
+    if spec["dtype"].startswith(("int", "uint")):
+        return torch.randint(0, 10, shape, generator=rng)
+    if spec["dtype"] == "bool":
+        return torch.randint(0, 2, shape, generator=rng).bool()
+    return torch.rand(shape, generator=rng).to(getattr(torch, spec["dtype"]))
+
+
+def random_bodies(inputs: list[dict], count: int) -> list[tuple[str, bytes]]:
+    """`count` JSON requests of random values, one field per input (seeded: the same each time)."""
+    rng = torch.Generator().manual_seed(0)
+    return [(".json", json.dumps({spec["name"]: random_input(spec, 1, rng)[0].tolist()
+                                  for spec in inputs}).encode()) for _ in range(count)]

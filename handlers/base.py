@@ -1,6 +1,7 @@
 """What every model's handler shares: request reading, limits, errors, batching, device, warm-up.
 
-A model's handler subclasses `ModelHandler` and says only what is specific to its kind of input:
+A kind's handler subclasses `ModelHandler` and writes only its hooks (KIND_HOOKS; docs/kinds.md
+lists them all). The main ones:
 
     decode(payload) -> list of items   one request's body -> model-ready items (usually one)
     collate(items)  -> input tensors   items -> one batch for the model (default: stack)
@@ -8,11 +9,11 @@ A model's handler subclasses `ModelHandler` and says only what is specific to it
     warmup_items()  -> list of items   one representative item per input shape the model will see
     prediction(row) -> JSON-able       one item's answer, as KServe's v1 protocol lists it
 
-TorchServe calls `initialize(context)` once per worker and `handle(data, context)` per batch of
-requests; each request gets its own answer, and a bad one is answered with a 4xx JSON error
-(`{"error": ..., "detail": ...}`) without failing the others or the worker. Nothing here runs at
-import time, and nothing imports TorchServe, so handlers are testable without a server.
-"""
+The rest of the project calls only SURFACE: TorchServe calls `initialize(context)` once per worker
+and `handle(data, context)` per batch of requests; each request gets its own answer, and a bad one
+is answered with a 4xx JSON error (`{"error": ..., "detail": ...}`) without failing the others or
+the worker. The machinery between them is private. Nothing here runs at import time, and nothing
+imports TorchServe, so handlers are testable without a server."""
 
 from __future__ import annotations
 
@@ -74,6 +75,41 @@ class EncodedAnswer:
 
     body: bytes
     json_length: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """What `serving new` learnt of a user's model file: what a kind's `scaffold` hook reads."""
+
+    inputs: list[dict]  # each input's name, shape (with "batch" first) and dtype
+    output_shape: list[int]  # one row's output, from a trial call; [] where none was made
+    num_outputs: int | None  # classes or labels, where known
+    text: dict  # a Hugging Face directory's tokenizer settings; {} for a tensor program
+
+    # A kind's refusal (ValueError) is shown after "--kind <kind>: ".
+
+    def refuse_text(self) -> None:
+        """For the kinds that read tensors, images or arrays, not tokenized text."""
+        if self.text:
+            raise ValueError("a Hugging Face directory serves as text_classifier or text_embedder")
+
+    def one_input_classifier(self) -> dict:
+        """The one input of a model that answers (batch, classes), as the classifier kinds need."""
+        self.refuse_text()
+        if len(self.inputs) != 1 or not self.num_outputs:
+            raise ValueError(f"needs one input and a (batch, classes) output; this model has "
+                             f"{len(self.inputs)} inputs and output {self.output_shape}")
+        return self.inputs[0]
+
+
+@dataclass(frozen=True)
+class Scaffold:
+    """What a kind writes into a new model folder (`serving new`), beside the model file."""
+
+    settings: dict[str, Any]  # model-config.yaml `handler:`
+    examples: list[tuple[str, bytes]]  # (file suffix, body) of each example request
+    to_check: list[str]  # what is a guess, for the user to check
+
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "max_request_bytes": 8 * 1024 * 1024,
@@ -222,8 +258,24 @@ def is_fatal(error: BaseException) -> bool:
     return isinstance(error, (KeyboardInterrupt, SystemExit, GeneratorExit))
 
 
+# The hooks a kind writes (docs/kinds.md); a kind overrides nothing else, and its own helpers are
+# private (tests/test_model_folders.py checks both).
+KIND_HOOKS = frozenset({
+    "load_resources", "decode", "collate", "encode", "warmup_items", "run_order", "prediction",
+    "predictions", "instance_payload", "decode_instances", "native_instances", "oip_inputs",
+    "oip_outputs", "request_schema", "answer_schema", "instance_schema", "prediction_schema",
+    "worst_requests", "scaffold", "enforce_limit"})
+# What the rest of the project calls on a handler: TorchServe (initialize, handle); the in-process
+# server, benchmarks and tests (configure, read, infer, infer_requests); the build's OpenAPI
+# document (describe and the protocols' schemas). Everything else is private to this module, and
+# nothing outside handlers/ reaches it (tests/test_layers.py checks).
+SURFACE = frozenset({"configure", "initialize", "handle", "describe", "read", "infer",
+                     "infer_requests", "kserve_v1_schemas", "oip_schemas"})
+
+
 class ModelHandler:
-    """Base of every handler; see the module docstring for what a subclass provides."""
+    """Base of every handler: the kind's hooks, the surface the project calls, and the private
+    machinery (reading, limits, errors, batching, devices, warm-up, metrics) between them."""
 
     settings_defaults: dict[str, Any] = {}  # a subclass's own settings and their defaults
     request_content_types: tuple[str, ...] = (JSON,)
@@ -236,44 +288,35 @@ class ModelHandler:
         self.build_info: dict = {}
         self.device = torch.device("cpu")
         self.batch_buckets: list[int] = [1]
-        self.metrics = HandlerMetrics(None, "")
-        self.core_share = CoreShare(None, 1)
+        self._metrics = HandlerMetrics(None, "")
+        self._core_share = CoreShare(None, 1)
         self.output_row_shape: list[int] | None = None  # one item's output: known after warm-up
 
-    # -- subclass hooks -------------------------------------------------------------------------
+    # -- the kind's hooks (KIND_HOOKS): what a kind writes -------------------------------------
 
     def load_resources(self, model_dir: Path) -> None:
         """Loads what decode/encode need besides the model (labels, tokenizer)."""
 
     def decode(self, payload: Payload) -> list[Any]:
+        """One request's body -> its model-ready items (usually one); refuses bad input with
+        `bad_request`/`unprocessable`."""
         raise NotImplementedError
 
     def collate(self, items: Sequence[Any]) -> tuple[torch.Tensor, ...]:
+        """Items -> one batch of the model's input tensors."""
         return (torch.stack(list(items)),)
 
     def encode(self, outputs: torch.Tensor) -> Any:
+        """One request's output rows -> its JSON answer."""
         raise NotImplementedError
 
     def warmup_items(self) -> list[Any]:
+        """One representative item per input shape the model will see."""
         raise NotImplementedError
 
-    # What the kind contributes outside the worker: `make worst-case` (serving/perf/worst_case.py)
-    # and `serving new` (serving/build/scaffold.py) ask the kind, never branch on its name.
-
-    @classmethod
-    def worst_requests(cls, settings: dict[str, Any]) -> dict[str, tuple[bytes, str]]:
-        """The costliest requests the limits in `settings` still admit, by name, as (body,
-        content type): what `make worst-case` times next to a normal full batch. {} where every
-        admitted request costs the same (fixed shapes)."""
-        return {}
-
-    @classmethod
-    def scaffold_settings(cls, inputs: list[dict], outputs: int | None,
-                          text: dict[str, Any]) -> dict[str, Any]:
-        """model-config.yaml `handler:` settings for a new folder of this kind (`serving new`),
-        from what was learnt from the model file: its inputs (name, shape with the batch first,
-        dtype), its number of outputs, and for text its tokenizer's settings."""
-        return {}
+    def run_order(self, items: Sequence[Any]) -> list[int]:
+        """The order items run in; a subclass groups similar items so less padding is run."""
+        return list(range(len(items)))
 
     def prediction(self, row: torch.Tensor) -> Any:
         """One item's answer: an entry of v1's `predictions`."""
@@ -305,6 +348,11 @@ class ModelHandler:
             items.extend(decoded)
         return items
 
+    def native_instances(self, payload: Payload) -> list[Any]:
+        """A native request's inputs as KServe v1 instances: what a v1 client sends for the same
+        request (the protocols' benchmark and load tests send each example in every protocol)."""
+        return [payload.json()]
+
     def oip_inputs(self) -> list[dict]:
         """The model's inputs in the Open Inference Protocol: [{"name", "datatype", "shape"}],
         the batch dimension first (-1). A BYTES input is [-1, 1], one element per row (Triton's
@@ -317,7 +365,321 @@ class ModelHandler:
         output rows of a request, each with its `data` (numpy array; BYTES: a list of bytes)."""
         raise NotImplementedError
 
-    def oip_instances(self, request) -> list[Any]:
+    def request_schema(self) -> dict:
+        """JSON Schema of a request body (per content type: {content type: schema})."""
+        raise NotImplementedError
+
+    def answer_schema(self) -> dict:
+        """JSON Schema of a 200 answer."""
+        raise NotImplementedError
+
+    def instance_schema(self) -> dict:
+        """JSON Schema of one v1 instance: by default the JSON body's."""
+        return self.request_schema()[JSON]
+
+    def prediction_schema(self) -> dict:
+        """JSON Schema of one entry of v1's `predictions`."""
+        raise NotImplementedError
+
+    @classmethod
+    def worst_requests(cls, settings: dict[str, Any]) -> dict[str, tuple[bytes, str]]:
+        """The costliest requests the limits in `settings` still admit, by name, as (body,
+        content type): what `make worst-case` times next to a normal full batch. {} where every
+        admitted request costs the same (fixed shapes)."""
+        return {}
+
+    @classmethod
+    def scaffold(cls, model: ModelFile, count: int) -> Scaffold:
+        """A new folder of this kind for `model`: its `handler:` settings, `count` example
+        requests and what to check. Raises ValueError, saying why, where this kind cannot
+        serve the model."""
+        raise NotImplementedError
+
+    def enforce_limit(self, name: str, value: int, what: str) -> None:
+        """A hook's helper: refuses with a 413 when `value` passes the setting `name`."""
+        limit = self.settings[name]
+        if limit is not None and value > limit:
+            raise RequestError(413, "too_large", f"{what} is {value:,}; the limit is {limit:,}")
+
+    # -- the surface (SURFACE): what TorchServe and serving/ call -------------------------------
+
+    def configure(self, settings: dict[str, Any]) -> None:
+        """Settings come from model-config.yaml's `handler:` section, over the defaults."""
+        merged = {**DEFAULT_SETTINGS, **self.settings_defaults}
+        unknown = set(settings) - set(merged)
+        if unknown:
+            raise ValueError(f"unknown handler settings in model-config.yaml: {sorted(unknown)}")
+        merged.update(settings)
+        self.settings = merged
+
+    def initialize(self, context) -> None:
+        started = time.perf_counter()
+        properties = context.system_properties
+        model_dir = Path(properties["model_dir"])
+        yaml_config = context.model_yaml_config or {}
+        self.configure(yaml_config.get("handler") or {})
+        if (model_dir / CARD).exists():
+            import yaml
+
+            self.card = yaml.safe_load((model_dir / CARD).read_text()) or {}
+
+        batch_size = int(properties.get("batch_size") or 1)
+        if self.settings["max_decode_ms"] is None:
+            timeout_s = float(yaml_config.get("responseTimeout") or 120)  # TorchServe's default
+            self.settings["max_decode_ms"] = int(timeout_s * 1000 / (2 * batch_size))
+        buckets = self.settings["batch_buckets"] or range(1, batch_size + 1)
+        self.batch_buckets = sorted({int(b) for b in buckets if 0 < int(b) <= batch_size}
+                                    | {batch_size})
+
+        max_threads = int(self.settings["torch_threads"] or available_cores())
+        self._core_share = CoreShare.from_env(max_threads)
+        if not self._core_share.shared:  # no launcher to share cores through: a fixed split
+            workers = int(os.environ.get(WORKERS_ENV) or yaml_config.get("minWorkers") or 1)
+            torch.set_num_threads(max(1, min(max_threads, available_cores() // workers)))
+
+        gpu_id = properties.get("gpu_id")
+        if gpu_id is not None and torch.cuda.is_available():
+            self.device = torch.device(f"cuda:{gpu_id}")
+
+        self.build_info = json.loads((model_dir / BUILD_INFO).read_text())
+        serialized = context.manifest["model"]["serializedFile"]
+        self.model = artifacts.load(model_dir, serialized, self.build_info, self.device)
+        self.device = artifacts.artifact_device(self.build_info, self.device)
+        self.load_resources(model_dir)
+        self._warm_up()
+        self._metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name)
+        log.info("%s ready: %s/%s on %s with %s threads, batch buckets %s, in %.1fs; CPU: %s, "
+                 "torch's kernels %s, %s", context.model_name, self.build_info["target"],
+                 self.build_info["precision"], self.device,
+                 f"up to {self._core_share.max_threads} (cores shared by the busy workers)"
+                 if self._core_share.shared else torch.get_num_threads(),
+                 self.batch_buckets, time.perf_counter() - started, platform.machine(),
+                 torch.backends.cpu.get_cpu_capability(),
+                 " ".join(f"{k}={os.environ[k]}" for k in CPU_ENV if k in os.environ) or "no CPU settings")
+
+    def handle(self, data: list[dict], context) -> list[Any]:
+        """One answer per request, whatever happens: TorchServe fails the whole batch (503) when
+        anything leaves this method, so nothing does."""
+        if is_describe(context):
+            try:
+                return [json.dumps(self.describe(getattr(context, "model_name", "")))]
+            except Exception:  # noqa: BLE001 - a describe bug must not take the worker's batch
+                log.exception("describing the model failed")
+                return [json.dumps({"error": "describe_failed",
+                                    "detail": "the worker log has the traceback"})]
+        started = time.perf_counter()
+        responses: list[Any] = [None] * len(data)
+        statuses: list[int] = [200] * len(data)
+        stages: dict[str, float] = {}
+
+        model_name = getattr(context, "model_name", "")
+        protocols = [request_protocol(self._request_headers(context, idx)) for idx in range(len(data))]
+
+        def refuse(idx: int, error: RequestError) -> None:
+            statuses[idx] = error.status
+            responses[idx] = self._reply(context, idx, error.status, error.body(protocols[idx]))
+
+        envelopes: dict[int, Any] = {}
+        try:
+            accepted: list[tuple[int, list[Any]]] = []
+            for idx, row in enumerate(data):
+                try:
+                    if protocols[idx] in OIP_ASKS:  # no input, no model run
+                        responses[idx] = self._reply(context, idx, 200,
+                                                    self._oip_ask(protocols[idx], model_name))
+                        continue
+                    with deadline((self.settings["max_decode_ms"] or 0) / 1000):
+                        items, envelopes[idx] = self._read_request(
+                            row, self._request_headers(context, idx), protocols[idx])
+                    accepted.append((idx, items))
+                except BaseException as e:  # noqa: BLE001 - answered per request, see failure_answer
+                    if is_fatal(e):
+                        raise
+                    refuse(idx, failure_answer(e, "read"))
+            stages["preprocess"] = time.perf_counter() - started
+
+            step = time.perf_counter()
+            outputs = self.infer_requests(accepted)
+            stages["inference"] = time.perf_counter() - step
+
+            step = time.perf_counter()
+            for idx, request_items in accepted:
+                output = outputs[idx]
+                if isinstance(output, RequestError):
+                    refuse(idx, output)
+                    continue
+                try:
+                    responses[idx] = self._reply(context, idx, 200, self._protocol_answer(
+                        output, protocols[idx], envelopes.get(idx), model_name))
+                except BaseException as e:  # noqa: BLE001
+                    if is_fatal(e):
+                        raise
+                    refuse(idx, failure_answer(e, "encode"))
+            stages["postprocess"] = time.perf_counter() - step
+        except BaseException as e:  # noqa: BLE001 - a bug here must still answer each request
+            if is_fatal(e):
+                raise
+            log.exception("handler error outside any one request")
+            for idx in range(len(data)):
+                if responses[idx] is None:
+                    refuse(idx, RequestError(500, "handler_error", "the handler failed on this "
+                                             "batch; the worker log has the traceback"))
+
+        for idx in range(len(data)):
+            context.set_response_header(idx, "x-batch-size", str(len(data)))
+        try:
+            self._metrics.record(stages, len(data), statuses, protocols)
+        except Exception:  # noqa: BLE001 - metrics must never cost an answer
+            log.exception("recording handler metrics failed")
+        return responses
+
+    def describe(self, model_name: str = "") -> dict:
+        """What a client needs to call this model: its kind, request and answer formats, and what
+        was built (TorchServe's describe API with ?customized=true answers this)."""
+        info = self.build_info
+        return {
+            "model": model_name or info.get("name", ""),
+            "kind": self.card.get("kind", ""),
+            "description": self.card.get("description") or
+                           (type(self).__doc__ or "").strip().split("\n")[0],
+            "request": self.request_schema(),
+            "answer": self.answer_schema(),
+            "error": ERROR_SCHEMA,
+            "kserve_v1": self.kserve_v1_schemas(),
+            "limits": {k: v for k, v in self.settings.items() if k.startswith("max_")},
+            "batch_buckets": self.batch_buckets,
+            "build": {k: info.get(k) for k in ("target", "precision", "device", "arch", "torch",
+                                              "chosen_because", "parity", "evaluation",
+                                              "built_at") if k in info},
+        }
+
+    def read(self, row: dict, headers: dict | None, protocol: str = NATIVE) -> list[Any]:
+        """One request (a TorchServe row and its headers) -> its items, as `handle` reads it:
+        every limit applied, a refusal raised as its RequestError."""
+        return self._read_request(row, headers, protocol)[0]
+
+    def infer(self, items: Sequence[Any]) -> torch.Tensor:
+        """Runs the model over any number of items, in batches of the warmed-up sizes; the rows
+        come back in the items' order."""
+        order = self.run_order(items)
+        outputs = []
+        largest = self.batch_buckets[-1]
+        with self._core_share.running():
+            for start in range(0, len(order), largest):
+                chunk = [items[i] for i in order[start:start + largest]]
+                n = len(chunk)
+                chunk += [chunk[-1]] * (self._bucket(n) - n)  # padding rows are dropped below
+                inputs = tuple(t.to(self.device, non_blocking=True) for t in self.collate(chunk))
+                with torch.inference_mode():
+                    out = self.model(*inputs)
+                outputs.append(out[:n].float().cpu())
+        rows = torch.cat(outputs)
+        return rows[torch.argsort(torch.tensor(order))] if order != sorted(order) else rows
+
+    def infer_requests(self, accepted: list[tuple[int, list[Any]]]) -> dict[int, Any]:
+        """Runs the model over every accepted request's items at once; if that fails, runs each
+        request alone, so one request that breaks the model fails alone. Returns each request's
+        output rows, or the RequestError it is answered with."""
+        if not accepted:
+            return {}
+        items = [item for _, request_items in accepted for item in request_items]
+        try:
+            outputs = self.infer(items)
+        except BaseException as e:  # noqa: BLE001
+            if is_fatal(e):
+                raise
+            log.exception("inference failed on a batch of %d requests%s", len(accepted),
+                          "; retrying each alone" if len(accepted) > 1 else "")
+            if len(accepted) == 1:
+                return {accepted[0][0]: inference_failure(e)}
+            return {idx: self._infer_alone(request_items) for idx, request_items in accepted}
+        answers, offset = {}, 0
+        for idx, request_items in accepted:
+            answers[idx] = outputs[offset:offset + len(request_items)]
+            offset += len(request_items)
+        return answers
+
+    def kserve_v1_schemas(self) -> dict:
+        """v1's request and answer for this model, as JSON Schema."""
+        limit = self.settings["max_items_per_request"]
+        return {"request": {"type": "object", "required": ["instances"], "properties": {
+                    "instances": {"type": "array", "items": self.instance_schema(), "minItems": 1,
+                                  **({"maxItems": limit} if limit is not None else {})}}},
+                "answer": {"type": "object", "required": ["predictions"], "properties": {
+                    "predictions": {"type": "array", "items": self.prediction_schema()}}}}
+
+    def oip_schemas(self) -> dict:
+        """The Open Inference Protocol's JSON request and answer for this model, as JSON Schema
+        (the binary extension's bodies are not JSON)."""
+        inputs = self.oip_inputs()
+        tensor = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+            "name": {"type": "string"}, "datatype": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "data": {"type": "array"}, "parameters": {"type": "object"}}}
+        request_input = {**tensor, "required": ["name", "datatype", "shape", "data"],
+                         "properties": {**tensor["properties"],
+                                        "name": {"enum": [i["name"] for i in inputs]},
+                                        "datatype": {"enum": sorted({i["datatype"]
+                                                                     for i in inputs})}}}
+        return {"request": {"type": "object", "required": ["inputs"], "properties": {
+                    "id": {"type": "string"}, "parameters": {"type": "object"},
+                    "inputs": {"type": "array", "items": request_input, "minItems": 1},
+                    "outputs": {"type": "array", "items": {
+                        "type": "object", "required": ["name"], "properties": {
+                            "name": {"enum": [o["name"] for o in self.oip_outputs(None)]},
+                            "parameters": {"type": "object"}}}}}},
+                "answer": {"type": "object", "required": ["model_name", "outputs"], "properties": {
+                    "model_name": {"type": "string"}, "id": {"type": "string"},
+                    "outputs": {"type": "array", "items": tensor}}}}
+
+    # -- the machinery: private to this module ---------------------------------------------------
+
+    def _warm_up(self) -> None:
+        """Runs every batch size and input shape twice, so live traffic never pays for the first
+        call of a shape (TorchScript profiles and specialises per shape; compiled code and oneDNN
+        set up per shape too)."""
+        for item in self.warmup_items():
+            for size in self.batch_buckets:
+                for _ in range(2):
+                    rows = self.infer([item] * size)
+                    self.output_row_shape = list(rows.shape[1:])
+
+    def _read_request(self, row: dict, headers: dict | None, protocol: str = NATIVE
+                     ) -> tuple[list[Any], Any]:
+        """One request -> its items, and what its answer needs to know of it (OIP: the request)."""
+        payload = Payload.from_row(row, headers,
+                                   max_json_depth=int(self.settings["max_json_depth"]),
+                                   max_json_number_chars=int(self.settings["max_json_number_chars"]))
+        self.enforce_limit("max_request_bytes", payload.size(), "the request body in bytes")
+        if payload.is_empty():
+            raise bad_request("empty_body", "the request body is empty")
+        envelope = None
+        if protocol == KSERVE_V1:
+            items = self.decode_instances(self._v1_instances(payload))
+        elif protocol == OIP_INFER:
+            from handlers import oip  # oip imports this module: imported on first use
+
+            envelope = oip.parse(payload, oip.header_length(headers))
+            items = self.decode_instances(self._oip_instances(envelope))
+        else:
+            items = self.decode(payload)
+        if not items:
+            raise unprocessable("no_input", "the request holds no input")
+        self.enforce_limit("max_items_per_request", len(items), "the number of inputs")
+        return items, envelope
+
+    def _v1_instances(self, payload: Payload) -> list[Any]:
+        body = payload.json()
+        if not isinstance(body, dict) or "instances" not in body:
+            raise unprocessable("missing_field", 'KServe v1: send {"instances": [...]}, one entry '
+                                "per input")
+        instances = body["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise unprocessable("wrong_type", '"instances" must be a non-empty list')
+        self.enforce_limit("max_items_per_request", len(instances), "the number of instances")
+        return instances
+
+    def _oip_instances(self, request) -> list[Any]:
         """An OIP request's tensors -> v1-style instances (one per row of the batch dimension),
         decoded as v1's are: the same checks and limits whichever protocol carried the input."""
         import numpy
@@ -370,198 +732,15 @@ class ModelHandler:
             return columns[0][1]
         return [{name: values[i] for name, values in columns} for i in range(rows or 0)]
 
-    def oip_metadata(self, model_name: str) -> dict:
-        return {"name": model_name, "versions": ["1"], "platform": "pytorch_torchserve",
-                "inputs": self.oip_inputs(), "outputs": self.oip_outputs(None)}
-
-    def oip_config(self, model_name: str) -> dict:
-        """Triton's model configuration (`GET /v2/models/<m>/config`), which its tools read: the
-        most items one request may carry, and the tensors without their batch dimension."""
-        def tensors(specs: list[dict]) -> list[dict]:
-            return [{"name": s["name"], "dims": s["shape"][1:],
-                     "data_type": "TYPE_STRING" if s["datatype"] == "BYTES"
-                     else f"TYPE_{s['datatype']}"} for s in specs]
-
-        return {"name": model_name, "platform": "pytorch_torchserve",
-                "max_batch_size": int(self.settings["max_items_per_request"] or 0),
-                "input": tensors(self.oip_inputs()), "output": tensors(self.oip_outputs(None))}
-
-    def oip_ask(self, protocol: str, model_name: str) -> dict:
-        if protocol == OIP_METADATA:
-            return self.oip_metadata(model_name)
-        if protocol == OIP_CONFIG:
-            return self.oip_config(model_name)
-        return {"name": model_name, "ready": True}
-
-    def instance_schema(self) -> dict:
-        """JSON Schema of one v1 instance: by default the JSON body's."""
-        return self.request_schema()[JSON]
-
-    def prediction_schema(self) -> dict:
-        """JSON Schema of one entry of v1's `predictions`."""
-        raise NotImplementedError
-
-    def oip_schemas(self) -> dict:
-        """The Open Inference Protocol's JSON request and answer for this model, as JSON Schema
-        (the binary extension's bodies are not JSON)."""
-        inputs = self.oip_inputs()
-        tensor = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
-            "name": {"type": "string"}, "datatype": {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-            "data": {"type": "array"}, "parameters": {"type": "object"}}}
-        request_input = {**tensor, "required": ["name", "datatype", "shape", "data"],
-                         "properties": {**tensor["properties"],
-                                        "name": {"enum": [i["name"] for i in inputs]},
-                                        "datatype": {"enum": sorted({i["datatype"]
-                                                                     for i in inputs})}}}
-        return {"request": {"type": "object", "required": ["inputs"], "properties": {
-                    "id": {"type": "string"}, "parameters": {"type": "object"},
-                    "inputs": {"type": "array", "items": request_input, "minItems": 1},
-                    "outputs": {"type": "array", "items": {
-                        "type": "object", "required": ["name"], "properties": {
-                            "name": {"enum": [o["name"] for o in self.oip_outputs(None)]},
-                            "parameters": {"type": "object"}}}}}},
-                "answer": {"type": "object", "required": ["model_name", "outputs"], "properties": {
-                    "model_name": {"type": "string"}, "id": {"type": "string"},
-                    "outputs": {"type": "array", "items": tensor}}}}
-
-    def kserve_v1_schemas(self) -> dict:
-        """v1's request and answer for this model, as JSON Schema."""
-        limit = self.settings["max_items_per_request"]
-        return {"request": {"type": "object", "required": ["instances"], "properties": {
-                    "instances": {"type": "array", "items": self.instance_schema(), "minItems": 1,
-                                  **({"maxItems": limit} if limit is not None else {})}}},
-                "answer": {"type": "object", "required": ["predictions"], "properties": {
-                    "predictions": {"type": "array", "items": self.prediction_schema()}}}}
-
-    def request_schema(self) -> dict:
-        """JSON Schema of a request body (per content type: {content type: schema})."""
-        raise NotImplementedError
-
-    def answer_schema(self) -> dict:
-        """JSON Schema of a 200 answer."""
-        raise NotImplementedError
-
-    # -- set-up ----------------------------------------------------------------------------------
-
-    def configure(self, settings: dict[str, Any]) -> None:
-        """Settings come from model-config.yaml's `handler:` section, over the defaults."""
-        merged = {**DEFAULT_SETTINGS, **self.settings_defaults}
-        unknown = set(settings) - set(merged)
-        if unknown:
-            raise ValueError(f"unknown handler settings in model-config.yaml: {sorted(unknown)}")
-        merged.update(settings)
-        self.settings = merged
-
-    def initialize(self, context) -> None:
-        started = time.perf_counter()
-        properties = context.system_properties
-        model_dir = Path(properties["model_dir"])
-        yaml_config = context.model_yaml_config or {}
-        self.configure(yaml_config.get("handler") or {})
-        if (model_dir / CARD).exists():
-            import yaml
-
-            self.card = yaml.safe_load((model_dir / CARD).read_text()) or {}
-
-        batch_size = int(properties.get("batch_size") or 1)
-        if self.settings["max_decode_ms"] is None:
-            timeout_s = float(yaml_config.get("responseTimeout") or 120)  # TorchServe's default
-            self.settings["max_decode_ms"] = int(timeout_s * 1000 / (2 * batch_size))
-        buckets = self.settings["batch_buckets"] or range(1, batch_size + 1)
-        self.batch_buckets = sorted({int(b) for b in buckets if 0 < int(b) <= batch_size}
-                                    | {batch_size})
-
-        max_threads = int(self.settings["torch_threads"] or available_cores())
-        self.core_share = CoreShare.from_env(max_threads)
-        if not self.core_share.shared:  # no launcher to share cores through: a fixed split
-            workers = int(os.environ.get(WORKERS_ENV) or yaml_config.get("minWorkers") or 1)
-            torch.set_num_threads(max(1, min(max_threads, available_cores() // workers)))
-
-        gpu_id = properties.get("gpu_id")
-        if gpu_id is not None and torch.cuda.is_available():
-            self.device = torch.device(f"cuda:{gpu_id}")
-
-        self.build_info = json.loads((model_dir / BUILD_INFO).read_text())
-        serialized = context.manifest["model"]["serializedFile"]
-        self.model = artifacts.load(model_dir, serialized, self.build_info, self.device)
-        self.device = artifacts.artifact_device(self.build_info, self.device)
-        self.load_resources(model_dir)
-        self.warm_up()
-        self.metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name)
-        log.info("%s ready: %s/%s on %s with %s threads, batch buckets %s, in %.1fs; CPU: %s, "
-                 "torch's kernels %s, %s", context.model_name, self.build_info["target"],
-                 self.build_info["precision"], self.device,
-                 f"up to {self.core_share.max_threads} (cores shared by the busy workers)"
-                 if self.core_share.shared else torch.get_num_threads(),
-                 self.batch_buckets, time.perf_counter() - started, platform.machine(),
-                 torch.backends.cpu.get_cpu_capability(),
-                 " ".join(f"{k}={os.environ[k]}" for k in CPU_ENV if k in os.environ) or "no CPU settings")
-
-    def warm_up(self) -> None:
-        """Runs every batch size and input shape twice, so live traffic never pays for the first
-        call of a shape (TorchScript profiles and specialises per shape; compiled code and oneDNN
-        set up per shape too)."""
-        for item in self.warmup_items():
-            for size in self.batch_buckets:
-                for _ in range(2):
-                    rows = self.infer([item] * size)
-                    self.output_row_shape = list(rows.shape[1:])
-
-    # -- serving ---------------------------------------------------------------------------------
-
-    def enforce_limit(self, name: str, value: int, what: str) -> None:
-        limit = self.settings[name]
-        if limit is not None and value > limit:
-            raise RequestError(413, "too_large", f"{what} is {value:,}; the limit is {limit:,}")
-
-    def read(self, row: dict, headers: dict | None, protocol: str = NATIVE) -> list[Any]:
-        return self.read_request(row, headers, protocol)[0]
-
-    def read_request(self, row: dict, headers: dict | None, protocol: str = NATIVE
-                     ) -> tuple[list[Any], Any]:
-        """One request -> its items, and what its answer needs to know of it (OIP: the request)."""
-        payload = Payload.from_row(row, headers,
-                                   max_json_depth=int(self.settings["max_json_depth"]),
-                                   max_json_number_chars=int(self.settings["max_json_number_chars"]))
-        self.enforce_limit("max_request_bytes", payload.size(), "the request body in bytes")
-        if payload.is_empty():
-            raise bad_request("empty_body", "the request body is empty")
-        envelope = None
-        if protocol == KSERVE_V1:
-            items = self.decode_instances(self.instances(payload))
-        elif protocol == OIP_INFER:
-            from handlers import oip  # oip imports this module: imported on first use
-
-            envelope = oip.parse(payload, oip.header_length(headers))
-            items = self.decode_instances(self.oip_instances(envelope))
-        else:
-            items = self.decode(payload)
-        if not items:
-            raise unprocessable("no_input", "the request holds no input")
-        self.enforce_limit("max_items_per_request", len(items), "the number of inputs")
-        return items, envelope
-
-    def instances(self, payload: Payload) -> list[Any]:
-        body = payload.json()
-        if not isinstance(body, dict) or "instances" not in body:
-            raise unprocessable("missing_field", 'KServe v1: send {"instances": [...]}, one entry '
-                                "per input")
-        instances = body["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise unprocessable("wrong_type", '"instances" must be a non-empty list')
-        self.enforce_limit("max_items_per_request", len(instances), "the number of instances")
-        return instances
-
-    def answer(self, output: torch.Tensor, protocol: str, envelope: Any = None,
+    def _protocol_answer(self, output: torch.Tensor, protocol: str, envelope: Any = None,
                model_name: str = "") -> Any:
         if protocol == KSERVE_V1:
             return {"predictions": self.predictions(output)}
         if protocol == OIP_INFER:
-            return self.oip_answer(output, envelope, model_name)
+            return self._oip_answer(output, envelope, model_name)
         return self.encode(output)
 
-    def oip_answer(self, output: torch.Tensor, request, model_name: str) -> Any:
+    def _oip_answer(self, output: torch.Tensor, request, model_name: str) -> Any:
         from handlers import oip
 
         outputs = self.oip_outputs(output)
@@ -578,151 +757,33 @@ class ModelHandler:
             [oip.Tensor(o["name"], o["datatype"], list(o["shape"]), o["data"]) for o in chosen],
             binary))
 
-    def bucket(self, n: int) -> int:
+    def _oip_ask(self, protocol: str, model_name: str) -> dict:
+        if protocol == OIP_METADATA:
+            return self._oip_metadata(model_name)
+        if protocol == OIP_CONFIG:
+            return self._oip_config(model_name)
+        return {"name": model_name, "ready": True}
+
+    def _oip_metadata(self, model_name: str) -> dict:
+        return {"name": model_name, "versions": ["1"], "platform": "pytorch_torchserve",
+                "inputs": self.oip_inputs(), "outputs": self.oip_outputs(None)}
+
+    def _oip_config(self, model_name: str) -> dict:
+        """Triton's model configuration (`GET /v2/models/<m>/config`), which its tools read: the
+        most items one request may carry, and the tensors without their batch dimension."""
+        def tensors(specs: list[dict]) -> list[dict]:
+            return [{"name": s["name"], "dims": s["shape"][1:],
+                     "data_type": "TYPE_STRING" if s["datatype"] == "BYTES"
+                     else f"TYPE_{s['datatype']}"} for s in specs]
+
+        return {"name": model_name, "platform": "pytorch_torchserve",
+                "max_batch_size": int(self.settings["max_items_per_request"] or 0),
+                "input": tensors(self.oip_inputs()), "output": tensors(self.oip_outputs(None))}
+
+    def _bucket(self, n: int) -> int:
         return next(b for b in self.batch_buckets if b >= n)
 
-    def run_order(self, items: Sequence[Any]) -> list[int]:
-        """The order items run in; a subclass groups similar items so less padding is run."""
-        return list(range(len(items)))
-
-    def infer(self, items: Sequence[Any]) -> torch.Tensor:
-        """Runs the model over any number of items, in batches of the warmed-up sizes; the rows
-        come back in the items' order."""
-        order = self.run_order(items)
-        outputs = []
-        largest = self.batch_buckets[-1]
-        with self.core_share.running():
-            for start in range(0, len(order), largest):
-                chunk = [items[i] for i in order[start:start + largest]]
-                n = len(chunk)
-                chunk += [chunk[-1]] * (self.bucket(n) - n)  # padding rows are dropped below
-                inputs = tuple(t.to(self.device, non_blocking=True) for t in self.collate(chunk))
-                with torch.inference_mode():
-                    out = self.model(*inputs)
-                outputs.append(out[:n].float().cpu())
-        rows = torch.cat(outputs)
-        return rows[torch.argsort(torch.tensor(order))] if order != sorted(order) else rows
-
-    def describe(self, model_name: str = "") -> dict:
-        """What a client needs to call this model: its kind, request and answer formats, and what
-        was built (TorchServe's describe API with ?customized=true answers this)."""
-        info = self.build_info
-        return {
-            "model": model_name or info.get("name", ""),
-            "kind": self.card.get("kind", ""),
-            "description": self.card.get("description") or
-                           (type(self).__doc__ or "").strip().split("\n")[0],
-            "request": self.request_schema(),
-            "answer": self.answer_schema(),
-            "error": ERROR_SCHEMA,
-            "kserve_v1": self.kserve_v1_schemas(),
-            "limits": {k: v for k, v in self.settings.items() if k.startswith("max_")},
-            "batch_buckets": self.batch_buckets,
-            "build": {k: info.get(k) for k in ("target", "precision", "device", "arch", "torch",
-                                              "chosen_because", "parity", "evaluation",
-                                              "built_at") if k in info},
-        }
-
-    def handle(self, data: list[dict], context) -> list[Any]:
-        """One answer per request, whatever happens: TorchServe fails the whole batch (503) when
-        anything leaves this method, so nothing does."""
-        if is_describe(context):
-            try:
-                return [json.dumps(self.describe(getattr(context, "model_name", "")))]
-            except Exception:  # noqa: BLE001 - a describe bug must not take the worker's batch
-                log.exception("describing the model failed")
-                return [json.dumps({"error": "describe_failed",
-                                    "detail": "the worker log has the traceback"})]
-        started = time.perf_counter()
-        responses: list[Any] = [None] * len(data)
-        statuses: list[int] = [200] * len(data)
-        stages: dict[str, float] = {}
-
-        model_name = getattr(context, "model_name", "")
-        protocols = [request_protocol(self.request_headers(context, idx)) for idx in range(len(data))]
-
-        def refuse(idx: int, error: RequestError) -> None:
-            statuses[idx] = error.status
-            responses[idx] = self.reply(context, idx, error.status, error.body(protocols[idx]))
-
-        envelopes: dict[int, Any] = {}
-        try:
-            accepted: list[tuple[int, list[Any]]] = []
-            for idx, row in enumerate(data):
-                try:
-                    if protocols[idx] in OIP_ASKS:  # no input, no model run
-                        responses[idx] = self.reply(context, idx, 200,
-                                                    self.oip_ask(protocols[idx], model_name))
-                        continue
-                    with deadline((self.settings["max_decode_ms"] or 0) / 1000):
-                        items, envelopes[idx] = self.read_request(
-                            row, self.request_headers(context, idx), protocols[idx])
-                    accepted.append((idx, items))
-                except BaseException as e:  # noqa: BLE001 - answered per request, see failure_answer
-                    if is_fatal(e):
-                        raise
-                    refuse(idx, failure_answer(e, "read"))
-            stages["preprocess"] = time.perf_counter() - started
-
-            step = time.perf_counter()
-            outputs = self.infer_requests(accepted)
-            stages["inference"] = time.perf_counter() - step
-
-            step = time.perf_counter()
-            for idx, request_items in accepted:
-                output = outputs[idx]
-                if isinstance(output, RequestError):
-                    refuse(idx, output)
-                    continue
-                try:
-                    responses[idx] = self.reply(context, idx, 200, self.answer(
-                        output, protocols[idx], envelopes.get(idx), model_name))
-                except BaseException as e:  # noqa: BLE001
-                    if is_fatal(e):
-                        raise
-                    refuse(idx, failure_answer(e, "encode"))
-            stages["postprocess"] = time.perf_counter() - step
-        except BaseException as e:  # noqa: BLE001 - a bug here must still answer each request
-            if is_fatal(e):
-                raise
-            log.exception("handler error outside any one request")
-            for idx in range(len(data)):
-                if responses[idx] is None:
-                    refuse(idx, RequestError(500, "handler_error", "the handler failed on this "
-                                             "batch; the worker log has the traceback"))
-
-        for idx in range(len(data)):
-            context.set_response_header(idx, "x-batch-size", str(len(data)))
-        try:
-            self.metrics.record(stages, len(data), statuses, protocols)
-        except Exception:  # noqa: BLE001 - metrics must never cost an answer
-            log.exception("recording handler metrics failed")
-        return responses
-
-    def infer_requests(self, accepted: list[tuple[int, list[Any]]]) -> dict[int, Any]:
-        """Runs the model over every accepted request's items at once; if that fails, runs each
-        request alone, so one request that breaks the model fails alone. Returns each request's
-        output rows, or the RequestError it is answered with."""
-        if not accepted:
-            return {}
-        items = [item for _, request_items in accepted for item in request_items]
-        try:
-            outputs = self.infer(items)
-        except BaseException as e:  # noqa: BLE001
-            if is_fatal(e):
-                raise
-            log.exception("inference failed on a batch of %d requests%s", len(accepted),
-                          "; retrying each alone" if len(accepted) > 1 else "")
-            if len(accepted) == 1:
-                return {accepted[0][0]: inference_failure(e)}
-            return {idx: self.infer_alone(request_items) for idx, request_items in accepted}
-        answers, offset = {}, 0
-        for idx, request_items in accepted:
-            answers[idx] = outputs[offset:offset + len(request_items)]
-            offset += len(request_items)
-        return answers
-
-    def infer_alone(self, items: list[Any]) -> Any:
+    def _infer_alone(self, items: list[Any]) -> Any:
         try:
             return self.infer(items)
         except BaseException as e:  # noqa: BLE001
@@ -732,14 +793,14 @@ class ModelHandler:
             return inference_failure(e)
 
     @staticmethod
-    def request_headers(context, idx: int) -> dict | None:
+    def _request_headers(context, idx: int) -> dict | None:
         processor = getattr(context, "request_processor", None)
         if not processor or idx >= len(processor) or processor[idx] is None:
             return None
         return processor[idx].get_request_properties()
 
     @staticmethod
-    def reply(context, idx: int, status: int, body: Any) -> str | bytes:
+    def _reply(context, idx: int, status: int, body: Any) -> str | bytes:
         if isinstance(body, EncodedAnswer):
             if body.json_length is None:
                 context.set_response_content_type(idx, JSON)

@@ -4,15 +4,17 @@ KServe v1: each instance is `{"b64": "<the image file, base64>"}`."""
 
 from __future__ import annotations
 
+import base64
 import io
+import random
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from handlers.base import (ModelHandler, Payload, RequestError, bad_request, decode_base64,
-                           unprocessable)
+from handlers.base import (ModelFile, ModelHandler, Payload, RequestError, Scaffold, bad_request,
+                           decode_base64, unprocessable)
 from handlers.classification import TopKAnswer, load_labels
 
 FORMATS = "JPEG, PNG, GIF, BMP, TIFF, WebP"
@@ -118,6 +120,21 @@ def to_tensor(image: Image.Image, resize_size: int, crop_size: int) -> torch.Ten
     return torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
 
 
+def synthetic_images(size: int, count: int) -> list[tuple[str, bytes]]:
+    """`count` JPEGs at least `size` pixels high, each a square on a plain colour: example
+    requests for a new folder, whose real images the user adds (seeded: the same each time)."""
+    rng = random.Random(0)
+    images = []
+    for i in range(count):
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        image = Image.new("RGB", (size + 16 * i, size), colour)
+        image.paste(tuple(255 - c for c in colour), (size // 4, size // 4, size // 2, size // 2))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=90)
+        images.append((".jpg", buffer.getvalue()))
+    return images
+
+
 # -- the costliest admitted images (make worst-case) ----------------------------------------------
 
 def side_of(pixels: int) -> int:
@@ -179,11 +196,19 @@ class ImageClassifier(TopKAnswer, ModelHandler):
                     png_noise(min(pixels, settings["max_request_bytes"] - 100_000)), "image/png")}
 
     @classmethod
-    def scaffold_settings(cls, inputs: list[dict], outputs: int | None, text: dict) -> dict:
-        size = inputs[0]["shape"][-1]  # (batch, 3, N, N): `serving new` checked it
-        return {"resize_size": size * 8 // 7, "crop_size": size,
-                "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                "top_k": min(5, outputs)}
+    def scaffold(cls, model: ModelFile, count: int) -> Scaffold:
+        the_input = model.one_input_classifier()
+        channels, height, width = (the_input["shape"][1:] + [0, 0, 0])[:3]
+        if len(the_input["shape"]) != 4 or channels != 3 or height != width:
+            raise ValueError(f"needs a (batch, 3, N, N) input; this model's is "
+                             f"{the_input['shape']}")
+        settings = {"resize_size": width * 8 // 7, "crop_size": width,
+                    "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                    "top_k": min(5, model.num_outputs)}
+        return Scaffold(settings, synthetic_images(settings["resize_size"], count), [
+            "the normalisation (ImageNet mean/std written; change `mean`/`std` in "
+            "model-config.yaml) and the labels (class indices; add labels.txt and list it in "
+            "extra_files)", "real images: examples/ holds synthetic ones"])
 
     def load_resources(self, model_dir: Path) -> None:
         self.labels = load_labels(model_dir)
@@ -204,6 +229,9 @@ class ImageClassifier(TopKAnswer, ModelHandler):
         if isinstance(instance, bytes):
             return Payload(instance, "image/*")
         return Payload(decode_base64(instance, "the instance"), "image/*")
+
+    def native_instances(self, payload: Payload) -> list:
+        return [{"b64": base64.b64encode(payload.bytes()).decode()}]
 
     def oip_inputs(self) -> list[dict]:
         return [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}]

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from handlers.array_classifier import nested_array_schema
-from handlers.base import JSON, ModelHandler, Payload, bad_request, unprocessable
+from handlers.array_classifier import RANDOM_EXAMPLES, nested_array_schema, random_bodies
+from handlers.base import (JSON, ModelFile, ModelHandler, Payload, Scaffold, bad_request,
+                           unprocessable)
 
 BINARY = "application/octet-stream"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -59,6 +60,11 @@ class TensorHandler(ModelHandler):
 
     request_content_types = (JSON, BINARY)
 
+    @classmethod
+    def scaffold(cls, model: ModelFile, count: int) -> Scaffold:
+        model.refuse_text()
+        return Scaffold({}, random_bodies(model.inputs, count), [RANDOM_EXAMPLES])
+
     def load_resources(self, model_dir: Path) -> None:
         inputs = self.card.get("inputs") or []
         if not inputs:
@@ -71,7 +77,7 @@ class TensorHandler(ModelHandler):
                                  f"the batch dimension, got {entry['shape']}")
             self.inputs.append((entry["name"], shape, entry.get("dtype", "float32")))
 
-    def tensor(self, name: str, shape: list[int], dtype: str, value) -> torch.Tensor:
+    def _tensor(self, name: str, shape: list[int], dtype: str, value) -> torch.Tensor:
         values = flat_values(value, name, shape)
         if dtype == "bool":
             if any(v not in (0, 1) for v in values):
@@ -110,7 +116,7 @@ class TensorHandler(ModelHandler):
         missing = [name for name, _, _ in self.inputs if name not in body]
         if missing:
             raise unprocessable("missing_field", f"the JSON object has no {missing[0]!r} field")
-        return [tuple(self.tensor(name, shape, dtype, body[name])
+        return [tuple(self._tensor(name, shape, dtype, body[name])
                       for name, shape, dtype in self.inputs)]
 
     def collate(self, items) -> tuple[torch.Tensor, ...]:
@@ -120,6 +126,11 @@ class TensorHandler(ModelHandler):
         if len(self.inputs) == 1 and isinstance(instance, list):
             instance = {self.inputs[0][0]: instance}
         return super().instance_payload(instance)
+
+    def native_instances(self, payload: Payload) -> list:
+        if payload.content_type == BINARY:  # the one input's values, as JSON numbers
+            return [{self.inputs[0][0]: item[0].tolist()} for item in self.decode(payload)]
+        return super().native_instances(payload)
 
     def encode(self, outputs: torch.Tensor) -> dict:
         row = outputs[0]

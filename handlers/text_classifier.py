@@ -2,8 +2,8 @@
 
 Body: as the text embedder's (`{"texts": [...]}`, `{"text": "..."}` or a text/plain body).
 Answer: `{"predictions": [[{"index", "label", "probability"}, ...], ...]}`, one list per text,
-most probable first (KServe v1: each instance one text, each prediction its list). Labels come from the model's config (id2label), written to labels.txt by the
-build.
+most probable first (KServe v1: each instance one text, each prediction its list). Labels come
+from the model's config (id2label), written to labels.txt by the build.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from handlers.base import ModelFile
 from handlers.classification import TopKAnswer, load_labels
 from handlers.text_embedder import TextEmbedder
 
@@ -22,8 +23,8 @@ class TextClassifier(TopKAnswer, TextEmbedder):
     settings_defaults = {**TextEmbedder.settings_defaults, "top_k": 3, "num_classes": None}
 
     @classmethod
-    def scaffold_settings(cls, inputs: list[dict], outputs: int | None, text: dict) -> dict:
-        return {**text, "top_k": min(3, outputs or 3)}
+    def _text_settings(cls, model: ModelFile) -> dict:
+        return {**super()._text_settings(model), "top_k": min(3, model.num_outputs or 3)}
 
     def load_resources(self, model_dir: Path) -> None:
         super().load_resources(model_dir)

@@ -15,9 +15,19 @@ from pathlib import Path
 import numpy
 import torch
 
-from handlers.base import JSON, ModelHandler, Payload, bad_request, unprocessable
+from handlers.base import (JSON, ModelFile, ModelHandler, Payload, Scaffold, bad_request,
+                           unprocessable)
 
 TOKENIZER_FILE = "tokenizer.json"
+# A new folder's example requests (`serving new`), one sentence each.
+EXAMPLE_TEXTS = ["The service answered every request within its latency objective.",
+                 "A quick brown fox jumps over the lazy dog.",
+                 "This film was a delight from start to finish.",
+                 "The delivery arrived late and the box was damaged.",
+                 "Interest rates rose for the third time this year.",
+                 "Please reset my password; I cannot log in.",
+                 "The museum reopened after a two-year renovation.",
+                 "Heavy rain is expected across the north over the weekend."]
 
 
 class TextEmbedder(ModelHandler):
@@ -37,8 +47,17 @@ class TextEmbedder(ModelHandler):
         return {name: (json.dumps({"texts": t}).encode(), JSON) for name, t in texts.items()}
 
     @classmethod
-    def scaffold_settings(cls, inputs: list[dict], outputs: int | None, text: dict) -> dict:
-        return dict(text)
+    def scaffold(cls, model: ModelFile, count: int) -> Scaffold:
+        return Scaffold(cls._text_settings(model), [
+            (".json", json.dumps({"texts": [EXAMPLE_TEXTS[i % len(EXAMPLE_TEXTS)]]}).encode())
+            for i in range(count)], [])
+
+    @classmethod
+    def _text_settings(cls, model: ModelFile) -> dict:
+        if not model.text:
+            raise ValueError("serves a Hugging Face directory (config.json, weights, "
+                             "tokenizer.json), not a tensor program")
+        return dict(model.text)
 
     def load_resources(self, model_dir: Path) -> None:
         from tokenizers import Tokenizer
@@ -48,7 +67,7 @@ class TextEmbedder(ModelHandler):
         self.tokenizer.enable_truncation(max_length=int(self.settings["max_tokens"]))
         self.buckets = sorted(int(b) for b in self.settings["sequence_buckets"])
 
-    def texts(self, payload: Payload) -> list[str]:
+    def _texts(self, payload: Payload) -> list[str]:
         body = None if payload.content_type.startswith("text/") else payload.json()
         if body is None:  # text/plain: the whole body is one text, checked as the others are
             texts = [payload.text()]
@@ -74,18 +93,18 @@ class TextEmbedder(ModelHandler):
         return texts
 
     def decode(self, payload: Payload) -> list[list[int]]:
-        texts = self.texts(payload)
+        texts = self._texts(payload)
         self.enforce_limit("max_items_per_request", len(texts), "the number of texts")
         for text in texts:
             self.enforce_limit("max_text_chars", len(text), "a text's length in characters")
         ids = [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
         # The model's work is the padded tokens: bounded per request, so a full batch of the
         # worst requests still finishes well inside responseTimeout (`make worst-case`).
-        self.enforce_limit("max_tokens_per_request", sum(self.padded_length(len(i)) for i in ids),
+        self.enforce_limit("max_tokens_per_request", sum(self._padded_length(len(i)) for i in ids),
                            "the number of tokens (each text padded to its length bucket)")
         return ids
 
-    def padded_length(self, tokens: int) -> int:
+    def _padded_length(self, tokens: int) -> int:
         return next((b for b in self.buckets if b >= tokens), tokens)
 
     def run_order(self, items: list[list[int]]) -> list[int]:
@@ -93,7 +112,7 @@ class TextEmbedder(ModelHandler):
         return sorted(range(len(items)), key=lambda i: len(items[i]))
 
     def collate(self, items: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        length = self.padded_length(max(len(ids) for ids in items))
+        length = self._padded_length(max(len(ids) for ids in items))
         input_ids = torch.full((len(items), length), int(self.settings["pad_token_id"]))
         attention_mask = torch.zeros((len(items), length), dtype=torch.long)
         for row, ids in enumerate(items):
@@ -117,6 +136,9 @@ class TextEmbedder(ModelHandler):
 
     def prediction(self, row: torch.Tensor) -> list[float]:
         return self.predictions(row[None])[0]
+
+    def native_instances(self, payload: Payload) -> list:
+        return self._texts(payload)
 
     def oip_inputs(self) -> list[dict]:
         return [{"name": "text", "datatype": "BYTES", "shape": [-1, 1],

@@ -700,8 +700,7 @@ def test_v1_texts_are_one_request_for_the_token_limit(text_handler):
 
 def test_v1_embeddings_are_the_native_rows(text_handler):
     outputs = torch.randn(3, 384)
-    assert text_handler.answer(outputs, "kserve-v1") == \
-        {"predictions": text_handler.encode(outputs)["embeddings"]}
+    assert text_handler.predictions(outputs) == text_handler.encode(outputs)["embeddings"]
 
 
 def test_v1_tensor_instances_are_objects_or_for_one_input_its_bare_list():
@@ -712,12 +711,38 @@ def test_v1_tensor_instances_are_objects_or_for_one_input_its_bare_list():
     rows = [[1, 2, 3], [4, 5, 6]]
     [(bare,), (named,)] = handler.read({"body": v1_body(rows, {"x": rows})}, None, "kserve-v1")
     assert torch.equal(bare, named) and bare.shape == (2, 3)
-    assert handler.answer(torch.arange(6.0).reshape(2, 3), "kserve-v1") == \
-        {"predictions": [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]}
+    assert handler.predictions(torch.arange(6.0).reshape(2, 3)) == \
+        [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
     handler.inputs.append(("y", [1], "int64"))  # two inputs: only the object names them
     with pytest.raises(RequestError) as caught:
         handler.read({"body": v1_body(rows)}, None, "kserve-v1")
     assert (caught.value.status, caught.value.detail.split(":")[0]) == (422, "instances[0]")
+
+
+@pytest.mark.parametrize("model", ["digits", "efficientnet_lite0", "minilm"])
+def test_a_models_example_reads_to_the_same_items_in_every_protocol(model):
+    """Each kind's native_instances hook turns the native example into v1 instances, and the OIP
+    tensors are built from them: every protocol's request carries the example's own input, so
+    the protocols' benchmark and load tests compare like with like."""
+    import models
+    from handlers.base import KSERVE_V1, NATIVE, OIP_INFER
+    from models import sources
+    from serving.perf import bench_protocols
+
+    spec = models.load(model)
+    handler = sources.model_handler(spec)
+    protocol = {"native": NATIVE, "kserve-v1": KSERVE_V1, "v2-json": OIP_INFER,
+                "v2-binary": OIP_INFER}
+    items = {label: handler.read({"body": body}, {"body": {"content-type": headers["Content-Type"]},
+                                                  **headers}, protocol[label])
+             for label, (_, body, headers) in bench_protocols.requests_for(spec, handler).items()}
+    assert set(items) == set(protocol)
+    native = items.pop("native")
+    for label, got in items.items():
+        assert len(got) == len(native), label
+        for ours, theirs in zip(got, native):
+            assert (torch.equal(ours, theirs) if isinstance(ours, torch.Tensor)
+                    else ours == theirs), label
 
 
 # -- the Open Inference Protocol (v2) over REST, from the same handlers -----------------------------

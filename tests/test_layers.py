@@ -121,3 +121,31 @@ def test_handlers_import_nothing_else_of_the_project():
     outside = {m: sorted(i for i in imported if not i.startswith("handlers"))
                for m, imported in graph().items() if m.startswith("handlers")}
     assert not any(outside.values()), outside
+
+
+def private_reaches(paths, names: set[str]) -> list[str]:
+    """Where code reads or writes an attribute whose name is one of `names`."""
+    return [f"{path.name}:{node.lineno} .{node.attr}" for path in paths
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+            if isinstance(node, ast.Attribute) and node.attr in names]
+
+
+def test_only_handlers_reach_the_handler_machinery():
+    """The rest of the project (tests included) calls a handler through SURFACE and the kind's
+    hooks (handlers/base.py); the machinery between them is private, so it can change without
+    breaking serving/, the benchmarks or the tests."""
+    from handlers.base import ModelHandler
+
+    machinery = {name for name in vars(ModelHandler) if name.startswith("_")
+                 and not name.startswith("__")}
+    machinery |= {name for name in vars(ModelHandler()) if name.startswith("_")}
+    assert {"_read_request", "_reply", "_core_share"} <= machinery
+    outside = [p for top in ("models", "serving", "loadtest", "tests")
+               for p in (ROOT / top).rglob("*.py") if "__pycache__" not in p.parts]
+    assert private_reaches(outside, machinery) == []
+
+
+def test_the_machinery_check_sees_a_reach(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f(handler):\n    return handler._read_request({}, None)\n")
+    assert private_reaches([bad], {"_read_request"}) == ["bad.py:2 ._read_request"]

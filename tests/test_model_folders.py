@@ -102,6 +102,7 @@ def test_a_folders_parity_inputs_are_its_examples_through_its_handler(folder):
     (["--from", "{pt}"], "TorchScript does not record input shapes; give the shape"),
     (["--from", "{pt}", "--input-shape", "3,16,16"], "a trial call with inputs"),
     (["--from", "{pt2}", "--kind", "image_classifier"], "needs a (batch, 3, N, N) input"),
+    (["--from", "{pt2}", "--kind", "text_embedder"], "serves a Hugging Face directory"),
     (["--from", "{missing}"], "does not exist"),
 ])
 def test_serving_new_says_what_it_cannot_do(tmp_path, args, expected):
@@ -278,7 +279,8 @@ def test_every_kind_is_a_complete_unit_of_extension(kind):
     warm-up items and schemas, and the class hooks that `make worst-case` and `serving new` call
     instead of branching on the kind's name."""
     from handlers import KINDS
-    from handlers.base import DEFAULT_SETTINGS, ModelHandler, kind_class
+    from handlers.base import (DEFAULT_SETTINGS, KIND_HOOKS, SURFACE, ModelFile, ModelHandler,
+                               kind_class)
 
     cls = kind_class(kind)
     assert cls.__module__ == f"handlers.{KINDS[kind].handler}" and issubclass(cls, ModelHandler)
@@ -286,11 +288,33 @@ def test_every_kind_is_a_complete_unit_of_extension(kind):
         assert getattr(cls, hook) is not getattr(ModelHandler, hook), (kind, hook)
     assert cls.encode is not ModelHandler.encode or cls.predictions is not ModelHandler.predictions
     assert cls.__doc__, kind  # the one description of its request and answer (docs/models.md)
+    # A kind writes hooks and nothing else public: its own helpers are private, and it never
+    # overrides the surface the project calls (handlers/base.py: KIND_HOOKS, SURFACE).
+    public = {name for c in cls.__mro__ if c not in (ModelHandler, object)
+              for name, value in vars(c).items()
+              if not name.startswith("_") and callable(getattr(cls, name))}
+    assert public <= KIND_HOOKS, (kind, sorted(public - KIND_HOOKS))
+    assert {name for name in vars(ModelHandler) if not name.startswith("_")
+            and callable(getattr(ModelHandler, name))} == KIND_HOOKS | SURFACE
     settings = {**DEFAULT_SETTINGS, "max_image_pixels": 10_000, **cls.settings_defaults,
                 "input_shape": [8, 8], "max_tokens": 16, "max_tokens_per_request": 64}
     worst = cls.worst_requests(settings)
     assert all(isinstance(body, bytes) and content_type for body, content_type in worst.values())
-    defaults = cls.scaffold_settings([{"name": "x", "shape": ["batch", 3, 32, 32],
-                                       "dtype": "float32"}], 10, {"max_tokens": 64})
-    assert isinstance(defaults, dict) and set(defaults) <= set(cls.settings_defaults) | set(
-        DEFAULT_SETTINGS), (kind, defaults)
+    # `serving new` hands every kind the same two files; each kind takes the one it serves and
+    # refuses the other with its reason, never crashes.
+    tensors = ModelFile([{"name": "x", "shape": ["batch", 3, 32, 32], "dtype": "float32"}], [10],
+                        10, {})
+    text = ModelFile([], [], 2, {"max_tokens": 64, "sequence_buckets": [16, 64]})
+    answers = {}
+    for name, model in (("tensors", tensors), ("text", text)):
+        try:
+            answers[name] = cls.scaffold(model, 3)
+        except ValueError as e:
+            assert str(e), (kind, name)
+    [scaffold] = answers.values()
+    assert set(scaffold.settings) <= set(cls.settings_defaults) | set(DEFAULT_SETTINGS), \
+        (kind, scaffold.settings)
+    assert len(scaffold.examples) == 3 and all(
+        suffix.startswith(".") and isinstance(body, bytes) and body
+        for suffix, body in scaffold.examples), kind
+    assert all(isinstance(line, str) for line in scaffold.to_check)

@@ -10,9 +10,7 @@ architecture, labels and tokenizer of a Hugging Face directory. What it cannot s
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import random
 import re
 import shutil
 import sys
@@ -23,16 +21,10 @@ import yaml
 
 import models
 from handlers import KINDS
+from handlers.array_classifier import random_input
+from handlers.base import ModelFile, Scaffold, kind_class
 
 EXAMPLES = 8
-SENTENCES = ["The service answered every request within its latency objective.",
-             "A quick brown fox jumps over the lazy dog.",
-             "This film was a delight from start to finish.",
-             "The delivery arrived late and the box was damaged.",
-             "Interest rates rose for the third time this year.",
-             "Please reset my password; I cannot log in.",
-             "The museum reopened after a two-year renovation.",
-             "Heavy rain is expected across the north over the weekend."]
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
                torch.float64: "float64", torch.int64: "int64", torch.int32: "int32",
                torch.uint8: "uint8", torch.bool: "bool"}
@@ -174,7 +166,7 @@ def inspect_huggingface(path: Path) -> Inspection:
 
 def trial(found: Inspection, model) -> None:
     """Calls the model on a batch of 2 to learn its output's shape."""
-    inputs = tuple(example_tensor(inp, 2) for inp in found.inputs)
+    inputs = tuple(random_input(inp, 2) for inp in found.inputs)
     try:
         with torch.inference_mode():
             output = model(*inputs)
@@ -191,72 +183,23 @@ def trial(found: Inspection, model) -> None:
         found.num_outputs = found.output_shape[0]
 
 
-def example_tensor(inp: dict, batch: int, rng: torch.Generator | None = None) -> torch.Tensor:
-    shape = [batch if d == "batch" else (16 if isinstance(d, str) else d) for d in inp["shape"]]
-    if inp["dtype"].startswith(("int", "uint")):
-        return torch.randint(0, 10, shape, generator=rng)
-    if inp["dtype"] == "bool":
-        return torch.randint(0, 2, shape, generator=rng).bool()
-    return torch.rand(shape, generator=rng).to(getattr(torch, inp["dtype"]))
-
-
-def choose_kind(found: Inspection, kind: str | None) -> str:
-    if kind is None:
-        return found.kind
-    if kind not in KINDS:
+def scaffold_kind(found: Inspection, kind: str | None) -> tuple[str, Scaffold]:
+    """The kind the folder is written as (found's, or the one asked for) and what that kind
+    writes for this model; the kind itself says when it cannot serve the model."""
+    if kind is not None and kind not in KINDS:
         raise NewModelError(f"--kind {kind}: kinds are {', '.join(KINDS)}")
-    if found.source.get("huggingface") and not kind.startswith("text_"):
-        raise NewModelError(f"a Hugging Face directory serves as text_classifier or "
-                            f"text_embedder, not {kind}")
-    if kind in ("image_classifier", "array_classifier"):
-        if len(found.inputs) != 1 or not found.num_outputs:
-            raise NewModelError(f"--kind {kind} needs one input and a (batch, classes) output; "
-                                f"this model has {len(found.inputs)} inputs and output "
-                                f"{found.output_shape}")
-        shape = found.inputs[0]["shape"][1:]
-        if kind == "image_classifier" and (len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2]):
-            raise NewModelError(f"--kind image_classifier needs a (batch, 3, N, N) input; this "
-                                f"model's is {found.inputs[0]['shape']}")
-    return kind
+    chosen = kind or found.kind
+    model = ModelFile(found.inputs, found.output_shape, found.num_outputs, found.text_settings)
+    try:
+        return chosen, kind_class(chosen).scaffold(model, EXAMPLES)
+    except ValueError as e:
+        raise NewModelError(f"--kind {chosen}: {e}") from None
 
 
-def serving_config(found: Inspection, kind: str) -> dict:
-    from handlers.base import kind_class
-
-    handler = kind_class(kind).scaffold_settings(found.inputs, found.num_outputs,
-                                                 found.text_settings)
+def serving_config(found: Inspection, handler: dict) -> dict:
     most = (found.dynamic.get("batch") or [1, 8])[1]
     return {"minWorkers": 1, "maxWorkers": 1, "batchSize": min(8, most), "maxBatchDelay": 10,
             "responseTimeout": 30, "startupTimeout": 180, "jobQueueSize": 16, "handler": handler}
-
-
-def example_bodies(found: Inspection, kind: str) -> list[tuple[str, bytes]]:
-    """(file name, body) of each example request."""
-    if kind.startswith("text_"):
-        return [(f"{i + 1}.json", json.dumps({"texts": [s]}).encode())
-                for i, s in enumerate(SENTENCES[:EXAMPLES])]
-    if kind == "image_classifier":
-        from PIL import Image
-
-        rng = random.Random(0)
-        bodies = []
-        for i in range(EXAMPLES):
-            size = found.inputs[0]["shape"][-1] * 8 // 7
-            colour = tuple(rng.randrange(256) for _ in range(3))
-            image = Image.new("RGB", (size + 16 * i, size), colour)
-            image.paste(tuple(255 - c for c in colour), (size // 4, size // 4, size // 2, size // 2))
-            buffer = io.BytesIO()
-            image.save(buffer, "JPEG", quality=90)
-            bodies.append((f"{i + 1}.jpg", buffer.getvalue()))
-        return bodies
-    rng = torch.Generator().manual_seed(0)
-    bodies = []
-    for i in range(EXAMPLES):
-        body = {inp["name"]: example_tensor(inp, 1, rng)[0].tolist() for inp in found.inputs}
-        if kind == "array_classifier":
-            body = {found.inputs[0]["name"]: body[found.inputs[0]["name"]]}
-        bodies.append((f"{i + 1}.json", json.dumps(body).encode()))
-    return bodies
 
 
 def create(name: str, source: Path, kind: str | None = None, input_shape: str | None = None,
@@ -279,24 +222,24 @@ def create(name: str, source: Path, kind: str | None = None, input_shape: str | 
         found = inspect_exported(source)
     else:
         found = inspect_torchscript(source, input_shape, input_dtype)
-    kind = choose_kind(found, kind)
+    kind, scaffold = scaffold_kind(found, kind)
 
     if folder.exists():
         shutil.rmtree(folder)
     (folder / "examples").mkdir(parents=True)
     for file_name, path in found.files.items():
         (shutil.copytree if path.is_dir() else shutil.copy2)(path, folder / file_name)
-    examples = example_bodies(found, kind)
-    for file_name, body in examples:
+    examples = [f"{i + 1}{suffix}" for i, (suffix, _) in enumerate(scaffold.examples)]
+    for file_name, (_, body) in zip(examples, scaffold.examples):
         (folder / "examples" / file_name).write_bytes(body)
-    pattern = f"examples/*{Path(examples[0][0]).suffix}"
+    pattern = f"examples/*{Path(examples[0]).suffix}"
     card = {"description": f"{name}, from {source.name}", "kind": kind, "source": found.source}
     if found.inputs:
         card["inputs"] = found.inputs
     if found.dynamic:
         card["dynamic"] = found.dynamic
     card["parity"] = {"examples": pattern}
-    card["example"] = {"file": f"examples/{examples[0][0]}"}
+    card["example"] = {"file": f"examples/{examples[0]}"}
     card["loadtest"] = {"payloads": pattern, "slo": {"p95_ms": 1000, "p99_ms": 2000,
                                                     "max_error_rate": 0.01}}
     header = (f"# Written by `python -m serving new {name} --from {source.name}`; docs/models.md "
@@ -304,15 +247,9 @@ def create(name: str, source: Path, kind: str | None = None, input_shape: str | 
     (folder / models.CARD).write_text(header + yaml.safe_dump(card, sort_keys=False))
     (folder / models.SERVING_CONFIG).write_text(
         "# TorchServe's serving config, packed into the .mar; `handler:` goes to the handler.\n" +
-        yaml.safe_dump(serving_config(found, kind), sort_keys=False, default_flow_style=None))
-    if kind in ("tensor", "array_classifier"):
-        found.unknown.append("real inputs: examples/ holds random ones (parity inputs and "
-                             "load-test payloads); put real requests there")
-    if kind == "image_classifier":
-        found.unknown.append("the normalisation (ImageNet mean/std written; change `mean`/`std` "
-                             "in model-config.yaml) and the labels (class indices; add "
-                             "labels.txt and list it in extra_files)")
-        found.unknown.append("real images: examples/ holds synthetic ones")
+        yaml.safe_dump(serving_config(found, scaffold.settings), sort_keys=False,
+                       default_flow_style=None))
+    found.unknown.extend(scaffold.to_check)
     found.unknown.append("serving settings: batch 8, delay 10 ms, one worker (model-config.yaml)")
     models.ModelSpec.from_folder(folder)  # the folder written is one the build accepts
     return folder, found

@@ -47,23 +47,19 @@ def example_in_each_protocol(spec, handler) -> tuple[dict, list]:
     file, content_type = spec.example_request
     native = (models.MODELS_DIR / spec.name / file).read_bytes()
     inputs = handler.oip_inputs()
-    tensors, instances, as_text = [], [], None
+    instances = handler.native_instances(Payload(native, content_type))
+    tensors, as_text = [], None
     if inputs[0]["datatype"] == "BYTES" and (inputs[0].get("parameters") or {}).get(
             "content_type") == "str":  # texts
-        texts = handler.texts(Payload(native, content_type))
-        instances = texts
-        tensors = [oip.Tensor(inputs[0]["name"], "BYTES", [len(texts)],
-                              [t.encode() for t in texts])]
+        tensors = [oip.Tensor(inputs[0]["name"], "BYTES", [len(instances)],
+                              [t.encode() for t in instances])]
     elif inputs[0]["datatype"] == "BYTES":  # a file (an image): base64 in JSON, as in v1
-        instances = [{"b64": base64.b64encode(native).decode()}]
         tensors = [oip.Tensor(inputs[0]["name"], "BYTES", [1], [native])]
         as_text = [oip.Tensor(inputs[0]["name"], "BYTES", [1], [base64.b64encode(native)])]
-    else:  # numbers, named in the JSON body (or its bare array)
-        body = json.loads(native)
-        instances = [body]
+    else:  # numbers, named in each instance (or its bare array)
         for spec_input in inputs:
-            value = body[spec_input["name"]] if isinstance(body, dict) else body
-            array = numpy.asarray(value, dtype=oip.NUMERIC[spec_input["datatype"]])[None]
+            rows = [i[spec_input["name"]] if isinstance(i, dict) else i for i in instances]
+            array = numpy.asarray(rows, dtype=oip.NUMERIC[spec_input["datatype"]])
             tensors.append(oip.Tensor(spec_input["name"], spec_input["datatype"],
                                       list(array.shape), array))
     out = {"native": (f"/predictions/{spec.name}", native, {"Content-Type": content_type}),
