@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 JSON = "application/json"
 BUILD_INFO = "build-info.json"  # written by the build into every archive: what the artifact is
-CARD = "model.yaml"  # the model folder's description, copied into every archive
+MODEL_YAML = "model.yaml"  # the model folder's description, copied into every archive
 
 # The body of every refused request, whatever the kind (JSON Schema, for metadata and OpenAPI);
 # the Open Inference Protocol's is one message.
@@ -282,7 +282,7 @@ class ModelHandler:
 
     def __init__(self) -> None:
         self.settings: dict[str, Any] = {}
-        self.card: dict = {}  # model.yaml
+        self.model_yaml: dict = {}  # model.yaml
         self.configure({})
         self.model = None  # the loaded artifact: a callable from tensors to a tensor
         self.build_info: dict = {}
@@ -418,10 +418,10 @@ class ModelHandler:
         model_dir = Path(properties["model_dir"])
         yaml_config = context.model_yaml_config or {}
         self.configure(yaml_config.get("handler") or {})
-        if (model_dir / CARD).exists():
+        if (model_dir / MODEL_YAML).exists():
             import yaml
 
-            self.card = yaml.safe_load((model_dir / CARD).read_text()) or {}
+            self.model_yaml = yaml.safe_load((model_dir / MODEL_YAML).read_text()) or {}
 
         batch_size = int(properties.get("batch_size") or 1)
         if self.settings["max_decode_ms"] is None:
@@ -539,8 +539,8 @@ class ModelHandler:
         info = self.build_info
         return {
             "model": model_name or info.get("name", ""),
-            "kind": self.card.get("kind", ""),
-            "description": self.card.get("description") or
+            "kind": self.model_yaml.get("kind", ""),
+            "description": self.model_yaml.get("description") or
                            (type(self).__doc__ or "").strip().split("\n")[0],
             "request": self.request_schema(),
             "answer": self.answer_schema(),

@@ -66,7 +66,7 @@ class TensorHandler(ModelHandler):
         return Scaffold({}, random_bodies(model.inputs, count), [RANDOM_EXAMPLES])
 
     def load_resources(self, model_dir: Path) -> None:
-        inputs = self.card.get("inputs") or []
+        inputs = self.model_yaml.get("inputs") or []
         if not inputs:
             raise ValueError("the tensor kind needs model.yaml `inputs:` (name, shape, dtype)")
         self.inputs = []

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # torch stays unimported for light users of this package (the
     import torch
 
 MODELS_DIR = Path(__file__).resolve().parent
-CARD = "model.yaml"
+MODEL_YAML = "model.yaml"
 SERVING_CONFIG = "model-config.yaml"
 
 # Where the weights come from: one of these keys under `source:`.
@@ -56,8 +56,8 @@ HOOKS = {
     "evaluate": "evaluate(exported) -> dict: quality figures of the shipped model; may raise",
     "payloads": "payloads() -> list[bytes]: load-test bodies (import no torch: Locust runs it)",
 }
-CARD_FIELDS = {"kind", "description", "source", "inputs", "dynamic", "build", "parity", "example",
-               "extra_files", "loadtest"}
+MODEL_YAML_FIELDS = {"kind", "description", "source", "inputs", "dynamic", "build", "parity",
+                     "example", "extra_files", "loadtest"}
 BUILD_FIELDS = {"targets", "precisions", "channels_last", "prepare_export", "evaluate", "packages",
                 "int8_skip"}
 LOADTEST_FIELDS = {"payloads", "content_type", "slo"}
@@ -72,14 +72,14 @@ class ModelFolderError(ValueError):
 
 def names(models_dir: Path = MODELS_DIR) -> tuple[str, ...]:
     """Every model: each folder under models/ holding a model.yaml, in name order."""
-    return tuple(sorted(p.parent.name for p in models_dir.glob(f"*/{CARD}")))
+    return tuple(sorted(p.parent.name for p in models_dir.glob(f"*/{MODEL_YAML}")))
 
 
 def load(name: str) -> "ModelSpec":
     known = names()
     if name not in known:
         raise KeyError(f"unknown model {name!r}; models (folders under models/ with a "
-                       f"{CARD}): {', '.join(known) or 'none'}")
+                       f"{MODEL_YAML}): {', '.join(known) or 'none'}")
     return ModelSpec.from_folder(MODELS_DIR / name)
 
 
@@ -102,23 +102,23 @@ class ModelSpec:
 
     name: str
     folder: Path
-    card: dict
+    model_yaml: dict
     config: dict  # model-config.yaml
 
     # -- reading ----------------------------------------------------------------------------------
 
     @classmethod
     def from_folder(cls, folder: Path) -> "ModelSpec":
-        card_file, config_file = folder / CARD, folder / SERVING_CONFIG
-        card = read_yaml(card_file)
+        model_yaml_file, config_file = folder / MODEL_YAML, folder / SERVING_CONFIG
+        model_yaml = read_yaml(model_yaml_file)
         if not config_file.exists():
             raise ModelFolderError(f"{config_file}: missing; every model folder has its TorchServe "
                                    "serving config (`python -m serving new` writes one)")
-        spec = cls(folder.name, folder, card, read_yaml(config_file))
+        spec = cls(folder.name, folder, model_yaml, read_yaml(config_file))
         spec.check()
         return spec
 
-    def fail(self, field: str, message: str, file: str = CARD) -> ModelFolderError:
+    def fail(self, field: str, message: str, file: str = MODEL_YAML) -> ModelFolderError:
         return ModelFolderError(f"{self.folder / file}: {field}: {message}")
 
     def check(self) -> None:
@@ -128,19 +128,19 @@ class ModelSpec:
             raise ModelFolderError(f"{self.folder}: a model's folder name is its URL path "
                                    "(/predictions/NAME): letters, digits, _ and -, starting with "
                                    "a letter")
-        unknown = set(self.card) - CARD_FIELDS
+        unknown = set(self.model_yaml) - MODEL_YAML_FIELDS
         if unknown:
             raise self.fail(", ".join(sorted(unknown)), f"unknown field; the fields are "
-                            f"{', '.join(sorted(CARD_FIELDS))}")
+                            f"{', '.join(sorted(MODEL_YAML_FIELDS))}")
         if self.kind not in KINDS:
-            raise self.fail("kind", f"{self.card.get('kind')!r} is not a kind; kinds: "
+            raise self.fail("kind", f"{self.model_yaml.get('kind')!r} is not a kind; kinds: "
                             f"{', '.join(KINDS)}")
-        source = self.card.get("source")
+        source = self.model_yaml.get("source")
         if not isinstance(source, dict) or len(set(source) & set(SOURCES)) != 1:
             raise self.fail("source", "give exactly one of: " +
                             "; ".join(f"{k} ({v})" for k, v in SOURCES.items()))
-        for key, sub, allowed in (("build", self.card.get("build") or {}, BUILD_FIELDS),
-                                  ("loadtest", self.card.get("loadtest") or {}, LOADTEST_FIELDS)):
+        for key, allowed in (("build", BUILD_FIELDS), ("loadtest", LOADTEST_FIELDS)):
+            sub = self.model_yaml.get(key) or {}
             if set(sub) - allowed:
                 raise self.fail(f"{key}.{sorted(set(sub) - allowed)[0]}",
                                 f"unknown field; {key} takes {', '.join(sorted(allowed))}")
@@ -249,7 +249,7 @@ class ModelSpec:
 
     @property
     def kind(self) -> str:
-        return self.card.get("kind", "")
+        return self.model_yaml.get("kind", "")
 
     @property
     def handler(self) -> str:
@@ -266,15 +266,15 @@ class ModelSpec:
 
     @property
     def source_type(self) -> str:
-        return next(k for k in self.card["source"] if k in SOURCES)
+        return next(k for k in self.model_yaml["source"] if k in SOURCES)
 
     @property
     def source_value(self) -> Any:
-        return self.card["source"][self.source_type]
+        return self.model_yaml["source"][self.source_type]
 
     @property
     def build_settings(self) -> dict:
-        return self.card.get("build") or {}
+        return self.model_yaml.get("build") or {}
 
     @property
     def ship_precisions(self) -> tuple[str, ...]:
@@ -288,7 +288,7 @@ class ModelSpec:
 
     @cached_property
     def inputs(self) -> tuple[Input, ...]:
-        listed = self.card.get("inputs")
+        listed = self.model_yaml.get("inputs")
         if listed is None and self.source_type == "huggingface":
             listed = [{"name": "input_ids", "shape": ["batch", "seq"], "dtype": "int64"},
                       {"name": "attention_mask", "shape": ["batch", "seq"], "dtype": "int64"}]
@@ -316,7 +316,7 @@ class ModelSpec:
     @property
     def dim_ranges(self) -> dict[str, tuple[int, int]]:
         ranges = dict(DEFAULT_RANGES)
-        for name, (low, high) in (self.card.get("dynamic") or {}).items():
+        for name, (low, high) in (self.model_yaml.get("dynamic") or {}).items():
             ranges[name] = (int(low), int(high))
         used = {d for dims in self.dims for d in dims if d}
         missing = used - set(ranges)
@@ -358,11 +358,11 @@ class ModelSpec:
 
     @property
     def parity_spec(self) -> dict:
-        return self.card.get("parity") or {}
+        return self.model_yaml.get("parity") or {}
 
     @property
     def example(self) -> dict:
-        return self.card.get("example") or {}
+        return self.model_yaml.get("example") or {}
 
     @staticmethod
     def content_type_of(file: str) -> str:
@@ -376,7 +376,7 @@ class ModelSpec:
 
     @property
     def extra_files_spec(self) -> dict[str, str]:
-        return dict(self.card.get("extra_files") or {})
+        return dict(self.model_yaml.get("extra_files") or {})
 
     # -- loading (torch from here on) ------------------------------------------------------------
 
@@ -414,7 +414,7 @@ class ModelSpec:
 
     @property
     def loadtest(self) -> dict:
-        return self.card.get("loadtest") or {}
+        return self.model_yaml.get("loadtest") or {}
 
     def payloads(self) -> list[bytes]:
         """Request bodies for load tests: files, or a model.py function (`python: NAME`)."""

@@ -98,9 +98,10 @@ def load(spec, work_dir: Path) -> nn.Module:
     cls = getattr(module, class_name, None)
     if cls is None:
         raise spec.fail("source.module", f"{file} has no class {class_name!r}")
-    model = cls(**(spec.card["source"].get("kwargs") or {}))
-    if "state_dict" in spec.card["source"]:
-        state = torch.load(spec.folder / spec.card["source"]["state_dict"], map_location="cpu",
+    source = spec.model_yaml["source"]
+    model = cls(**(source.get("kwargs") or {}))
+    if "state_dict" in source:
+        state = torch.load(spec.folder / source["state_dict"], map_location="cpu",
                            weights_only=True)
         try:
             model.load_state_dict(state)
@@ -152,7 +153,7 @@ def handler_for(spec, resources: Path):
     `resources` (the archive's staged files): the build decodes examples exactly as it serves."""
     handler = kind_class(spec.kind)()
     handler.configure(spec.handler_settings)
-    handler.card = spec.card
+    handler.model_yaml = spec.model_yaml
     handler.load_resources(resources)
     return handler
 

@@ -143,12 +143,13 @@ def test_a_reduced_precision_ships_only_when_asked_for(tmp_path):
     # What a folder asks: fp32 unless it lists more; a precision that does not exist is refused.
     shipped = models.load("digits")
     assert shipped.ship_precisions == ("fp32", "bf16", "fp16", "int8")
-    card = (shipped.folder / "model.yaml").read_text()
+    model_yaml = (shipped.folder / "model.yaml").read_text()
     folder = tmp_path / "digits"
     shutil.copytree(shipped.folder, folder)
-    (folder / "model.yaml").write_text(card.replace("  precisions: [fp32, bf16, fp16, int8]", ""))
+    (folder / "model.yaml").write_text(
+        model_yaml.replace("  precisions: [fp32, bf16, fp16, int8]", ""))
     assert models.ModelSpec.from_folder(folder).ship_precisions == ("fp32",)
-    (folder / "model.yaml").write_text(card.replace("[fp32, bf16, fp16, int8]", "[fp64]"))
+    (folder / "model.yaml").write_text(model_yaml.replace("[fp32, bf16, fp16, int8]", "[fp64]"))
     with pytest.raises(models.ModelFolderError, match="build.precisions"):
         models.ModelSpec.from_folder(folder)
 

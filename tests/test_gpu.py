@@ -23,8 +23,8 @@ def test_a_user_model_built_for_cuda_answers_on_the_gpu(cuda_device, tmp_path, n
     folder, _ = scaffold.create(name, make(tmp_path / file), models_dir=tmp_path / "models")
     # Not inductor: loading an AOTInductor CUDA package killed the process (segmentation fault)
     # with torch 2.11 on the lent H200, which no gate can answer (left open in the notes).
-    card = folder / "model.yaml"
-    card.write_text(card.read_text() + "build: {targets: [eager, torchscript]}\n")
+    model_yaml = folder / "model.yaml"
+    model_yaml.write_text(model_yaml.read_text() + "build: {targets: [eager, torchscript]}\n")
     spec = models.ModelSpec.from_folder(folder)
     info = build(name, model_store=tmp_path / "store", work_root=tmp_path / "work",
                  device="cuda", spec=spec)

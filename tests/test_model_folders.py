@@ -120,7 +120,7 @@ def test_serving_new_says_what_it_cannot_do(tmp_path, args, expected):
 class TensorModel(TensorHandler):
     def __init__(self) -> None:
         super().__init__()
-        self.card = {"inputs": [{"name": "x", "shape": ["batch", 2, 2], "dtype": "float32"},
+        self.model_yaml = {"inputs": [{"name": "x", "shape": ["batch", 2, 2], "dtype": "float32"},
                                 {"name": "ids", "shape": ["batch", 3], "dtype": "int64"}]}
         self.load_resources(Path("."))
 
@@ -150,7 +150,7 @@ def test_the_tensor_handler_reads_json_and_refuses_binary_for_two_inputs():
 
 def test_the_tensor_handler_reads_one_raw_little_endian_tensor():
     handler = TensorHandler()
-    handler.card = {"inputs": [{"name": "x", "shape": ["batch", 2, 2], "dtype": "float32"}]}
+    handler.model_yaml = {"inputs": [{"name": "x", "shape": ["batch", 2, 2], "dtype": "float32"}]}
     handler.load_resources(Path("."))
     values = torch.tensor([[1.5, -2.0], [3.25, 4.0]])
     [(x,)] = handler.decode(Payload(values.numpy().astype("<f4").tobytes(),
@@ -243,7 +243,8 @@ def test_every_kind_describes_itself(folder, kind):
     from handlers.base import kind_class
 
     handler = kind_class(kind)()
-    handler.card = {"kind": kind, "inputs": [{"name": "image", "shape": ["batch", 1, 16, 16]}]}
+    handler.model_yaml = {"kind": kind,
+                          "inputs": [{"name": "image", "shape": ["batch", 1, 16, 16]}]}
     handler.configure({"input_key": "image", "input_shape": [1, 16, 16]}
                       if kind == "array_classifier" else {})
     if kind == "tensor":

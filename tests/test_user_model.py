@@ -88,8 +88,8 @@ def served(project, tmp_path_factory):
 def test_each_user_model_answers_its_example_request(served, project):
     instance, timings = served
     for name, (*_, answer_field) in USER_MODELS.items():
-        card = (project / "models" / name / "model.yaml").read_text()
-        example = next(line.split("file:")[1].strip() for line in card.splitlines()
+        model_yaml = (project / "models" / name / "model.yaml").read_text()
+        example = next(line.split("file:")[1].strip() for line in model_yaml.splitlines()
                        if "file:" in line)
         content_type = "application/json"
         response = requests.post(f"{instance.inference_url}/predictions/{name}",

@@ -30,7 +30,7 @@ def archive(spec: ModelSpec, artifact: Path, config: dict, info: dict, work_dir:
     for module in HANDLERS_DIR.glob("*.py"):
         shutil.copy2(module, stage / "handlers" / module.name)
     sources.stage_resources(spec, stage)
-    shutil.copy2(spec.folder / models.CARD, stage / models.CARD)
+    shutil.copy2(spec.folder / models.MODEL_YAML, stage / models.MODEL_YAML)
     (stage / BUILD_INFO).write_text(json.dumps(info, indent=2))
     config_file = work_dir / "model-config.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -54,7 +54,7 @@ def operation(spec, handler, operation_id: str, request: dict, answer: dict, err
                              "content": {"application/json": {"schema": error}}}
     return {"post": {
         "operationId": operation_id,
-        "summary": spec.card.get("description", spec.name),
+        "summary": spec.model_yaml.get("description", spec.name),
         "description": f"Kind `{spec.kind}`: {(type(handler).__doc__ or kind.summary).strip()}\n\n"
                        f"{more}Metadata (schemas, build, parity): GET "
                        f"/models/{spec.name}?customized=true on the management API.",

@@ -233,18 +233,19 @@ def create(name: str, source: Path, kind: str | None = None, input_shape: str | 
     for file_name, (_, body) in zip(examples, scaffold.examples):
         (folder / "examples" / file_name).write_bytes(body)
     pattern = f"examples/*{Path(examples[0]).suffix}"
-    card = {"description": f"{name}, from {source.name}", "kind": kind, "source": found.source}
+    model_yaml = {"description": f"{name}, from {source.name}", "kind": kind,
+                  "source": found.source}
     if found.inputs:
-        card["inputs"] = found.inputs
+        model_yaml["inputs"] = found.inputs
     if found.dynamic:
-        card["dynamic"] = found.dynamic
-    card["parity"] = {"examples": pattern}
-    card["example"] = {"file": f"examples/{examples[0]}"}
-    card["loadtest"] = {"payloads": pattern, "slo": {"p95_ms": 1000, "p99_ms": 2000,
+        model_yaml["dynamic"] = found.dynamic
+    model_yaml["parity"] = {"examples": pattern}
+    model_yaml["example"] = {"file": f"examples/{examples[0]}"}
+    model_yaml["loadtest"] = {"payloads": pattern, "slo": {"p95_ms": 1000, "p99_ms": 2000,
                                                     "max_error_rate": 0.01}}
     header = (f"# Written by `python -m serving new {name} --from {source.name}`; docs/models.md "
               "describes every field.\n")
-    (folder / models.CARD).write_text(header + yaml.safe_dump(card, sort_keys=False))
+    (folder / models.MODEL_YAML).write_text(header + yaml.safe_dump(model_yaml, sort_keys=False))
     (folder / models.SERVING_CONFIG).write_text(
         "# TorchServe's serving config, packed into the .mar; `handler:` goes to the handler.\n" +
         yaml.safe_dump(serving_config(found, scaffold.settings), sort_keys=False,
