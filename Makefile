@@ -106,7 +106,7 @@ bench: setup             ## every model x target x precision x batch size, in-pr
 bench-serve: setup      ## per model: in-process vs TorchServe vs LitServe on the same archive (ARGS="minilm ...")
 	$(PY) -m serving bench-serve $(ARGS)
 
-bench-protocols: setup $(TRITON_STAMP)  ## per model: native, KServe v1, v2 JSON and binary through the front door, and perf_analyzer (ARGS="digits")
+bench-protocols: setup $(TRITON_STAMP)  ## per model: native, KServe v1, v2 JSON and binary through the front door, and perf_analyzer over REST and gRPC (ARGS="digits")
 	$(PY) -m serving bench-protocols $(ARGS)
 
 tune: setup             ## most throughput within a p99 limit: make tune MODEL=minilm P99_MS=250 [ARGS=--write]

@@ -18,6 +18,7 @@ from serving.run.prometheus import LOADTEST_METRICS_PORT, Prometheus
 from serving.run.torchserve import Instance
 
 import models
+from loadtest.protocols import PROTOCOLS
 from loadtest import user_class_name
 from loadtest.runner import HERE, MEASURE_ONLY, SHAPES, closed_loop, instance_of, locust, seconds, stats
 
@@ -56,18 +57,19 @@ def cmd_run(args) -> int:
     out = Path(args.out or RUN_DIR / "loadtest" / stamp)
     out.mkdir(parents=True, exist_ok=True)
     names = args.models or list(models.names())
-    extra = [f"--slo-file={args.slo_file}"]
+    extra = [f"--slo-file={args.slo_file}", f"--protocol={args.protocol}"]
     for flag in ("slo_p95_ms", "slo_p99_ms", "slo_max_error_rate", "slo_min_rps"):
         if getattr(args, flag) is not None:
             extra.append(f"--{flag.replace('_', '-')}={getattr(args, flag)}")
     print(f"Load test: {args.shape}, {args.users} users, {args.duration}, models {' '.join(names)}, "
-          f"against {host}; output in {out}", flush=True)
+          f"{args.protocol} protocol, against {host}; output in {out}", flush=True)
     started = time.time()
     code = locust(out, host, args.users, args.spawn_rate or args.users, args.duration,
                   [user_class_name(m) for m in names], args.shape, args.processes,
                   args.metrics_port, extra + args.locust_args, args.metrics_host, args.key_file)
     ended = time.time()
-    meta = {"shape": args.shape, "users": args.users, "duration": args.duration,
+    meta = {"shape": args.shape, "protocol": args.protocol, "users": args.users,
+            "duration": args.duration,
             "generator processes": args.processes or 1, "host": host,
             "locust exit code": code}
     path = report.write(prom, started, ended, out, meta, active_seconds=seconds(args.duration))
@@ -154,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-r", "--spawn-rate", type=float, help="users started per second (default: all at once)")
     p.add_argument("-t", "--duration", default="60s", help="e.g. 30s, 5m")
     p.add_argument("--shape", choices=list(SHAPES), default="constant")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="native",
+                   help="what the users speak: native REST, KServe v1, or the Open Inference "
+                   "Protocol in JSON or binary (loadtest/protocols.py); the same inputs in each")
     p.add_argument("--processes", type=int, default=0, help="Locust worker processes (0: one process)")
     p.add_argument("--host", help="inference URL (default: from config.properties)")
     p.add_argument("--key-file", help="the server's key_file.json (default: that of `make up`)")

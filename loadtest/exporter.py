@@ -5,8 +5,11 @@ histogram of response times rounded to 1 ms (10 ms above 100 ms, 100 ms above 1 
 turns them into Prometheus series when scraped, so the figures are the same in --headless, with
 --processes and with master/worker on several hosts, and nothing is counted twice.
 
-    loadtest_request_duration_seconds{model_name}     histogram of request latency
-    loadtest_requests_total{model_name, status}       requests by HTTP status ("error": no answer)
+    loadtest_request_duration_seconds{model_name, protocol}   histogram of request latency
+    loadtest_requests_total{model_name, status, protocol}     requests by HTTP status ("error": no
+                                                              answer)
+
+`protocol` is what the run's users speak (--protocol: native, kserve-v1, v2-json, v2-binary).
     loadtest_users                                    users running
     loadtest_cpu_percent{process}                     CPU use of each load-generator process
 """
@@ -52,19 +55,20 @@ class LocustCollector:
 
     def collect(self):
         stats = self.environment.stats
+        protocol = getattr(self.environment.parsed_options, "protocol", None) or "native"
         entries = [e for e in stats.entries.values() if e.num_requests]
         latency = HistogramMetricFamily("loadtest_request_duration_seconds",
                                         "Request latency seen by the load generator",
-                                        labels=["model_name"])
+                                        labels=["model_name", "protocol"])
         for entry in entries:
-            latency.add_metric([entry.name], cumulative_buckets(entry.response_times),
+            latency.add_metric([entry.name, protocol], cumulative_buckets(entry.response_times),
                                sum_value=entry.total_response_time / 1000)
         yield latency
 
         requests = CounterMetricFamily("loadtest_requests", "Requests by HTTP status",
-                                       labels=["model_name", "status"])
+                                       labels=["model_name", "status", "protocol"])
         for (model, status), count in sorted(status_counts(entries, stats.errors.values()).items()):
-            requests.add_metric([model, status], count)
+            requests.add_metric([model, status, protocol], count)
         yield requests
 
         runner = self.environment.runner

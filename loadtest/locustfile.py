@@ -21,6 +21,7 @@ from locust.runners import WorkerRunner
 
 import models
 from loadtest import KEY_ENV, exporter, host_env, slo, user_class_name
+from loadtest.protocols import ANSWER_FIELD, PROTOCOLS, request_in
 
 SLO_FILE = "loadtest/slo.yaml"  # the defaults; each model's own are in its model.yaml
 
@@ -52,6 +53,8 @@ def add_arguments(parser) -> None:
     group.add_argument("--slo-min-rps", type=float, help="minimum requests/s for every model")
     group.add_argument("--slo-report", default="", help="write the SLO check to this JSON file")
     group.add_argument("--steps", type=int, default=4, help="steps of the step_ramp shape")
+    group.add_argument("--protocol", choices=PROTOCOLS, default="native",
+                       help="what the model users speak (loadtest/protocols.py)")
 
 
 def exporter_port() -> int:
@@ -110,11 +113,12 @@ class ModelUser(FastHttpUser):
     def on_start(self) -> None:
         self.auth = auth_header()
 
-    def post(self, model: str, body: bytes, content_type: str, expect: str) -> None:
+    def post(self, model: str, request: tuple[str, bytes, dict], expect: str) -> None:
+        """One request (path, body, headers); `expect`: the field its JSON answer must have."""
+        path, body, headers = request
         base = os.environ.get(host_env(model), "").rstrip("/")  # "": the run's --host
-        with self.client.post(f"{base}/predictions/{model}", data=body, name=model,
-                              catch_response=True,
-                              headers={"Content-Type": content_type, **self.auth}) as response:
+        with self.client.post(f"{base}{path}", data=body, name=model, catch_response=True,
+                              headers={**headers, **self.auth}) as response:
             if response.status_code == 0:
                 response.failure(f"no answer: {response.error}")
             elif response.status_code != 200:
@@ -132,17 +136,35 @@ def bodies_of(name: str) -> tuple[str, list[bytes]]:
     return spec.payload_content_type, spec.payloads()
 
 
+@functools.cache
+def requests_of(name: str, protocol: str) -> list[tuple[str, bytes, dict]]:
+    """A model's load-test bodies as requests in `protocol` (path, body, headers), once per
+    process; the same inputs in every protocol (loadtest/protocols.py)."""
+    content_type, bodies = bodies_of(name)
+    if protocol == "native":
+        return [(f"/predictions/{name}", body, {"Content-Type": content_type}) for body in bodies]
+    from models import sources
+
+    handler = sources.model_handler(models.load(name))
+    return [request_in(protocol, name, handler, body, content_type) for body in bodies]
+
+
+def answer_field(spec, protocol: str) -> str:
+    return spec.answer_field if protocol == "native" else ANSWER_FIELD[protocol]
+
+
 def model_user(name: str) -> type:
     """A user class for one model folder: its payloads, its content type, its answer's field."""
     spec = models.load(name)
 
     def on_start(self) -> None:
         ModelUser.on_start(self)
-        self.content_type, self.bodies = bodies_of(name)
+        protocol = getattr(self.environment.parsed_options, "protocol", "native")
+        self.requests, self.expect = requests_of(name, protocol), answer_field(spec, protocol)
 
     @task
     def predict(self) -> None:
-        self.post(name, random.choice(self.bodies), self.content_type, spec.answer_field)
+        self.post(name, random.choice(self.requests), self.expect)
 
     return type(user_class_name(name), (ModelUser,), {
         "on_start": on_start, "predict": predict, "__module__": __name__,

@@ -79,7 +79,7 @@ def cmd_up(args) -> int:
               flush=True)
         instance.wait_ready(names, timeout=args.timeout)
         print(f"All {len(names)} models READY in {time.monotonic() - started:.1f}s.")
-    if not readiness_process(instance):
+    if not sidecar_process(instance, "readiness"):
         start_readiness(instance, names)
     if not frontdoor.running_in(door_dir):
         if port_in_use(instance.ports["frontdoor"]):
@@ -87,6 +87,8 @@ def cmd_up(args) -> int:
                              "by another program; stop it, or set SERVING_FRONTDOOR_PORT")
         frontdoor.FrontDoor.before(instance, names, door_dir,
                                    ready=f"127.0.0.1:{instance.ports['ready']}").start(detach=True)
+    if not sidecar_process(instance, "grpc"):
+        start_grpc(instance)
     prometheus = prometheus_for(instance)
     if not prometheus.process():
         prometheus.start()
@@ -94,6 +96,8 @@ def cmd_up(args) -> int:
     print(f"\nServing         {instance.public_url}  (the front door: nginx, docker/nginx; "
           "TorchServe's own inference API is\n"
           f"                {instance.inference_url}, for this machine's tools only)\n"
+          f"gRPC (v2)       127.0.0.1:{instance.ports['v2_grpc']}  (the Open Inference Protocol "
+          "over gRPC, through the front door: the same keys and limits)\n"
           f"Management API  {instance.management_url}  (model API off; keys in "
           f"{instance.key_file.relative_to(ROOT)})\n"
           f"Metrics         {instance.metrics_url}/metrics\n"
@@ -118,31 +122,64 @@ def check_ports_free(instance: Instance) -> None:
     if taken:
         raise ServeError(f"ports in use on 127.0.0.1: {', '.join(taken)}. Another server runs "
                          "there (`docker ps`, `ss -ltnp`); stop it, or move ours: config.properties "
-                         "for TorchServe's, SERVING_FRONTDOOR_PORT and SERVING_READY_PORT")
+                         "for TorchServe's, SERVING_FRONTDOOR_PORT, SERVING_READY_PORT and "
+                         "SERVING_V2_GRPC_PORT")
 
 
-def readiness_process(instance: Instance):
+def sidecar_process(instance: Instance, command: str):
+    """`python -m serving <command>` running beside `make up`'s TorchServe (its pid file)."""
     from serving.run.process import owned_process
 
-    return owned_process(instance.run_dir / "readiness.pid", "serving", "readiness")
+    return owned_process(instance.run_dir / f"{command}.pid", "serving", command)
+
+
+def start_sidecar(instance: Instance, command: str, arguments: list[str], port: str, what: str,
+                  answers) -> None:
+    """`python -m serving <command> ARGUMENTS` in the background beside `make up`'s TorchServe,
+    listening on its `port`, and wait until `answers()` (30 s at most)."""
+    import subprocess
+
+    if port_in_use(instance.ports[port]):
+        raise ServeError(f"port {instance.ports[port]} ({what}) is in use by another program; "
+                         f"stop it, or set SERVING_{port.upper()}_PORT")
+    with open(instance.log_dir / f"{command}.log", "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "serving", command, *arguments],
+                                   cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    (instance.run_dir / f"{command}.pid").write_text(str(process.pid))
+    deadline = time.monotonic() + 30
+    while not answers():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise ServeError(f"{what} did not start; see {instance.log_dir / (command + '.log')}")
+        time.sleep(0.2)
 
 
 def start_readiness(instance: Instance, names: list[str]) -> None:
-    """`python -m serving readiness` in the background beside `make up`'s TorchServe, and wait
-    until it answers: the front door's /ready, /v1/models[/<m>] and /v2/health/ready."""
-    import subprocess
+    """Per-model readiness (`python -m serving readiness`): the front door's /ready,
+    /v1/models[/<m>] and /v2/health/ready."""
+    url = f"http://127.0.0.1:{instance.ports['ready']}/v1/models"
+    start_sidecar(instance, "readiness", names, "ready", "per-model readiness",
+                  lambda: http_answers(url))
 
-    from serving.run.process import wait_http
 
-    if port_in_use(instance.ports["ready"]):
-        raise ServeError(f"port {instance.ports['ready']} (per-model readiness) is in use by "
-                         "another program; stop it, or set SERVING_READY_PORT")
-    with open(instance.log_dir / "readiness.log", "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "serving", "readiness", *names],
-                                   cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    (instance.run_dir / "readiness.pid").write_text(str(process.pid))
-    wait_http(f"http://127.0.0.1:{instance.ports['ready']}/v1/models", timeout=30)
+def start_grpc(instance: Instance) -> None:
+    """The Open Inference Protocol over gRPC in front of the front door (serving/run/oip_grpc.py)."""
+    from serving.run import oip_grpc
+
+    address = f"127.0.0.1:{instance.ports['v2_grpc']}"
+    start_sidecar(instance, "grpc", ["--upstream", f"127.0.0.1:{instance.ports['frontdoor']}",
+                                     "--port", str(instance.ports["v2_grpc"])],
+                  "v2_grpc", "the gRPC door", lambda: oip_grpc.probe(address, timeout=1))
+
+
+def http_answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def cmd_readiness(args) -> int:
@@ -245,8 +282,9 @@ def cmd_down(args) -> int:
         print(f"TorchServe drained in {waited:.1f}s (readiness false, queues empty, no request "
               "for 2 s).")
     print("TorchServe stopped." if instance.stop() else "TorchServe was not running.")
-    if proc := readiness_process(instance):
-        proc.terminate()
+    for command in ("grpc", "readiness"):
+        if proc := sidecar_process(instance, command):
+            proc.terminate()
     print("Front door stopped." if frontdoor.stop(door) else "The front door was not running.")
     print("Prometheus stopped." if prometheus_for(instance).stop() else "Prometheus was not running.")
     return 0
@@ -319,6 +357,8 @@ DELEGATED = {
     "new": ("serving.build.scaffold", "a model folder from your model file: NAME --from PATH"),
     "openapi": ("serving.build.openapi", "the OpenAPI document of every model's endpoint, with "
                 "its request and answer schemas"),
+    "grpc": ("serving.run.oip_grpc", "the Open Inference Protocol over gRPC in front of the "
+             "front door (`make up` runs it on 127.0.0.1:8001)"),
     "deploy": ("serving.scale.deploy", "Kubernetes and KServe manifests from the model folders "
                "and the measured capacity; measure, plan and verify capacity"),
 }

@@ -15,7 +15,8 @@ from serving.run.torchserve import free_port
 # The compose services' ports on the host network, as shipped. Where one is taken (`make up`'s
 # service runs), a stack runs on free ports of its own instead (use_free_ports).
 PORTS = {"frontdoor": 8080, "management": 8081, "metrics": 8082, "inference": 8085, "ready": 8086,
-         "grpc_inference": 7070, "grpc_management": 7071, "prometheus": 9090, "locust": 9646}
+         "grpc_inference": 7070, "grpc_management": 7071, "prometheus": 9090, "locust": 9646,
+         "v2_grpc": 8001}
 
 
 def engine_answers() -> bool:
@@ -94,6 +95,8 @@ class ComposeStack:
             "frontdoor": {"environment": {"TORCHSERVE_INFERENCE": f"127.0.0.1:{ports['inference']}",
                                           "TORCHSERVE_READY": f"127.0.0.1:{ports['ready']}",
                                           "FRONTDOOR_PORT": f"127.0.0.1:{ports['frontdoor']}"}},
+            "grpc": {"environment": {"GRPC_UPSTREAM": f"127.0.0.1:{ports['frontdoor']}",
+                                     "SERVING_V2_GRPC_PORT": str(ports["v2_grpc"])}},
             "prometheus": {
                 "command": ["--config.file=/etc/prometheus/prometheus.yml",
                             "--storage.tsdb.path=/prometheus", f"--web.listen-address={prometheus}"],

@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TIER_OF_FIXTURE = {
     "docker_engine": "docker", "arm64_engine": "arm64", "cuda_device": "gpu",
     "build_info": "integration", "builds_or_serves": "integration",
+    "client_environments": "integration",
 }
 
 
@@ -75,6 +76,16 @@ def cuda_device():
 
 
 @pytest.fixture(scope="session")
+def client_environments() -> None:
+    """The environments of the clients nobody here wrote (.venv-clients, .venv-triton), which
+    `make test` installs and `make test-fast` does not."""
+    from tests.clients import environments_missing
+
+    if missing := environments_missing():
+        pytest.fail(f"{', '.join(missing)} missing: `make test` installs them")
+
+
+@pytest.fixture(scope="session")
 def build_info() -> dict[str, dict]:
     """Every model built (or found up to date) in model_store/, with its build info."""
     return build_all()
@@ -106,3 +117,20 @@ def front_door(server, tmp_path_factory):
         yield door
     finally:
         door.stop()
+
+
+@pytest.fixture(scope="session")
+def grpc_door(front_door, client_environments, tmp_path_factory):
+    """The Open Inference Protocol over gRPC in front of `front_door`, as `make up` runs it
+    (`python -m serving grpc`, its own process); its address, host:port."""
+    from serving.run import oip_grpc
+    from serving.run.torchserve import free_port
+
+    port = free_port()
+    process = oip_grpc.start_process(f"127.0.0.1:{front_door.port}", port,
+                                     tmp_path_factory.mktemp("grpc") / "grpc.log")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

@@ -47,11 +47,15 @@ def config(*files: str, profiles: tuple[str, ...] = ()) -> dict:
 def test_the_committed_compose_file_is_valid():
     base = config("docker-compose.yml")
     services = base["services"]
-    assert set(services) == {"torchserve", "frontdoor", "prometheus", "locust"}  # rest: profiles
+    assert set(services) == {"torchserve", "frontdoor", "grpc", "prometheus", "locust"}  # rest: profiles
     assert "serving" in " ".join(services["torchserve"]["healthcheck"]["test"])
     assert "ready" in services["torchserve"]["healthcheck"]["test"]
+    assert "--probe" in services["grpc"]["healthcheck"]["test"]
     published = {name: [p["published"] for p in s.get("ports", [])] for name, s in services.items()}
-    assert published == {"frontdoor": ["8080"], "torchserve": [], "prometheus": [], "locust": []}
+    assert published == {"frontdoor": ["8080"], "grpc": ["8001"], "torchserve": [],
+                         "prometheus": [], "locust": []}
+    assert services["grpc"]["depends_on"]["frontdoor"]["condition"] == "service_healthy"
+    assert [p["host_ip"] for p in services["grpc"]["ports"]] == ["127.0.0.1"]
     assert services["prometheus"]["depends_on"]["torchserve"]["condition"] == "service_healthy"
     assert {d: c["condition"] for d, c in services["locust"]["depends_on"].items()} == \
         {"frontdoor": "service_healthy", "prometheus": "service_healthy"}
@@ -205,6 +209,31 @@ def test_the_front_door_checks_keys_and_answers_health_and_readiness(stack):
     door = [line.split()[1] for line in table.splitlines()[1:]
             if line.split()[3] == "0A" and int(line.split()[1].rsplit(":", 1)[1], 16) == STACK.ports["frontdoor"]]
     assert door == [f"0100007F:{STACK.ports['frontdoor']:04X}"], table
+
+
+def test_the_grpc_door_serves_the_oip_with_the_front_doors_keys(stack):
+    """compose's gRPC door (serving/run/oip_grpc.py), on loopback like the front door, in front of
+    it: the key is checked, and a digit is answered as over REST."""
+    import grpc
+
+    from tests.test_grpc import call, digits_request
+
+    STACK.wait_healthy("grpc", 120)
+    address = f"127.0.0.1:{STACK.ports['v2_grpc']}"
+    with pytest.raises(grpc.RpcError) as caught:
+        call(address, "ModelInfer", digits_request())
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    answer = call(address, "ModelInfer", digits_request(),
+                  [("authorization", key()["Authorization"])])
+    labels = answer.raw_output_contents[[o.name for o in answer.outputs].index("label")]
+    assert labels[4:5] == b"0"
+    table = subprocess.run(["docker", "exec", container("grpc"), "cat", "/proc/net/tcp",
+                            "/proc/net/tcp6"], capture_output=True, text=True).stdout
+    listening = [line.split()[1].rsplit(":", 1)[0] for line in table.splitlines()
+                 if len(line.split()) > 3 and line.split()[3] == "0A"
+                 and line.split()[1].endswith(f":{STACK.ports['v2_grpc']:04X}")]
+    # 127.0.0.1, as IPv4 or as gRPC's IPv4-mapped IPv6 socket (::ffff:127.0.0.1)
+    assert listening and set(listening) <= {"0100007F", "0000000000000000FFFF00000100007F"}, table
 
 
 def test_the_front_door_refuses_form_floods_and_passes_the_models_inputs(stack):

@@ -87,11 +87,12 @@ def prometheus(server, tmp_path_factory):
         prom.stop()
 
 
-def run_load_test(server, prometheus, out, *args, timeout: float = 90) -> tuple[int, float, float]:
+def run_load_test(server, prometheus, out, *args, timeout: float = 90, host: str | None = None
+                  ) -> tuple[int, float, float]:
     metrics_port = prometheus.loadtest_metrics.rsplit(":", 1)[1]
     command = [sys.executable, "-m", "loadtest", "run", "--prometheus-port", str(prometheus.port),
-               "--host", server.inference_url, "--key-file", str(server.key_file), "--metrics-port", metrics_port,
-               "--out", str(out), *args]
+               "--host", host or server.inference_url, "--key-file", str(server.key_file),
+               "--metrics-port", metrics_port, "--out", str(out), *args]
     started = time.time()
     code = subprocess.run(command, cwd=ROOT, timeout=timeout).returncode
     return code, started, time.time()
@@ -124,6 +125,27 @@ def test_prometheus_recorded_client_and_server_histograms(load_test, prometheus)
     recorded = prometheus.query("model_stage:handler_stage_seconds:p95_1m", at=at)
     assert {r["metric"]["model_name"] for r in recorded} >= set(MODELS)
     assert prometheus.query("model:loadtest_request_duration_seconds:p99_1m", at=at)
+
+
+@pytest.mark.parametrize("protocol", ["kserve-v1", "v2-json", "v2-binary"])
+def test_a_load_test_speaks_each_protocol_and_prometheus_labels_its_latency(
+        load_test, server, front_door, prometheus, tmp_path, protocol):
+    """The same payloads in another protocol, through the front door (which routes v1 and v2):
+    every answer a 200 with the protocol's own answer, the client's latency histogram labelled
+    with the protocol, and the handler's answers counted under it."""
+    code, _, ended = run_load_test(server, prometheus, tmp_path, "digits", "minilm", "-u", "4",
+                                   "-t", "6s", "--protocol", protocol, *LENIENT,
+                                   host=front_door.url)
+    assert code == 0
+    figures = json.loads((tmp_path / "report.json").read_text())["models"]
+    assert all(f["requests"] > 0 and f["errors"] == 0 for f in figures.values()), figures
+    labelled = {(r["metric"]["model_name"], r["metric"]["protocol"]) for r in prometheus.query(
+        "count by (model_name, protocol) "
+        "(last_over_time(loadtest_request_duration_seconds_bucket[5m]))", at=ended)}
+    assert {("digits", protocol), ("minilm", protocol), ("digits", "native")} <= labelled
+    served = {r["metric"]["protocol"] for r in prometheus.query(
+        'count by (protocol) (handler_responses_total{model_name="digits", status="200"})')}
+    assert ("v2" if protocol.startswith("v2") else protocol) in served
 
 
 def test_client_and_server_quantiles_are_consistent(load_test):

@@ -4,7 +4,8 @@ One TorchServe serving the model, the front door (docker/nginx) before it, and f
 (native REST, KServe v1, the Open Inference Protocol in JSON and with binary tensors) the same
 request sent by the served benchmark's load generator: one client (latency), then `--clients`
 closed-loop clients (the saturated throughput). Triton's perf_analyzer (.venv-triton, `make test`
-installs it) then drives the OIP routes itself, as a Triton user would measure this server.
+installs it) then drives the OIP itself, over REST and over gRPC (the gRPC door in front of the
+front door), as a Triton user would measure this server.
 
     python -m serving bench-protocols [MODEL ...] [--clients 16] [--seconds 10]
 
@@ -23,72 +24,47 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy
-
 import models
 from handlers import oip
-from handlers.base import JSON, Payload
+from loadtest.protocols import PROTOCOLS, oip_tensors, request_in
 from serving.run.cpu import cpu_name
 from serving.run.paths import MODEL_STORE, ROOT, RUN_DIR
 from serving.perf.bench_serve import archive_config
 from serving.perf.measure import Target, run_point, tree
 
 TRITON = ROOT / ".venv-triton"
-PROTOCOLS = ("native", "kserve-v1", "v2-json", "v2-binary")
 
 
 def requests_for(spec, handler) -> dict[str, tuple[str, bytes, dict]]:
     """The model's example request in each protocol: (path, body, headers)."""
-    return example_in_each_protocol(spec, handler)[0]
-
-
-def example_in_each_protocol(spec, handler) -> tuple[dict, list]:
-    """The requests of requests_for, and the example's OIP input tensors."""
     file, content_type = spec.example_request
     native = (models.MODELS_DIR / spec.name / file).read_bytes()
-    inputs = handler.oip_inputs()
-    instances = handler.native_instances(Payload(native, content_type))
-    tensors, as_text = [], None
-    if inputs[0]["datatype"] == "BYTES" and (inputs[0].get("parameters") or {}).get(
-            "content_type") == "str":  # texts
-        tensors = [oip.Tensor(inputs[0]["name"], "BYTES", [len(instances)],
-                              [t.encode() for t in instances])]
-    elif inputs[0]["datatype"] == "BYTES":  # a file (an image): base64 in JSON, as in v1
-        tensors = [oip.Tensor(inputs[0]["name"], "BYTES", [1], [native])]
-        as_text = [oip.Tensor(inputs[0]["name"], "BYTES", [1], [base64.b64encode(native)])]
-    else:  # numbers, named in each instance (or its bare array)
-        for spec_input in inputs:
-            rows = [i[spec_input["name"]] if isinstance(i, dict) else i for i in instances]
-            array = numpy.asarray(rows, dtype=oip.NUMERIC[spec_input["datatype"]])
-            tensors.append(oip.Tensor(spec_input["name"], spec_input["datatype"],
-                                      list(array.shape), array))
-    out = {"native": (f"/predictions/{spec.name}", native, {"Content-Type": content_type}),
-           "kserve-v1": (f"/v1/models/{spec.name}:predict",
-                         json.dumps({"instances": instances}).encode(), {"Content-Type": JSON})}
-    for label, binary in (("v2-json", False), ("v2-binary", True)):
-        body, length = oip.request(tensors if binary or as_text is None else as_text, binary)
-        headers = {"Content-Type": "application/octet-stream" if binary else JSON}
-        if length is not None:
-            headers["Inference-Header-Content-Length"] = str(length)
-        out[label] = (f"/v2/models/{spec.name}/infer", body, headers)
-    return out, tensors
+    return {p: request_in(p, spec.name, handler, native, content_type) for p in PROTOCOLS}
+
+
+def example_tensors(spec, handler) -> list:
+    """The model's example request as OIP input tensors."""
+    file, content_type = spec.example_request
+    return oip_tensors(handler, (models.MODELS_DIR / spec.name / file).read_bytes(),
+                       content_type)[0]
 
 
 def perf_analyzer(spec, handler, url: str, headers: dict, concurrency: list[int],
-                  seconds: float, work: Path) -> list[dict]:
-    """perf_analyzer's own figures over the OIP (binary tensors), at each concurrency."""
+                  seconds: float, work: Path, protocol: str = "http") -> list[dict]:
+    """perf_analyzer's own figures over the OIP (binary tensors), at each concurrency;
+    `protocol` "grpc": over gRPC, `url` the gRPC door's host:port."""
     binary = TRITON / "bin" / "perf_analyzer"
     if not binary.exists():
         raise RuntimeError(f"{binary} is missing: `make test` installs requirements-triton.txt")
     # Its input file: one row of each input tensor, as the binary extension lays it out ("b64").
     data = {}
-    for tensor in example_in_each_protocol(spec, handler)[1]:
+    for tensor in example_tensors(spec, handler):
         row = oip.Tensor(tensor.name, tensor.datatype, [1, *tensor.shape[1:]], tensor.data[:1])
         data[tensor.name] = {"b64": base64.b64encode(oip.tensor_bytes(row)).decode()}
     inputs = work / f"{spec.name}-perf-analyzer.json"
     inputs.write_text(json.dumps({"data": [data]}))
     csv_file = work / f"{spec.name}-perf-analyzer.csv"
-    command = [str(binary), "-m", spec.name, "-u", url, "-i", "http", "--input-data", str(inputs),
+    command = [str(binary), "-m", spec.name, "-u", url, "-i", protocol, "--input-data", str(inputs),
                "--concurrency-range", f"{min(concurrency)}:{max(concurrency)}:"
                f"{max(1, max(concurrency) - min(concurrency))}",
                "--measurement-interval", str(int(seconds * 1000)), "-f", str(csv_file),
@@ -115,6 +91,7 @@ def perf_analyzer(spec, handler, url: str, headers: dict, concurrency: list[int]
 
 def bench(name: str, clients: int, seconds: float, model_store: Path, log) -> dict:
     from models import sources
+    from serving.run import oip_grpc
     from serving.run.frontdoor import FrontDoor
     from serving.run.torchserve import free_port, start_on_free_ports
 
@@ -154,12 +131,22 @@ def bench(name: str, clients: int, seconds: float, model_store: Path, log) -> di
         # perf_analyzer stops at the first refused request: past the model's job queue a few are
         # (503, by design: docs/limits.md), so it goes no higher than the queue holds.
         queue = int(archive_config(model_store, name).get("jobQueueSize") or clients)
-        result["perf_analyzer"] = perf_analyzer(spec, handler, f"127.0.0.1:{door.port}", auth,
-                                                [1, min(clients, queue)], seconds, work)
-        for row in result["perf_analyzer"]:
-            log(f"  perf_analyzer (v2-binary) concurrency {row['concurrency']}: "
-                f"{row['ok_per_s']:.1f} infer/s, p50 {row['p50_ms']:.2f} ms, "
-                f"p99 {row['p99_ms']:.2f} ms")
+        grpc_port = free_port()
+        grpc_door = oip_grpc.start_process(f"127.0.0.1:{door.port}", grpc_port, work / "grpc.log")
+        try:
+            result["perf_analyzer"] = {
+                protocol: perf_analyzer(spec, handler, url, auth, [1, min(clients, queue)],
+                                        seconds, work, via)
+                for protocol, url, via in (("v2-binary", f"127.0.0.1:{door.port}", "http"),
+                                           ("v2-grpc", f"127.0.0.1:{grpc_port}", "grpc"))}
+        finally:
+            grpc_door.terminate()
+            grpc_door.wait(timeout=15)
+        for protocol, rows in result["perf_analyzer"].items():
+            for row in rows:
+                log(f"  perf_analyzer ({protocol}) concurrency {row['concurrency']}: "
+                    f"{row['ok_per_s']:.1f} infer/s, p50 {row['p50_ms']:.2f} ms, "
+                    f"p99 {row['p99_ms']:.2f} ms")
     finally:
         door.stop()
         instance.stop()
@@ -174,10 +161,11 @@ def table(result: dict, clients: int) -> str:
         lines.append(f"{protocol:12s} {point['request_bytes']:8d} {point['c1']['p50_ms']:10.2f} "
                      f"{point['c1']['p99_ms']:10.2f} {point['closed']['ok_per_s']:10.1f} "
                      f"{point['closed']['p99_ms']:8.1f}")
-    for row in result.get("perf_analyzer", []):
-        lines.append(f"{'perf_analyzer':12s} {'':8s} {'':10s} {'':10s} "
-                     f"{row['ok_per_s']:10.1f} {row['p99_ms']:8.1f}  (v2-binary, concurrency "
-                     f"{row['concurrency']}: p50 {row['p50_ms']:.2f} ms)")
+    for protocol, rows in result.get("perf_analyzer", {}).items():
+        for row in rows:
+            lines.append(f"{'perf_analyzer':12s} {'':8s} {'':10s} {'':10s} "
+                         f"{row['ok_per_s']:10.1f} {row['p99_ms']:8.1f}  ({protocol}, "
+                         f"concurrency {row['concurrency']}: p50 {row['p50_ms']:.2f} ms)")
     return "\n".join(lines)
 
 

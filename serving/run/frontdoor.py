@@ -18,6 +18,9 @@ from serving.run.paths import ROOT
 
 PORT = 8080  # where clients reach the service (SERVING_FRONTDOOR_PORT overrides it)
 READY_PORT = 8086  # per-model readiness beside TorchServe, for it (SERVING_READY_PORT)
+# The Open Inference Protocol over gRPC, in front of this door (serving/run/oip_grpc.py;
+# SERVING_V2_GRPC_PORT): Triton's gRPC port, where its clients and perf_analyzer look first.
+V2_GRPC_PORT = 8001
 TEMPLATE = ROOT / "docker" / "nginx" / "nginx.conf"
 RENDER = ROOT / "docker" / "nginx" / "render.sh"
 

@@ -30,7 +30,7 @@ from handlers.cores import SHARE_ENV
 
 from serving.run.cpu import worker_environment
 from serving.run.frontdoor import PORT as FRONTDOOR_PORT
-from serving.run.frontdoor import READY_PORT
+from serving.run.frontdoor import READY_PORT, V2_GRPC_PORT
 from serving.run.paths import CONFIG_PROPERTIES, MODEL_STORE, ROOT, RUN_DIR
 from serving.run.process import owned_process, stop_tree
 
@@ -105,7 +105,7 @@ class Instance:
     ports: dict[str, int] = field(default_factory=dict)
 
     PORT_KEYS = ("inference", "management", "metrics", "grpc_inference", "grpc_management",
-                 "worker", "frontdoor", "ready")
+                 "worker", "frontdoor", "ready", "v2_grpc")
 
     @classmethod
     def from_config(cls, **kwargs) -> "Instance":
@@ -123,6 +123,7 @@ class Instance:
             "worker": int(props.get("initial_worker_port", 9000)),
             "frontdoor": FRONTDOOR_PORT,  # where clients reach this instance (serving/run/frontdoor.py)
             "ready": READY_PORT,  # its per-model readiness, for the front door
+            "v2_grpc": V2_GRPC_PORT,  # the OIP over gRPC, in front of the front door (oip_grpc.py)
         }
         for key in cls.PORT_KEYS:
             if os.environ.get(f"SERVING_{key.upper()}_PORT"):

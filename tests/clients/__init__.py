@@ -26,6 +26,11 @@ def run_client(environment: str, script: str, plan: dict) -> dict:
     return json.loads(done.stdout)
 
 
+def environments_missing() -> list[str]:
+    return [env for env in (".venv-clients", ".venv-triton")
+            if not (ROOT / env / "bin" / "python").exists()]
+
+
 def kserve_sdk(plan: dict) -> dict:
     """KServe's Python SDK (kserve_sdk.py) run with the plan; what it returned."""
     return run_client(".venv-clients", "kserve_sdk.py", plan)
@@ -34,3 +39,8 @@ def kserve_sdk(plan: dict) -> dict:
 def triton_client(plan: dict) -> dict:
     """Triton's Python clients (triton.py) run with the plan; what they returned."""
     return run_client(".venv-triton", "triton.py", plan)
+
+
+def descriptors(environment: str, modules: list[str], messages: list[str]) -> dict:
+    """The messages' fields as `modules` (a client project's generated code) define them."""
+    return run_client(environment, "descriptors.py", {"modules": modules, "messages": messages})
