@@ -314,12 +314,14 @@ def test_network_policies_admit_inference_and_prometheus_only(rendered):
         # The default PVC storage is mounted, nothing to download: no egress at all.
         assert spec["egress"] == [], file
         ports = {r["ports"][0]["port"]: r.get("from") for r in spec["ingress"]}
-        assert set(ports) == {deploy.HTTP_PORT, deploy.METRICS_PORT}
-        assert ports[deploy.HTTP_PORT] is None  # inference from anywhere in the cluster
+        stack = "kserve" if file.startswith("kserve") else "kubernetes"
+        # Inference from anywhere in the cluster: the front door, and the Deployments' gRPC door.
+        inference = {deploy.HTTP_PORT} | ({deploy.GRPC_PORT} if stack == "kubernetes" else set())
+        assert set(ports) == inference | {deploy.METRICS_PORT}
+        assert all(ports[port] is None for port in inference)
         [prometheus] = ports[deploy.METRICS_PORT]
         assert prometheus["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
         # It selects its stack's serving pods, and they expose nothing else.
-        stack = "kserve" if file.startswith("kserve") else "kubernetes"
         selected = [pod for pod_stack, labels, pod in serving_pods(rendered)
                     if spec["podSelector"]["matchLabels"].items() <= labels.items()]
         assert len(selected) == len([p for p in serving_pods(rendered) if p[0] == stack])

@@ -195,3 +195,14 @@ def test_an_http_refusal_becomes_the_grpc_status_its_meaning_says():
     assert (refused.code, refused.message) == (grpc.StatusCode.INVALID_ARGUMENT, "wrong_shape: x")
     assert oip_grpc.refusal(502, b"<html>bad gateway</html>").code == grpc.StatusCode.UNAVAILABLE
     assert oip_grpc.refusal(418, b"").code == grpc.StatusCode.UNKNOWN
+
+
+def test_the_health_check_kubernetes_grpc_probes_call_says_serving(grpc_door):
+    """grpc.health.v1's Check (what a pod's `grpc:` probe calls, without a key): SERVING while
+    the front door behind answers."""
+    with grpc.insecure_channel(grpc_door) as channel:
+        check = channel.unary_unary(
+            f"/{oip_grpc.HEALTH_SERVICE}/Check",
+            request_serializer=M["HealthCheckRequest"].SerializeToString,
+            response_deserializer=M["HealthCheckResponse"].FromString)
+        assert check(M["HealthCheckRequest"](service=""), timeout=10).status == 1  # SERVING

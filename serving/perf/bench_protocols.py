@@ -71,8 +71,8 @@ def perf_analyzer(spec, handler, url: str, headers: dict, concurrency: list[int]
                # Its default wants three windows within 10% of each other, which a busy 2-core
                # VM often misses (the point is then left out of its report).
                "--stability-percentage", "25"]
-    for key, value in headers.items():
-        command += ["-H", f"{key}: {value}"]
+    for key, value in headers.items():  # gRPC metadata keys are lowercase
+        command += ["-H", f"{key.lower() if protocol == 'grpc' else key}: {value}"]
     env = {**os.environ, "LD_LIBRARY_PATH": ":".join(
         str(p) for p in (TRITON / "lib").glob("python3*/site-packages/nvidia/cuda_runtime/lib"))}
     done = subprocess.run(command, capture_output=True, text=True, env=env,

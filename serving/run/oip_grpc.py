@@ -105,6 +105,10 @@ MESSAGES: dict[str, list[tuple[str, int, str, bool]]] = {
                     ("max_batch_size", 4, "int32", False), ("input", 5, "ModelInput", True),
                     ("output", 6, "ModelOutput", True)],
     "ModelConfigResponse": [("config", 1, "ModelConfig", False)],
+    # grpc.health.v1 (grpc/grpc, doc/health-checking.md): what Kubernetes' gRPC probes call;
+    # status 1 is SERVING, 2 NOT_SERVING (an enum: on the wire a varint)
+    "HealthCheckRequest": [("service", 1, "string", False)],
+    "HealthCheckResponse": [("status", 1, "int32", False)],
 }
 ONEOF = {"InferParameter": "parameter_choice"}
 TRITON_TYPES = {"BOOL": 1, "UINT8": 2, "UINT16": 3, "UINT32": 4, "UINT64": 5, "INT8": 6,
@@ -317,6 +321,11 @@ class Service:
         status, _, _ = self.http("GET", "/v2/health/live", context)
         return M["ServerLiveResponse"](live=status == 200)
 
+    def Check(self, request, context):
+        """grpc.health.v1's Check: SERVING while the front door behind answers its liveness."""
+        status, _, _ = self.http("GET", "/v2/health/live", context)
+        return M["HealthCheckResponse"](status=1 if status == 200 else 2)
+
     def ServerReady(self, request, context):
         status, _, body = self.http("GET", "/v2/health/ready", context)
         if status in (401, 403):
@@ -388,6 +397,10 @@ RPCS = {"ServerLive": ("ServerLiveRequest", "ServerLiveResponse"),
         "ModelInfer": ("ModelInferRequest", "ModelInferResponse")}
 
 
+HEALTH_SERVICE = "grpc.health.v1.Health"
+HEALTH_RPCS = {"Check": ("HealthCheckRequest", "HealthCheckResponse")}
+
+
 def answering(method):
     """An RPC whose refusals (Refused, or a request too broken to read) end the call with their
     status and message, and nothing else: a bug is INTERNAL, with its traceback on stderr."""
@@ -406,13 +419,17 @@ def server(upstream: str, port: int, bind: str = "127.0.0.1", threads: int = 64)
     front door; up to 4x as many more wait, past that a call is refused RESOURCE_EXHAUSTED at
     once (the front door's own admission answers first, per model)."""
     service = Service(upstream)
-    handlers = {name: grpc.unary_unary_rpc_method_handler(
-        answering(getattr(service, name)), request_deserializer=M[request].FromString,
-        response_serializer=M[response].SerializeToString)
-        for name, (request, response) in RPCS.items()}
+
+    def handlers(rpcs: dict) -> dict:
+        return {name: grpc.unary_unary_rpc_method_handler(
+            answering(getattr(service, name)), request_deserializer=M[request].FromString,
+            response_serializer=M[response].SerializeToString)
+            for name, (request, response) in rpcs.items()}
+
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="oip-grpc"),
-        handlers=[grpc.method_handlers_generic_handler(SERVICE, handlers)],
+        handlers=[grpc.method_handlers_generic_handler(SERVICE, handlers(RPCS)),
+                  grpc.method_handlers_generic_handler(HEALTH_SERVICE, handlers(HEALTH_RPCS))],
         maximum_concurrent_rpcs=threads * 5,
         options=[("grpc.max_receive_message_length", MAX_MESSAGE),
                  ("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.so_reuseport", 0)])
@@ -461,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bind", default=os.environ.get("GRPC_BIND", "127.0.0.1"),
                         help="where it listens (default loopback; 0.0.0.0 inside a container)")
     parser.add_argument("--threads", type=int, default=64)
+    parser.add_argument("--drain-grace", type=float, default=5.0, help="seconds the calls in "
+                        "flight get to finish after SIGTERM (new ones are refused at once)")
     parser.add_argument("--probe", action="store_true", help="exit 0 when the door on --port "
                         "answers ServerLive, else 1 (a container's health check)")
     args = parser.parse_args(argv)
@@ -473,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     stopping.wait()
-    grpc_server.stop(grace=5).wait()  # what it accepted is answered first
+    grpc_server.stop(grace=args.drain_grace).wait()  # what it accepted is answered first
     return 0
 
 

@@ -34,6 +34,7 @@ from serving.scale.capacity import load_capacity
 from serving.scale.policy import (CAPACITY_FILE, DRAIN_GRACE_S, FRONTDOOR_MAX_REQUESTS,
                                   FRONTDOOR_TMP_MIB, GRACE_S, MIN_REPLICAS,
                                   PRESTOP_S, SCALE_UP_LOAD, TARGET_LOAD)
+from serving.run.frontdoor import V2_GRPC_PORT
 from serving.run.paths import MODEL_STORE, ROOT
 
 DEPLOY_DIR = ROOT / "deploy"
@@ -44,6 +45,7 @@ HTTP_PORT = 8080        # the front door (nginx) in each pod: key check, limits,
 TORCHSERVE_PORT = 8085  # TorchServe's inference API, on the pod's loopback
 READY_PORT = 8086       # `serving serve`'s readiness endpoint, on the pod's loopback (/ready via nginx)
 METRICS_PORT = 8082
+GRPC_PORT = V2_GRPC_PORT  # the gRPC door (serving/run/oip_grpc.py) in each Deployment's pod
 LOCUST_PORT = 5557
 LOADTEST_METRICS_PORT = 9646
 UID = 10001             # the image's `serving` user
@@ -231,6 +233,29 @@ def frontdoor_container(name: str, port_name: str) -> dict:
     }
 
 
+def grpc_container(image: str) -> dict:
+    """The gRPC door beside the front door: the Open Inference Protocol over gRPC, each call sent
+    on as the front door's REST request on the pod's loopback, so the key and limits are its."""
+    health = {"grpc": {"port": GRPC_PORT}}  # grpc.health.v1 Check: the front door answers
+    return {
+        "name": "grpc",
+        "image": image,
+        "command": ["python", "-m", "serving", "grpc", "--drain-grace", str(DRAIN_GRACE_S)],
+        "env": [{"name": "GRPC_UPSTREAM", "value": f"127.0.0.1:{HTTP_PORT}"},
+                {"name": "GRPC_BIND", "value": "0.0.0.0"},
+                {"name": "SERVING_V2_GRPC_PORT", "value": str(GRPC_PORT)}],
+        "ports": [{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
+        "readinessProbe": {**health, "periodSeconds": 5, "timeoutSeconds": 3},
+        "livenessProbe": {**health, "periodSeconds": 10, "timeoutSeconds": 3},
+        # After the wait, SIGTERM: no new call, and the calls in flight get the drain grace.
+        "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", f"sleep {PRESTOP_S}"]}}},
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"},
+                      "limits": {"cpu": "250m", "memory": "256Mi"}},
+        "securityContext": container_security(UID),
+        "volumeMounts": [{"name": "grpc-tmp", "mountPath": "/tmp"}],
+    }
+
+
 def pod_volumes(config: bool) -> list[dict]:
     """The root filesystems are read-only: TorchServe's state and unpacked archives, temporary
     files, and the front door's spooled bodies (sized for FRONTDOOR_MAX_REQUESTS of the largest)."""
@@ -280,8 +305,10 @@ def deployment(name: str, entry: dict, variant: dict, image: str) -> dict:
                         "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
                         "whenUnsatisfiable": "ScheduleAnyway",
                         "labelSelector": {"matchLabels": labels(name)}}],
-                    "containers": [torchserve, frontdoor_container("frontdoor", "http")],
-                    "volumes": pod_volumes(config=True),
+                    "containers": [torchserve, frontdoor_container("frontdoor", "http"),
+                                   grpc_container(image)],
+                    "volumes": [*pod_volumes(config=True),
+                                {"name": "grpc-tmp", "emptyDir": {"sizeLimit": "16Mi"}}],
                 },
             },
         },
@@ -293,7 +320,9 @@ def service(name: str) -> dict:
             "metadata": {"name": f"{APP}-{dns(name)}", "labels": labels(name)},
             "spec": {"selector": labels(name),
                      "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http",
-                                "protocol": "TCP"}]}}
+                                "protocol": "TCP"},
+                               {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc",
+                                "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"}]}}
 
 
 def disruption_budget(name: str) -> dict:
@@ -380,17 +409,19 @@ def prometheus_rule(release: str) -> dict:
 
 def network_policy(monitoring_namespace: str, stack: str = "kubernetes",
                    egress: list[dict] | None = None) -> dict:
-    """Serving pods take inference calls on the front door's port from anywhere in the cluster and
-    metrics scrapes from Prometheus only. They call nothing by default (the models come with the
-    image or a mounted volume, TorchServe talks to its workers over Unix sockets); `egress` opens
-    what a storage initializer needs to download them."""
+    """Serving pods take inference calls on the front door's port (and the Deployments' on the
+    gRPC door's) from anywhere in the cluster and metrics scrapes from Prometheus only. They call
+    nothing by default (the models come with the image or a mounted volume, TorchServe talks to
+    its workers over Unix sockets); `egress` opens what a storage initializer needs to download
+    them."""
+    inference = [HTTP_PORT, GRPC_PORT] if stack == "kubernetes" else [HTTP_PORT]
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"name": f"{APP}-torchserve-{stack}", "labels": labels(stack=stack)},
             "spec": {
                 "podSelector": {"matchLabels": labels(stack=stack)},
                 "policyTypes": ["Ingress", "Egress"],
                 "ingress": [
-                    {"ports": [{"protocol": "TCP", "port": HTTP_PORT}]},
+                    *({"ports": [{"protocol": "TCP", "port": port}]} for port in inference),
                     {"from": [{"namespaceSelector": {"matchLabels": {
                                    "kubernetes.io/metadata.name": monitoring_namespace}},
                                "podSelector": {"matchLabels": {
