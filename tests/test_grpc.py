@@ -170,6 +170,8 @@ def test_the_grpc_door_checks_keys_and_limits_as_the_front_door_and_refuses_alon
     config = call(grpc_door, "ModelConfig", M["ModelConfigRequest"](name="digits"), auth).config
     assert (config.max_batch_size, [(i.name, i.data_type, list(i.dims)) for i in config.input]) \
         == (64, [("pixels", oip_grpc.TRITON_TYPES["FP32"], [8, 8])])
+    assert [o.data_type for o in config.output] == [oip_grpc.TRITON_TYPES[t]
+                                                    for t in ("INT64", "STRING", "FP32")]
 
 
 def test_perf_analyzer_drives_the_grpc_door_for_a_bounded_run(server, grpc_door, tmp_path):

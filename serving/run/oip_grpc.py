@@ -111,9 +111,10 @@ MESSAGES: dict[str, list[tuple[str, int, str, bool]]] = {
     "HealthCheckResponse": [("status", 1, "int32", False)],
 }
 ONEOF = {"InferParameter": "parameter_choice"}
+# Triton's DataType values, by the name after "TYPE_" (its BYTES tensors are TYPE_STRING).
 TRITON_TYPES = {"BOOL": 1, "UINT8": 2, "UINT16": 3, "UINT32": 4, "UINT64": 5, "INT8": 6,
                 "INT16": 7, "INT32": 8, "INT64": 9, "FP16": 10, "FP32": 11, "FP64": 12,
-                "BYTES": 13, "BF16": 14}  # TYPE_STRING is 13
+                "STRING": 13, "BF16": 14}
 # Where each datatype's values are in InferTensorContents when a client sends no raw bytes.
 CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
             "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
@@ -281,7 +282,9 @@ class Service:
             sent["Authorization"] = key
         remaining = context.time_remaining()
         timeout = self.timeout if remaining is None else max(0.1, min(self.timeout, remaining))
-        for attempt in range(2):  # a kept-alive connection the front door closed: once more
+        # A kept-alive connection the front door closed: once more, on a new one (an inference
+        # sent twice is answered twice; the models keep no state).
+        for attempt in range(2):
             connection = getattr(self.local, "connection", None)
             if connection is None:
                 connection = self.local.connection = http.client.HTTPConnection(
@@ -364,10 +367,8 @@ class Service:
                                context)
 
         def tensors(specs: list[dict], kind: str) -> list:
-            return [M[kind](name=s["name"], dims=s["dims"],
-                            data_type=TRITON_TYPES.get(s["data_type"].removeprefix("TYPE_"),
-                                                       13 if s["data_type"] == "TYPE_STRING"
-                                                       else 0)) for s in specs]
+            return [M[kind](name=s["name"], dims=s["dims"], data_type=TRITON_TYPES.get(
+                s["data_type"].removeprefix("TYPE_"), 0)) for s in specs]  # 0: TYPE_INVALID
 
         return M["ModelConfigResponse"](config=M["ModelConfig"](
             name=answer["name"], platform=answer.get("platform", ""),
