@@ -119,8 +119,8 @@ def test_the_arm64_images_build_on_the_arm64_base_and_the_rest_on_this_machines(
                             check=True).stdout.strip()
     arm64 = {"image": "model-serving-base:bookworm-arm64", "arch": "arm64"}
     here = {"image": "model-serving-base:bookworm", "arch": native}
-    assert ARM64.bases() == {"torchserve": arm64, "builder": arm64, "locust": arm64,
-                             "frontdoor": here, "prometheus": here}
+    assert ARM64.bases() == {"torchserve": arm64, "grpc": arm64, "builder": arm64,
+                             "locust": arm64, "frontdoor": here, "prometheus": here}
 
 
 def test_the_arm64_image_has_a_lean_torch_that_runs_on_cpu(images):

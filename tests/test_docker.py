@@ -82,13 +82,14 @@ def test_the_committed_compose_file_is_valid():
                   profiles=("distributed", "grafana"))["services"]
     assert {name: s.get("network_mode") for name, s in host.items()} == \
         {name: "host" for name in host}
-    # arm64: the images built from docker/Dockerfile (the front door and Prometheus stay native);
-    # under emulation TorchServe and the builder see the stand-in CPU folder, read-only, and the
-    # builder the host build's weights, read-only.
+    # arm64: the images built from docker/Dockerfile, the gRPC door's included (the front door and
+    # Prometheus stay native); under emulation TorchServe and the builder see the stand-in CPU
+    # folder, read-only, and the builder the host build's weights, read-only.
     arm64 = config("docker-compose.yml", "docker/compose.host.yml", "docker/compose.arm64.yml",
                    "docker/compose.emulated-arm64.yml", profiles=("build",))["services"]
     assert {n: s.get("platform") for n, s in arm64.items() if s.get("platform")} == \
-        {"torchserve": "linux/arm64", "builder": "linux/arm64", "locust": "linux/arm64"}
+        {"torchserve": "linux/arm64", "grpc": "linux/arm64", "builder": "linux/arm64",
+         "locust": "linux/arm64"}
     for name in ("torchserve", "builder"):
         mounts = {v["target"]: v for v in arm64[name]["volumes"]}
         assert mounts["/sys/devices/system/cpu"]["read_only"], name
