@@ -106,6 +106,9 @@ class Instance:
 
     PORT_KEYS = ("inference", "management", "metrics", "grpc_inference", "grpc_management",
                  "worker", "frontdoor", "ready", "v2_grpc")
+    # The ones TorchServe itself listens on (the others: its workers' sockets, and what runs
+    # beside it, which a container of `serving serve` does not start).
+    TORCHSERVE_PORTS = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 
     @classmethod
     def from_config(cls, **kwargs) -> "Instance":
@@ -241,7 +244,7 @@ class Instance:
             raise ServeError(f"TorchServe already runs from {self.run_dir} "
                              f"(pid {self.process().pid}); stop it first")
         busy = [f"{k} {p}" for k, p in self.ports.items()
-                if k not in ("worker", "frontdoor", "ready") and port_in_use(p)]
+                if k in self.TORCHSERVE_PORTS and port_in_use(p)]
         if busy:
             raise ServeError(f"ports already in use on {self.host}: {', '.join(busy)}. Another "
                              "server runs there; stop it or change the addresses in config.properties")
