@@ -249,9 +249,12 @@ def test_overload_is_refused_fast_in_json_and_accepted_requests_stay_fast(server
 
 
 def test_a_short_soak_keeps_memory_and_answers_steady(server, tmp_path):
-    """A bounded run of `make soak` (60 s here, 10 minutes by the command)."""
+    """A bounded run of `make soak` (60 s here, 10 minutes by the command). Half the capacity,
+    not the command's 70%: measured in 5 s on a CI machine busy with Prometheus and the test
+    session, the capacity can read high, and at 70% of that one run in four saw digits' queue
+    refuse 1.4% (503s, which the soak counts as errors) while memory and answers held."""
     code, output = loadtest_command(server, "soak", "-t", "60s", "--capacity-duration", "5s",
-                                    "--out", str(tmp_path))
+                                    "--load", "0.5", "--out", str(tmp_path))
     result = json.loads((tmp_path / "soak.json").read_text())
     print(output[output.find("\nsoak 60s"):])
     assert result["requests"] > 100 and result["errors"] == 0, output[-3000:]
