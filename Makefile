@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-serve.txt requirements-bench.txt | sha256sum | cut -c1-12)
 
-.PHONY: help setup prometheus nginx sbom deploy capacity new build up down ready latency loadtest bench bench-serve bench-protocols tune worst-case fuzz overload soak compose-up compose-down arm64-up arm64-down test test-fast clean
+.PHONY: help setup prometheus nginx sbom deploy capacity new build up down ready latency loadtest bench bench-serve bench-protocols tune worst-case fuzz overload isolation soak compose-up compose-down arm64-up arm64-down test test-fast clean
 
 # A virtual environment with the pinned dependencies; redone when requirements.txt changes.
 $(STAMP): requirements.txt requirements-serve.txt requirements-bench.txt
@@ -119,7 +119,10 @@ fuzz: setup             ## the handler fuzz test at length (FUZZ_EXAMPLES per mo
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} $(PY) -m pytest -s -q tests/test_fuzz.py
 
 overload: setup         ## a model at 4x its capacity against the running service (ARGS="minilm")
-	$(PY) -m loadtest overload $(or $(ARGS),efficientnet_lite0)
+	$(PY) -m serving overload $(or $(ARGS),efficientnet_lite0)
+
+isolation: setup        ## digits' p99 alone and beside the other models saturated (ARGS="minilm"; SERVING_CPUS: docs/limits.md)
+	$(PY) -m serving isolation $(or $(ARGS),digits)
 
 soak: setup             ## every model at 70% of capacity for 10 minutes against the running service
 	$(PY) -m loadtest soak $(ARGS)

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import torch
 
 from handlers import CPU_ENV, WORKERS_ENV, artifacts
-from handlers.cores import CoreShare, available_cores
+from handlers.cores import PLACEMENT_ENV, CoreShare, available_cores, place_worker
 from handlers.deadline import DeadlineExceeded, deadline
 from handlers.errors import RequestError, bad_request, request_header, unprocessable  # noqa: F401 (re-exported)
 from handlers.metrics import HandlerMetrics
@@ -431,6 +431,7 @@ class ModelHandler:
         self.batch_buckets = sorted({int(b) for b in buckets if 0 < int(b) <= batch_size}
                                     | {batch_size})
 
+        placed_on = place_worker(context.model_name)  # before threads: they count its CPUs
         max_threads = int(self.settings["torch_threads"] or available_cores())
         self._core_share = CoreShare.from_env(max_threads)
         if not self._core_share.shared:  # no launcher to share cores through: a fixed split
@@ -448,11 +449,12 @@ class ModelHandler:
         self.load_resources(model_dir)
         self._warm_up()
         self._metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name)
-        log.info("%s ready: %s/%s on %s with %s threads, batch buckets %s, in %.1fs; CPU: %s, "
+        log.info("%s ready: %s/%s on %s with %s threads%s, batch buckets %s, in %.1fs; CPU: %s, "
                  "torch's kernels %s, %s", context.model_name, self.build_info["target"],
                  self.build_info["precision"], self.device,
                  f"up to {self._core_share.max_threads} (cores shared by the busy workers)"
                  if self._core_share.shared else torch.get_num_threads(),
+                 f" on CPUs {sorted(placed_on)} ({PLACEMENT_ENV})" if placed_on else "",
                  self.batch_buckets, time.perf_counter() - started, platform.machine(),
                  torch.backends.cpu.get_cpu_capability(),
                  " ".join(f"{k}={os.environ[k]}" for k in CPU_ENV if k in os.environ) or "no CPU settings")

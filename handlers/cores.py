@@ -9,6 +9,11 @@ its pid and a busy flag) and takes cores / busy workers threads, at most its own
 
 The launcher (serving.run.torchserve) names the file in SERVING_CORE_SHARE; without it (in-process
 use, tests) the worker keeps a fixed number of threads.
+
+Sharing is the default because it serves the most. Where one model's latency must not depend on
+another's load, SERVING_CPUS places models on CPUs of their own ("digits=0 a,b=1"):
+on two shared cores no scheduling priority kept a cheap model's p99 within 2x while two others
+were saturated (docs/limits.md, "One model beside another"); only a core of its own did.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SHARE_ENV = "SERVING_CORE_SHARE"
+PLACEMENT_ENV = "SERVING_CPUS"
 SLOTS = 256
 SLOT = struct.Struct("<iI")  # pid, busy
 
@@ -35,6 +41,59 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def cpu_list(text: str) -> frozenset[int]:
+    """A CPU list as taskset and cpusets write it: "1", "0-3", "0,2-3"."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError(f"{text!r} is not a CPU list (e.g. 1, 0-3, 0,2-3)")
+        low, high = int(first), int(last) if dash else int(first)
+        if high < low:
+            raise ValueError(f"{text!r}: the range {part.strip()} runs backwards")
+        cpus.update(range(low, high + 1))
+    return frozenset(cpus)
+
+
+def placement(spec: str, available: set[int] | None = None) -> dict[str, frozenset[int]]:
+    """SERVING_CPUS ("digits=0 efficientnet_lite0,minilm=1"): the CPUs each named model's workers
+    run on. Models not named run anywhere. Raises ValueError saying what is wrong, CPUs this
+    process cannot run on included (a placement on missing CPUs would silently not isolate)."""
+    available = available if available is not None else os.sched_getaffinity(0)
+    placed: dict[str, frozenset[int]] = {}
+    for entry in spec.split():
+        names, equals, cpus_text = entry.partition("=")
+        if not equals or not names:
+            raise ValueError(f"{entry!r} is not MODEL[,MODEL...]=CPUS (e.g. digits=0)")
+        cpus = cpu_list(cpus_text)
+        if missing := sorted(cpus - set(available)):
+            raise ValueError(f"{entry!r}: no CPU {', '.join(map(str, missing))} here "
+                             f"(this machine runs on {sorted(available)})")
+        for name in names.split(","):
+            if name in placed:
+                raise ValueError(f"{name} is placed twice in {spec!r}")
+            placed[name] = cpus
+    return placed
+
+
+def pin_to(cpus: frozenset[int]) -> None:
+    """Every thread of this process on `cpus` (sched_setaffinity takes one thread; the threads
+    torch has already started would stay anywhere), and the threads started later inherit it."""
+    for task in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(task), cpus)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
+
+
+def place_worker(model: str) -> frozenset[int] | None:
+    """Puts this worker on its model's CPUs if SERVING_CPUS names it; the CPUs, or None."""
+    cpus = placement(os.environ.get(PLACEMENT_ENV, "")).get(model)
+    if cpus:
+        pin_to(cpus)
+    return cpus
 
 
 def alive(pid: int) -> bool:

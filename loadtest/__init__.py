@@ -6,14 +6,6 @@ Prometheus recorded. `python -m loadtest --help`."""
 KEY_ENV = "SERVING_INFERENCE_KEY"
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """The one percentile of the project (nearest rank) of already sorted values, q in 0..1: the
-    overload probe's here, and serving.perf.measure's for every served experiment."""
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
-
-
 def user_class_name(model: str) -> str:
     """The Locust user class generated for a model folder: efficientnet_lite0 -> EfficientnetLite0User."""
     return "".join(part[:1].upper() + part[1:] for part in

@@ -107,19 +107,6 @@ def cmd_ceiling(args) -> int:
     return 0
 
 
-def cmd_overload(args) -> int:
-    from loadtest import overload
-
-    host = args.host or Instance.from_config().public_url
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out or RUN_DIR / "loadtest" / f"overload-{args.model}-{stamp}")
-    batch_users = args.batch_users or overload.batch_size(args.model)
-    result = overload.run(args.model, host, out, batch_users, args.factor, args.duration,
-                          args.key_file)
-    print("\n" + overload.report(result) + f"\nDetails: {out}")
-    return 0 if result["ok"] else 1
-
-
 def cmd_soak(args) -> int:
     from loadtest import soak
 
@@ -192,19 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-t", "--duration", default="15s")
     p.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     p.set_defaults(func=cmd_ceiling)
-
-    p = sub.add_parser("overload", help="a model at FACTOR x its capacity: accepted p99, "
-                       "rejection p99, goodput")
-    p.add_argument("model", help="a model folder's name")
-    p.add_argument("--host")
-    p.add_argument("--key-file", help="the server's key_file.json (default: that of `make up`)")
-    p.add_argument("--batch-users", type=int, help="closed-loop users that make one full "
-                   "batch per worker (default: batchSize x minWorkers in "
-                   "models/MODEL/model-config.yaml)")
-    p.add_argument("--factor", type=float, default=4.0)
-    p.add_argument("-t", "--duration", default="30s", help="of each of the three runs")
-    p.add_argument("--out")
-    p.set_defaults(func=cmd_overload)
 
     p = sub.add_parser("soak", help="every model at LOAD x capacity for a long time: RSS, open "
                        "files, latency drift")

@@ -176,7 +176,7 @@ for _name in models.names():
 
 
 class PacedUser(FastHttpUser):
-    """Open-loop-like arrivals for overload and soak runs (`python -m loadtest overload|soak`):
+    """Open-loop-like arrivals for soak runs (`python -m loadtest soak`) and paced load tests:
     each user sends one request a second on its own phase, so N users offer about N requests/s
     spread evenly, whatever the server does. $PACED_MODELS ("digits:230,minilm:17") says how many
     users go to each model. Answers are named by outcome, so Locust's statistics give accepted and

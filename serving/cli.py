@@ -10,6 +10,7 @@ import time
 
 import models
 from handlers import PRECISIONS, TARGETS
+from handlers.cores import PLACEMENT_ENV, placement
 from serving.run import frontdoor
 from serving.run.paths import ROOT
 from serving.run.prometheus import Prometheus, PrometheusError
@@ -103,7 +104,12 @@ def cmd_up(args) -> int:
           f"Metrics         {instance.metrics_url}/metrics\n"
           f"Prometheus      {prometheus.url}  (scrapes TorchServe and load tests; rules in prometheus/)\n"
           f"Logs            {instance.log_dir.relative_to(ROOT)}/, "
-          f"{door_dir.relative_to(ROOT)}/nginx.log\n")
+          f"{door_dir.relative_to(ROOT)}/nginx.log")
+    if placed := placement(os.environ.get(PLACEMENT_ENV, "")):
+        print("CPUs            " + "; ".join(f"{model} on {','.join(map(str, sorted(cpus)))}"
+                                             for model, cpus in placed.items())
+              + f"  ({PLACEMENT_ENV}; the others anywhere)")
+    print()
     print("Every call to a model needs the inference key (401 without it):\n"
           "  AUTH=\"Authorization: Bearer $(.venv/bin/python -m serving key)\"")
     for name in names:
@@ -352,6 +358,10 @@ DELEGATED = {
                         "perf_analyzer"),
     "tune": ("serving.perf.tune", "the batch size, delay, workers and threads with the most "
              "throughput within a p99 limit, against the real TorchServe: MODEL --p99-ms X"),
+    "overload": ("serving.perf.overload", "a model at 4x its capacity through the running "
+                 "service's front door: accepted p99, rejection p99, goodput"),
+    "isolation": ("serving.perf.isolation", "one model's p99 alone and while the others are "
+                  "saturated, through the running service's front door"),
     "worst-case": ("serving.perf.worst_case", "each model's costliest request next to a normal "
                    "full batch"),
     "new": ("serving.build.scaffold", "a model folder from your model file: NAME --from PATH"),

@@ -4,8 +4,10 @@ with TorchServe's real Context class and small real TorchScript models."""
 from __future__ import annotations
 
 import io
+import os
 import json
 import platform
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -887,3 +889,49 @@ def test_oip_images_are_bytes_elements_or_base64_strings_in_json():
     with pytest.raises(RequestError) as caught:
         handler.read({"body": oip_json("image", "BYTES", np.array(["not base64!"]))}, None, "v2")
     assert (caught.value.status, caught.value.error) == (400, "bad_base64")
+
+
+# -- where a model's workers run (SERVING_CPUS) -----------------------------------------------------
+
+def test_a_placement_names_models_and_cpu_lists():
+    from handlers.cores import placement
+
+    assert placement("digits=0 efficientnet_lite0,minilm=1-3", available={0, 1, 2, 3}) == {
+        "digits": frozenset({0}), "efficientnet_lite0": frozenset({1, 2, 3}),
+        "minilm": frozenset({1, 2, 3})}
+    assert placement("a=0,2-3", available={0, 1, 2, 3}) == {"a": frozenset({0, 2, 3})}
+    assert placement("", available={0}) == {}
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("digits", "not MODEL"), ("=0", "not MODEL"), ("digits=x", "not a CPU list"),
+    ("digits=3-1", "runs backwards"), ("digits=7", "no CPU 7 here"),
+    ("digits=0 digits=1", "placed twice")])
+def test_a_wrong_placement_says_what_is_wrong(spec, says):
+    from handlers.cores import placement
+
+    with pytest.raises(ValueError, match=says):
+        placement(spec, available={0, 1})
+
+
+def test_a_placed_worker_runs_every_thread_on_its_cpus(tmp_path):
+    """In a process of its own (pinning is for the process's life), with threads started before
+    the placement, as torch's are when the handler pins itself: every one moves."""
+    import subprocess
+    import sys
+
+    code = ("import os, threading, time\n"
+            "stop = threading.Event()\n"
+            "threads = [threading.Thread(target=stop.wait) for _ in range(3)]\n"
+            "[t.start() for t in threads]\n"
+            "from handlers.cores import place_worker\n"
+            "placed = place_worker('digits')\n"
+            "tasks = [int(t) for t in os.listdir('/proc/self/task')]\n"
+            "print(sorted(placed), len(tasks) >= 4, all(os.sched_getaffinity(t) == {0} for t in tasks))\n"
+            "print(place_worker('minilm'))\n"
+            "stop.set()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "SERVING_CPUS": "digits=0"}, cwd=Path(__file__).parents[1],
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[0] True True", "None"], done.stdout

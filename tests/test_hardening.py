@@ -229,19 +229,28 @@ def loadtest_command(server, *args: str, timeout: float = 300,
 def test_overload_is_refused_fast_in_json_and_accepted_requests_stay_fast(server, front_door,
                                                                          tmp_path):
     """A bounded run of `make overload` through the front door, as `make up` serves: the model at
-    ~4x its capacity. Its figures against the targets are printed (speed targets are judged by
-    the command, not here); this test holds the behaviour: excess load is refused with JSON 503s
-    (the front door's admission), nothing else fails, and accepted requests stay near their
-    unloaded latency instead of seconds behind it."""
-    code, output = loadtest_command(server, "overload", "efficientnet_lite0", "-t", "12s",
-                                    "--out", str(tmp_path), host=front_door.url)
+    ~4x its capacity, one round. Its figures against the targets are printed (speed targets are
+    judged by the command, not here); this test holds the behaviour: excess load is refused with
+    JSON 503s (the front door's admission), nothing else fails, and accepted requests stay near
+    their unloaded latency instead of seconds behind it."""
+    import subprocess
+    import sys
+
+    from serving.run.paths import ROOT
+
+    done = subprocess.run([sys.executable, "-m", "serving", "overload", "efficientnet_lite0",
+                           "-t", "12", "--rounds", "1", "--host", front_door.url,
+                           "--run-dir", str(server.run_dir), "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    code, output = done.returncode, done.stdout + done.stderr
     result = json.loads((tmp_path / "overload.json").read_text())
-    print(output[output.find("\nefficientnet_lite0: unloaded"):])
+    print(output[output.find("\nefficientnet_lite0, the median"):])
     assert result["errors"] == 0, output[-3000:]
     assert result["rejected_rps"] > 0 and result["accepted_rps"] > 0
+    assert result["offered_rps"] > 3 * result["capacity_rps"], result
     assert result["goodput"] > 0.5
-    # 14x with a 128-long queue; 2.4-3.5x measured with the shipped 12 (EfficientNet's unloaded
-    # reference is now a batch of 2 per worker, ~70 ms at p99, so each queued batch weighs more).
+    # 14x with a 128-long queue; 2.4-3.5x with TorchServe's queue of 12 alone; within 2x with
+    # the front door's admission (docs/limits.md); 5x here leaves room for a busy CI machine.
     assert result["accepted_p99_ms"] < 5 * result["unloaded_p99_ms"]
     # The command's verdict: 0 when every target is met, 1 when one is missed (2 cores: goodput),
     # never a crash; its exit code must say what its report says.

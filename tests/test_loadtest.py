@@ -116,7 +116,7 @@ def test_prometheus_recorded_client_and_server_histograms(load_test, prometheus)
     server = {r["metric"]["model_name"] for r in prometheus.query(
         "count by (model_name) (handler_stage_seconds_bucket)")}
     client = {r["metric"]["model_name"] for r in prometheus.query(
-        f'count by (model_name) (last_over_time(loadtest_request_duration_seconds_bucket[5m]))')}
+        'count by (model_name) (last_over_time(loadtest_request_duration_seconds_bucket[5m]))')}
     stages = {r["metric"]["stage"] for r in prometheus.query(
         'count by (stage) (handler_stage_seconds_bucket{model_name="minilm"})')}
     assert server >= set(MODELS) and client >= set(MODELS)
@@ -200,8 +200,8 @@ def test_paced_users_spread_their_requests_over_each_second(tmp_path, monkeypatc
     connection). Against TorchServe, users paced by Locust's constant_throughput drifted into
     lockstep within seconds (its access log: ~220 requests in 100 ms, then none for 0.9 s), so the
     queue sat empty most of the time and overload runs measured the generator's bursts: goodput
-    59%, rejections 66 ms p50; paced as now, 97% and 1 ms. A real Locust (two processes, as the
-    overload command runs it) against a recording HTTP server on loopback."""
+    59%, rejections 66 ms p50; paced as now, 97% and 1 ms. A real Locust (two processes, as a
+    distributed run has them) against a recording HTTP server on loopback."""
     import http.server
     import threading
 

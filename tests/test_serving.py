@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -256,6 +258,39 @@ def test_stopping_another_instance_leaves_this_one_running(server, tmp_path):
     assert not port_in_use(other.ports["inference"])
     assert server.process() is not None
     assert predict(server, "digits", {"pixels": GRID}).status_code == 200
+
+
+def test_placed_workers_run_only_on_their_cpus(build_info, tmp_path, monkeypatch):
+    """SERVING_CPUS through a real TorchServe: the launcher passes it on, each digits worker pins
+    every one of its threads to CPU 0 (the frontend and unplaced models stay anywhere), says so in
+    its log, and serves."""
+    monkeypatch.setenv("SERVING_CPUS", "digits=0")
+    instance = Instance.on_free_ports(run_dir=tmp_path / "placed")
+    instance.start(["digits"])
+    try:
+        instance.wait_ready(["digits"], timeout=120)
+        assert predict(instance, "digits", {"pixels": GRID}).status_code == 200
+        pids = [worker["pid"] for worker in instance.workers("digits")]
+        assert pids
+        for pid in pids:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                assert os.sched_getaffinity(int(task.name)) == {0}, (pid, task.name)
+        assert os.sched_getaffinity(instance.process().pid) == os.sched_getaffinity(0)
+        log = (instance.log_dir / "model_log.log").read_text()
+        assert "on CPUs [0] (SERVING_CPUS)" in log, log[-2000:]
+    finally:
+        instance.stop()
+
+
+def test_a_placement_of_models_the_server_does_not_serve_is_refused_before_it_starts(monkeypatch):
+    from serving.run.torchserve import ServeError
+
+    monkeypatch.setenv("SERVING_CPUS", "digits=0 mnist=0")
+    with pytest.raises(ServeError, match="places mnist, which this server does not serve"):
+        Instance.check_placement(["digits"])
+    monkeypatch.setenv("SERVING_CPUS", "digits=4096")
+    with pytest.raises(ServeError, match="SERVING_CPUS: 'digits=4096': no CPU 4096 here"):
+        Instance.check_placement(["digits"])
 
 
 # -- KServe's v1 protocol through the front door ----------------------------------------------------

@@ -150,8 +150,8 @@ def run(names, chosen_targets, precisions, batches, device, out: Path) -> list[d
 
 
 def table(results: list[dict]) -> str:
-    header = (f"| model | target | precision | batch | median ms | p99 ms | items/s | "
-              f"x eager | peak RSS MB | build s | first call ms (batch 8) |\n|" + "---|" * 11)
+    header = ("| model | target | precision | batch | median ms | p99 ms | items/s | "
+              "x eager | peak RSS MB | build s | first call ms (batch 8) |\n|" + "---|" * 11)
     lines = [header]
     for r in results:
         if r["status"] != "measured":

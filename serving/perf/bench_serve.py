@@ -268,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"no archive for {missing} in {model_store}: python -m serving build")
     if not args.no_peer:
-        try:
-            import litserve  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("litserve") is None:
             parser.error("LitServe is not installed: pip install -r requirements-bench.txt "
                          "(make bench-serve does), or pass --no-peer")
     machine = cpu_name()

@@ -13,7 +13,8 @@ since on a 2-core machine the generator competes with the server it measures.
 
     python -m serving.perf.loadgen URL --body FILE --content-type TYPE [--header K:V] \
         (--clients N | --rate R) --seconds S [--warmup S]
-prints one JSON object: ok/s, latency percentiles (ms), answers by status, the generator's CPU.
+prints one JSON object: ok/s, latency percentiles (ms), answers by status (and the p99 of each
+status other than 200), the generator's CPU.
 """
 
 from __future__ import annotations
@@ -37,12 +38,17 @@ def multipart(body: bytes, content_type: str, field: str = "data") -> tuple[byte
     return head + body + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def summary(latencies: list[float], statuses: dict, seconds: float, cpu: float) -> dict:
+def summary(latencies: list[float], statuses: dict, seconds: float, cpu: float,
+            refused: dict | None = None) -> dict:
+    """`latencies`: the 200s'; `refused`: the other answers' by status (a server that refuses
+    fast is told apart from one that refuses late)."""
     ok = sorted(latencies)
     return {"seconds": seconds, "ok": len(ok), "ok_per_s": len(ok) / seconds if seconds else 0.0,
             "p50_ms": percentile(ok, 0.50) * 1000, "p90_ms": percentile(ok, 0.90) * 1000,
             "p99_ms": percentile(ok, 0.99) * 1000, "max_ms": (ok[-1] if ok else float("nan")) * 1000,
-            "statuses": {str(k): v for k, v in sorted(statuses.items())},
+            "statuses": {str(k): v for k, v in sorted(statuses.items(), key=str)},
+            "p99_ms_by_status": {str(k): percentile(sorted(v), 0.99) * 1000
+                                 for k, v in (refused or {}).items() if v},
             "generator_cpu_s": cpu, "generator_cpu_share": cpu / seconds if seconds else 0.0}
 
 
@@ -58,6 +64,7 @@ def run(url: str, body: bytes, headers: dict, seconds: float, clients: int = 0, 
                                  network_timeout=timeout)
     path = target.request_uri
     latencies: list[float] = []
+    refused: dict = {}
     statuses: dict = {}
     window = {"start": float("inf"), "end": 0.0}
 
@@ -73,6 +80,8 @@ def run(url: str, body: bytes, headers: dict, seconds: float, clients: int = 0, 
             statuses[status] = statuses.get(status, 0) + 1
             if status == 200:
                 latencies.append(finished - scheduled)
+            else:
+                refused.setdefault(status, []).append(finished - scheduled)
 
     started = time.perf_counter()
     window["start"], window["end"] = started + warmup, started + warmup + seconds
@@ -104,7 +113,7 @@ def run(url: str, body: bytes, headers: dict, seconds: float, clients: int = 0, 
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     client.close()
-    return summary(latencies, statuses, seconds, cpu)
+    return summary(latencies, statuses, seconds, cpu, refused)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,12 +21,19 @@ from typing import Callable
 
 import psutil
 
-from loadtest import percentile  # noqa: F401 - the one percentile; loadtest uses it too
 from serving.run.paths import ROOT
 
 # Closed-loop connections, doubling: the served experiments climb it (the tuner, `deploy measure`);
 # the Locust check of the queueing model (`make capacity`) stops at 32 users, each a greenlet.
 LADDER = (1, 2, 4, 8, 16, 32, 64)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The one percentile of the project (nearest rank) of already sorted values, q in 0..1: every
+    measurement's."""
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
 
 
 def refused(point: dict) -> int:

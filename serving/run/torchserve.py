@@ -26,7 +26,7 @@ import requests
 import yaml
 
 from handlers import WORKERS_ENV
-from handlers.cores import SHARE_ENV
+from handlers.cores import PLACEMENT_ENV, SHARE_ENV, placement
 
 from serving.run.cpu import worker_environment
 from serving.run.frontdoor import PORT as FRONTDOOR_PORT
@@ -251,6 +251,7 @@ class Instance:
         missing = [m for m in models if not (self.model_store / f"{m}.mar").exists()]
         if missing:
             raise ServeError(f"no archive for {missing} in {self.model_store}; build them first")
+        self.check_placement(models)
         for folder in (self.tmp_dir, self.log_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.pid_file.unlink(missing_ok=True)
@@ -285,6 +286,18 @@ class Instance:
                 return proc.pid
             time.sleep(0.2)
         raise ServeError(f"TorchServe did not start; see {self.run_dir / 'torchserve.out'}")
+
+    @staticmethod
+    def check_placement(models: list[str]) -> None:
+        """SERVING_CPUS, checked before anything starts: the workers read it again, and a worker
+        that cannot read it fails its model's start, which would say so only in a worker log."""
+        try:
+            placed = placement(os.environ.get(PLACEMENT_ENV, ""))
+        except ValueError as e:
+            raise ServeError(f"{PLACEMENT_ENV}: {e}") from None
+        if unknown := sorted(set(placed) - set(models)):
+            raise ServeError(f"{PLACEMENT_ENV} places {', '.join(unknown)}, which this server does "
+                             f"not serve (it serves {', '.join(models)})")
 
     def archive_config(self, model: str) -> dict:
         """The model-config.yaml inside an archive of this instance's store ({} without one)."""
