@@ -64,6 +64,7 @@ def cmd_up(args) -> int:
     instance = Instance.from_config()
     names = args.models or served_models()
     door_dir = instance.run_dir.parent / "frontdoor"
+    placed = {}  # SERVING_CPUS, when this command starts TorchServe with it
     if instance.process():
         print(f"TorchServe already runs (pid {instance.process().pid}); `make down` stops it.")
         if missing := sorted(set(names) - set(instance.served())):
@@ -72,6 +73,8 @@ def cmd_up(args) -> int:
     else:
         frontdoor.stop(frontdoor.running_in(door_dir))  # one left from a server that died
         check_ports_free(instance)  # before the build, which takes minutes
+        instance.check_placement(names)
+        placed = placement(os.environ.get(PLACEMENT_ENV, ""))
         if not args.no_build:
             build_all(names)
         started = time.monotonic()
@@ -105,7 +108,7 @@ def cmd_up(args) -> int:
           f"Prometheus      {prometheus.url}  (scrapes TorchServe and load tests; rules in prometheus/)\n"
           f"Logs            {instance.log_dir.relative_to(ROOT)}/, "
           f"{door_dir.relative_to(ROOT)}/nginx.log")
-    if placed := placement(os.environ.get(PLACEMENT_ENV, "")):
+    if placed:
         print("CPUs            " + "; ".join(f"{model} on {','.join(map(str, sorted(cpus)))}"
                                              for model, cpus in placed.items())
               + f"  ({PLACEMENT_ENV}; the others anywhere)")
