@@ -261,11 +261,13 @@ def test_a_short_soak_keeps_memory_and_answers_steady(server, tmp_path):
     """A bounded run of `make soak` (60 s here, 10 minutes by the command). Half the capacity,
     not the command's 70%: measured in 5 s on a CI machine busy with Prometheus and the test
     session, the capacity can read high, and at 70% of that one run in four saw digits' queue
-    refuse 1.4% (503s, which the soak counts as errors) while memory and answers held."""
+    refuse 1.4% (503s) while memory and answers held; at half, one run refused 0.09%, within the
+    soak's budget (loadtest/soak.py MAX_REFUSED). Any other error fails."""
     code, output = loadtest_command(server, "soak", "-t", "60s", "--capacity-duration", "5s",
                                     "--load", "0.5", "--out", str(tmp_path))
     result = json.loads((tmp_path / "soak.json").read_text())
     print(output[output.find("\nsoak 60s"):])
-    assert result["requests"] > 100 and result["errors"] == 0, output[-3000:]
+    assert result["requests"] > 100 and result["errors"] == result["rejected"], output[-3000:]
+    assert result["refused_share"] <= 0.005, output[-3000:]
     assert result["workers_rss_growth"] < 0.10 and result["java_rss_growth"] < 0.10, result
     assert code == 0

@@ -74,6 +74,9 @@ def rewrite(folder: Path, file: str, old: str, replacement: str) -> None:
     ("model.yaml", "dtype: float32", "dtype: float", "model.yaml: inputs[0].dtype: 'float'"),
     ("model.yaml", "  - batch\n", "  - 8\n", "model.yaml: inputs[0].shape: the first dimension is"),
     ("model-config.yaml", "handler: {}", "handler: [1]", "model-config.yaml: handler: must be"),
+    ("model-config.yaml", "maxBatchDelay: 10", "maxBatchDelay: 0",
+     "model-config.yaml: maxBatchDelay: 0 is read by TorchServe as unset and replaced by its "
+     "default, 100 ms"),
 ])
 def test_a_mistake_names_its_file_and_field(folder, file, old, replacement, expected):
     rewrite(folder, file, old, replacement)
