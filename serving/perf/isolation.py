@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import models
 from handlers.cores import PLACEMENT_ENV
-from serving.perf.measure import run_point
-from serving.perf.overload import median, target_of
+from serving.perf.measure import front_door_target, run_point
 from serving.run.paths import RUN_DIR
 from serving.run.torchserve import Instance
 
@@ -66,8 +66,8 @@ def one_round(n: int, probed: tuple, neighbours: list[tuple], clients: int, seco
 
 def run(probe: str, saturate: list[str], clients: int, seconds: float, rounds: int, host: str,
         instance: Instance) -> dict:
-    probed = target_of(probe, host, instance)
-    neighbours = [target_of(name, host, instance) for name in saturate]
+    probed = front_door_target(probe, host, instance)
+    neighbours = [front_door_target(name, host, instance) for name in saturate]
     placement = placement_of(instance)
     print(f"[isolation] {probe}, one client, alone and beside {', '.join(saturate)} with "
           f"{clients} clients each; {rounds} rounds of {seconds:g}s; "
@@ -75,11 +75,12 @@ def run(probe: str, saturate: list[str], clients: int, seconds: float, rounds: i
     measured = [one_round(n, probed, neighbours, clients, seconds) for n in range(1, rounds + 1)]
     result = {"probe": probe, "saturated": saturate, "clients": clients, "placement": placement,
               "rounds": measured,
-              **{key: median([r[key] for r in measured])
+              **{key: statistics.median(r[key] for r in measured)
                  for key in ("alone_p50_ms", "alone_p99_ms", "beside_p50_ms", "beside_p99_ms",
                              "p99_x")},
-              "neighbours_ok_per_s": {name: median([r["neighbours"][name]["ok_per_s"]
-                                                    for r in measured]) for name in saturate},
+              "neighbours_ok_per_s": {name: statistics.median(r["neighbours"][name]["ok_per_s"]
+                                                              for r in measured)
+                                     for name in saturate},
               "errors": sum(r["errors"] + sum(m["errors"] for m in r["neighbours"].values())
                             for r in measured)}
     result["ok"] = result["p99_x"] <= TARGET_P99_X and result["errors"] == 0

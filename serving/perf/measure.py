@@ -1,7 +1,9 @@
 """The one measurement core every served experiment uses: the served benchmark, the protocol
-benchmark, the tuner and the capacity measurement (serving.scale.capacity).
+benchmark, the tuner, overload, isolation and the capacity measurement (serving.scale.capacity).
 
     Target        a server under test: its URL, headers, and the processes whose CPU it uses
+    front_door_target  a model of a running service through its front door, with its example
+                  request
     run_point     one load point (closed loop at N clients, or open loop at a rate) by the load
                   generator (serving/perf/loadgen.py) in its own process, with the server's CPU
     climb         the client ladder (LADDER), climbed while the p99 holds and throughput grows
@@ -21,6 +23,7 @@ from typing import Callable
 
 import psutil
 
+import models
 from serving.run.paths import ROOT
 
 # Closed-loop connections, doubling: the served experiments climb it (the tuner, `deploy measure`);
@@ -69,6 +72,17 @@ class Target:
             except psutil.Error:
                 pass
         return [pid for _, pid in sorted(children, reverse=True)]
+
+
+def front_door_target(model: str, host: str, instance) -> tuple[Target, Path, str]:
+    """The model behind `host` (a running service's front door), with `instance`'s inference key
+    (a serving.run.torchserve.Instance); its example request's file and content type."""
+    file, content_type = models.load(model).example_request
+    key = instance.keys().get("inference", "")
+    headers = {"Content-Type": content_type, **({"Authorization": f"Bearer {key}"} if key else {})}
+    target = Target("torchserve behind the front door", f"{host.rstrip('/')}/predictions/{model}",
+                    headers, lambda: tree(instance.process()))
+    return target, models.MODELS_DIR / model / file, content_type
 
 
 def profile(pid: int, seconds: float, out: Path) -> list[tuple[str, float]]:

@@ -23,13 +23,14 @@ import argparse
 import datetime as dt
 import http.client
 import json
+import statistics
 import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import models
-from serving.perf.measure import Target, percentile, refused, run_point, tree
+from serving.perf.measure import Target, front_door_target, percentile, refused, run_point
 from serving.run.paths import RUN_DIR
 from serving.run.torchserve import Instance
 
@@ -83,20 +84,9 @@ class Probe(threading.Thread):
                     ("p99_ms", percentile(sorted(values), 0.99) if values else 0.0))}  # none: 0 ms
 
 
-def target_of(model: str, host: str, instance: Instance) -> tuple[Target, Path, str]:
-    """The model behind `host` (the front door), with the instance's inference key; its example
-    request's file and content type."""
-    file, content_type = models.load(model).example_request
-    key = instance.keys().get("inference", "")
-    headers = {"Content-Type": content_type, **({"Authorization": f"Bearer {key}"} if key else {})}
-    target = Target("torchserve behind the front door", f"{host.rstrip('/')}/predictions/{model}",
-                    headers, lambda: tree(instance.process()))
-    return target, models.MODELS_DIR / model / file, content_type
-
-
 def run(model: str, host: str, out: Path, batch_users: int, factor: float, seconds: float,
         instance: Instance, rounds: int = 3) -> dict:
-    target, body_file, content_type = target_of(model, host, instance)
+    target, body_file, content_type = front_door_target(model, host, instance)
 
     def point(label: str, **load) -> dict:
         measured = run_point(target, body_file, content_type, False, seconds, **load)
@@ -113,7 +103,7 @@ def run(model: str, host: str, out: Path, batch_users: int, factor: float, secon
         measured.append(one_round(model, n, point, target, body_file, batch_users, factor, seconds,
                                   unloaded["p99_ms"]))
     result = {"model": model, "unloaded_p99_ms": unloaded["p99_ms"], "rounds": measured,
-              **{key: median([r[key] for r in measured]) for key in MEDIANS},
+              **{key: statistics.median(r[key] for r in measured) for key in MEDIANS},
               **{key: sum(r[key] for r in measured) for key in SUMS}}
     result["ok"] = (result["accepted_p99_x"] <= TARGETS["accepted_p99_x"]
                     and result["rejected_p99_ms"] <= TARGETS["rejected_p99_ms"]
@@ -130,12 +120,6 @@ MEDIANS = ("capacity_rps", "offered_rps", "accepted_rps", "accepted_p99_ms", "ac
            "rejected_rps", "rejected_p99_ms", "rejected_p99_ms_generator", "goodput",
            "generator_cpu_share", "server_cpu_share")
 SUMS = ("capacity_requests", "capacity_refused", "errors", "probed_rejections")
-
-
-def median(values: list[float]) -> float:
-    ranked = sorted(values)
-    middle = len(ranked) // 2
-    return ranked[middle] if len(ranked) % 2 else (ranked[middle - 1] + ranked[middle]) / 2
 
 
 def one_round(model: str, n: int, point, target: Target, body_file: Path, batch_users: int,
