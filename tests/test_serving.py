@@ -118,6 +118,19 @@ def test_concurrent_requests_are_batched(server):
 
 
 
+def test_the_frontend_logs_each_line_once_and_no_request_at_debug(server):
+    """serving/run/log4j2.xml: TorchServe's bundled config wrote every frontend line to ts_log twice
+    and per-request debug lines; both cost the frontend CPU under load (docs/performance.md)."""
+    for _ in range(20):
+        assert predict(server, "digits", {"pixels": GRID}).status_code == 200
+    lines = (server.log_dir / "ts_log.log").read_text().splitlines()
+    assert any("[INFO ]" in line for line in lines), lines[:20]
+    assert not [line for line in lines if "[DEBUG]" in line][:5]
+    doubled = [a for a, b in zip(lines, lines[1:]) if a == b and a.strip()]
+    assert not doubled[:5], doubled[:5]
+    assert not [line for line in lines if "WorkerLifeCycle" in line and "[INFO ]" in line][:5]
+
+
 GRID = [[0] * 8] * 8
 
 BAD_REQUESTS = [

@@ -35,6 +35,8 @@ from serving.run.paths import CONFIG_PROPERTIES, MODEL_STORE, ROOT, RUN_DIR
 from serving.run.process import owned_process, stop_tree
 
 JAVA_CLASS = "org.pytorch.serve.ModelServer"
+# TorchServe's bundled logging without its per-request debug lines and doubled ts_log lines.
+LOG_CONFIG = Path(__file__).with_name("log4j2.xml")
 PATH_KEYS = ("metrics_config",)  # relative to config.properties, made absolute for TorchServe
 MIN_JAVA = 11
 
@@ -274,6 +276,7 @@ class Instance:
         }
         command = [str(Path(sys.executable).parent / "torchserve"), "--start", "--ncs",
                    "--ts-config", str(self.render_config()), "--model-store", str(self.model_store),
+                   "--log-config", str(LOG_CONFIG),
                    "--models", *[f"{m}={m}.mar" for m in models]]
         with open(self.run_dir / "torchserve.out", "ab") as out:
             launcher = subprocess.run(command, cwd=self.run_dir, env=env, stdout=out,
