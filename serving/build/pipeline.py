@@ -113,11 +113,15 @@ def hold_back_unasked(passed: list[dict], allowed: tuple[str, ...]) -> list[dict
     return [r for r in passed if r["status"] == "passed"]
 
 
-def serving_config(spec: ModelSpec, target: str, neuron: NeuronOptions | None) -> dict:
+def serving_config(spec: ModelSpec, target: str, neuron: NeuronOptions | None,
+                   device: str = "cpu") -> dict:
     config = dict(spec.config)
     if artifacts.LOADERS[target].fixed_shapes:
-        config = targets.neuron_serving_config(config, neuron or NeuronOptions(),
-                                               text=spec.text)
+        return targets.neuron_serving_config(config, neuron or NeuronOptions(), text=spec.text)
+    # TorchServe gives every worker a GPU wherever it finds one unless the archive says cpu
+    # (WorkLoadManager at v0.12.0): an archive built for the CPU stays there on a GPU host, and
+    # one built for CUDA asks for its GPU. A model folder's own deviceType wins.
+    config.setdefault("deviceType", "gpu" if device == "cuda" else "cpu")
     return config
 
 
@@ -305,8 +309,9 @@ def ship(spec: ModelSpec, ref: Reference, results: list[dict], request: dict, di
         "parity": chosen["parity"], "evaluation": evaluation,
         "candidates": [{k: v for k, v in r.items() if k != "artifact"} for r in results],
     }
-    archive.archive(spec, Path(chosen["artifact"]), serving_config(spec, chosen["target"], neuron),
-                    info, work_dir, model_store, archive_name)
+    archive.archive(spec, Path(chosen["artifact"]),
+                    serving_config(spec, chosen["target"], neuron, device), info, work_dir,
+                    model_store, archive_name)
     return info
 
 

@@ -60,9 +60,15 @@ def child_inprocess(name: str, model_store: Path) -> dict:
     def model_alone(n: int) -> list[float]:
         chunk = (items * n)[:n]
         inputs = tuple(t.to(handler.device) for t in handler.collate(chunk))
+
+        def forward():  # a GPU's kernels run on after the call returns: wait for them
+            answer = handler.model(*inputs)
+            if handler.device.type == "cuda":
+                torch.cuda.synchronize(handler.device)
+            return answer
+
         with torch.inference_mode():
-            return time_calls(lambda: handler.model(*inputs), min_runs=10, budget_s=3.0,
-                              warmup=2)
+            return time_calls(forward, min_runs=10, budget_s=3.0, warmup=2)
 
     def all_ok(answers) -> None:
         assert all(a.status == 200 for a in answers), answers[0]
@@ -79,7 +85,9 @@ def child_inprocess(name: str, model_store: Path) -> dict:
             "forward_c1_ms": statistics.median(one_model) * 1000,
             "handler_c1_ms": statistics.median(one_handler) * 1000,
             "target": handler.build_info.get("target"),
-            "precision": handler.build_info.get("precision")}
+            "precision": handler.build_info.get("precision"),
+            "device": torch.cuda.get_device_name(handler.device)
+                      if handler.device.type == "cuda" else "cpu"}
 
 
 # -- load -----------------------------------------------------------------------------------------
@@ -166,6 +174,32 @@ def bench_litserve(name: str, model_store: Path, body_file: Path, content_type: 
         stop_tree(server, 20)
 
 
+def config_settings(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs as model-config.yaml settings; handler.KEY goes into the handler: dict."""
+    import yaml
+
+    settings: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--config {pair!r}: expected KEY=VALUE")
+        parsed = yaml.safe_load(value)
+        if key.startswith("handler."):
+            settings.setdefault("handler", {})[key.removeprefix("handler.")] = parsed
+        else:
+            settings[key] = parsed
+    return settings
+
+
+def configured_store(model_store: Path, names: list[str], settings: dict, out: Path) -> Path:
+    """Copies of the archives with `settings` merged into their model-config.yaml."""
+    from serving.build.archive import with_config
+
+    for name in names:
+        with_config(model_store / f"{name}.mar", out / f"{name}.mar", settings)
+    return out
+
+
 # -- report ---------------------------------------------------------------------------------------
 
 def summarise(result: dict) -> dict:
@@ -187,6 +221,10 @@ def summarise(result: dict) -> dict:
     return summary
 
 
+def on_device(inproc: dict) -> str:
+    return f" on {inproc['device']}" if inproc.get("device", "cpu") != "cpu" else ""
+
+
 def table(results: list[dict]) -> str:
     lines = ["| model | target | model alone items/s | handler in-process req/s | TorchServe req/s "
              "(p50 / p99 ms) | LitServe req/s (p50 / p99 ms) | served / in-process | TorchServe / "
@@ -197,7 +235,8 @@ def table(results: list[dict]) -> str:
                      f"{peer['closed']['p99_ms']:.0f})" if peer else "not run")
         ratio = f"{s['torchserve_vs_litserve']:.2f}x" if peer else "–"
         lines.append(
-            f"| {r['model']} | {i['target']}/{i['precision']} | {i['model_items_per_s']:.1f} | "
+            f"| {r['model']} | {i['target']}/{i['precision']}{on_device(i)} | "
+            f"{i['model_items_per_s']:.1f} | "
             f"{i['handler_req_per_s']:.1f} | {ts['closed']['ok_per_s']:.1f} "
             f"({ts['closed']['p50_ms']:.0f} / {ts['closed']['p99_ms']:.0f}) | {peer_cell} | "
             f"{s['served_vs_handler']:.2f}x | {ratio} | {i['forward_c1_ms']:.2f} / "
@@ -229,7 +268,8 @@ def plot(results: list[dict], path: Path, machine: str) -> Path:
         ax.set_yscale("log")
         ax.set_xlabel("answered requests/s")
         ax.set_ylabel("latency ms")
-        ax.set_title(f"{r['model']} ({r['inprocess']['target']}/{r['inprocess']['precision']})")
+        ax.set_title(f"{r['model']} ({r['inprocess']['target']}/{r['inprocess']['precision']}"
+                     f"{on_device(r['inprocess'])})")
         ax.legend(fontsize=7)
     fig.suptitle(f"Latency against throughput, open loop ({machine})", fontsize=10)
     fig.tight_layout()
@@ -255,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
                         "maxBatchDelay; its batch size, workers and threads are the archive's)")
     parser.add_argument("--profile", action="store_true", help="py-spy the (first) worker during "
                         "each closed loop: where its time goes")
+    parser.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="serve (and load in-process) a copy of each archive with these "
+                        "model-config.yaml settings, e.g. batchSize=32 minWorkers=4 "
+                        "maxWorkers=4 handler.torch_threads=2 (values read as YAML)")
     parser.add_argument("--model-store", default=str(MODEL_STORE))
     parser.add_argument("--out", default=str(RUN_DIR / "bench-serve"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -276,6 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     machine = cpu_name()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.config:
+        try:
+            settings = config_settings(args.config)
+        except ValueError as e:
+            parser.error(str(e))
+        model_store = configured_store(model_store, names, settings, out.resolve() / "model_store")
     log = lambda line: print(line, flush=True)  # noqa: E731
     log(f"CPU: {machine}")
     results = []
@@ -307,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
     (out / "served.json").write_text(json.dumps({
         "cpu": machine, "arch": platform.machine(), "clients": args.clients,
-        "alongside": args.alongside,
+        "alongside": args.alongside, "config": args.config,
         "seconds_per_point": args.seconds, "results": results}, indent=2))
     print("\n" + f"CPU: {machine}; {args.clients} closed-loop clients; generator on the same machine")
     print(table(results))

@@ -35,6 +35,10 @@ class LoadedModel:
         config = yaml.safe_load((model_dir / manifest["model"]["configFile"]).read_text())
         self.name = name
         self.batch_size = int(config.get("batchSize") or 1)
+        if gpu is None and config.get("deviceType") == "gpu":
+            import torch
+
+            gpu = 0 if torch.cuda.is_available() else None  # as TorchServe gives its first worker
         self.context = Context(name, str(model_dir), manifest, self.batch_size, gpu, "0.12.0",
                                model_yaml_config=config)
         module = importlib.import_module(f"handlers.{Path(manifest['model']['handler']).stem}")
