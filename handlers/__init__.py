@@ -13,8 +13,9 @@ WORKERS_ENV = "SERVING_WORKERS_TOTAL"
 CPU_ENV = ("OMP_NUM_THREADS", "LRU_CACHE_CAPACITY", "THP_MEM_ALLOC_ENABLE", "DNNL_DEFAULT_FPMATH_MODE")
 
 # What the build can produce and the workers can load (see handlers/artifacts.py).
-TARGETS = ("eager", "torchscript", "inductor", "neuron")
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # int8: dynamic quantization of Linear layers
+TARGETS = ("eager", "torchscript", "inductor", "neuron", "onnxruntime")
+# int8: dynamic quantization of the Linear layers (torch's), or of the MatMuls (ONNX Runtime's)
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 class Kind(NamedTuple):

@@ -4,7 +4,8 @@ build-info.json, written by the build into every archive, says what the artifact
 
     target     eager (a torch.export program, run op by op) | torchscript | inductor (an
                AOTInductor package: compiled C++) | neuron (torch_neuronx: TorchScript with a NEFF)
-    precision  fp32 | bf16 | fp16
+               | onnxruntime (an ONNX graph run by ONNX Runtime on the CPU)
+    precision  fp32 | bf16 | fp16 | int8
     device     cpu | cuda, where an inductor artifact was compiled for
     torch      the torch version it was built with
     arch       the CPU architecture it was built on (platform.machine())
@@ -50,6 +51,43 @@ def load_inductor(path: str, device: torch.device):
     return torch._inductor.aoti_load_package(path)
 
 
+ONNXRUNTIME_MISSING = ("the onnxruntime target needs ONNX Runtime, which is not installed: "
+                       "pip install -r requirements-serve.txt")
+
+
+class OnnxRuntimeModel:
+    """An ONNX Runtime session called as the other artifacts are: tensors in, a tensor out."""
+
+    def __init__(self, path: str) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        # The worker's share of the cores, set before loading (handlers/base.py); ORT fixes its
+        # pool at creation. Its threads spin between calls by default, taking the cores that the
+        # other worker, the frontend and decoding need on a small machine: off.
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(path, options,
+                                                    providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        feed = {name: x.detach().cpu().numpy() for name, x in zip(self.inputs, inputs)}
+        return torch.from_numpy(self.session.run(None, feed)[0])
+
+
+def load_onnxruntime(path: str, device: torch.device):
+    return OnnxRuntimeModel(path)
+
+
+def prepare_onnxruntime() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise IncompatibleArtifact(ONNXRUNTIME_MISSING)
+
+
 def load_neuron(path: str, device: torch.device):
     return torch.jit.load(path)
 
@@ -72,9 +110,11 @@ class Loader:
     file: str
     load: Callable[[str, torch.device], Any]
     compiled: bool = False      # machine code: runs only on the architecture it was built on
-    same_torch: str = "minor"   # "release": only the torch release that compiled it runs it
+    same_torch: str = "minor"   # "release": only the torch release that compiled it runs it;
+                                # "any": a file torch does not load (ONNX)
     fixed_shapes: bool = False  # traced at one batch (and sequence) size: batches are padded to it
     prepare: Callable[[], None] | None = None  # before loading (runtime set-up, imports)
+    cpu_only: bool = False      # runs on the CPU whatever device the worker has
 
 
 LOADERS = {
@@ -83,6 +123,8 @@ LOADERS = {
     "inductor": Loader("model.pt2", load_inductor, compiled=True, same_torch="release"),
     "neuron": Loader("model.neuron.pt", load_neuron, compiled=True, fixed_shapes=True,
                      prepare=prepare_neuron),
+    "onnxruntime": Loader("model.onnx", load_onnxruntime, same_torch="any", cpu_only=True,
+                          prepare=prepare_onnxruntime),
 }
 
 
@@ -113,7 +155,8 @@ def check_compatible(info: dict, device: torch.device) -> None:
 
 def artifact_device(info: dict, device: torch.device) -> torch.device:
     """Where the artifact runs: compiled CPU code stays on the CPU whatever the worker has."""
-    if LOADERS[info["target"]].compiled and info.get("device", "cpu") == "cpu":
+    loader = LOADERS[info["target"]]
+    if loader.cpu_only or (loader.compiled and info.get("device", "cpu") == "cpu"):
         return torch.device("cpu")
     return device
 

@@ -9,6 +9,7 @@ import zipfile
 
 import pytest
 import torch
+import yaml
 
 import models
 import serving.build.pipeline
@@ -202,12 +203,16 @@ def test_an_archive_holds_everything_its_handler_needs(build_info, name, files):
         names = set(mar.namelist())
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
         info = json.loads(mar.read("build-info.json"))
+        config = yaml.safe_load(mar.read("model-config.yaml"))
     handler = manifest["model"]["handler"]
     assert {manifest["model"]["serializedFile"], "model-config.yaml", "build-info.json", handler,
             "handlers/base.py", "handlers/artifacts.py", "handlers/__init__.py", *files} <= names
     assert info["target"] in TARGETS and info["torch"] == torch.__version__
     assert info["arch"] and info["precision"] in ("fp32", "bf16")
     assert info["inputs_sha256"] == build_info[name]["inputs_sha256"]
+    # Built for the CPU, so TorchServe on a GPU host leaves it there (it gives every worker of an
+    # archive without deviceType a GPU, and the handler would move a CPU build onto it).
+    assert info["device"] == "cpu" and config["deviceType"] == "cpu"
     # The build says what it tried and why it shipped what it shipped.
     tried = {(c["target"], c["precision"]): c for c in info["candidates"]}
     assert tried[(info["target"], info["precision"])]["status"] == "passed"

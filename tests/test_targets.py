@@ -117,9 +117,11 @@ def test_neuron_options_defaults_follow_the_notes():
 
 # -- every target that runs here, for real -------------------------------------------------------
 
-# Every target that runs here at fp32, and int8 (dynamic quantization, built as TorchScript): the
-# lower precision of CPUs without bf16, asked for by name here whatever this CPU has.
-HERE_BUILDS = (("eager", "fp32"), ("torchscript", "fp32"), ("inductor", "fp32"), ("torchscript", "int8"))
+# Every target that runs here at fp32, and int8 (dynamic quantization, built as TorchScript, and
+# ONNX Runtime's own): the lower precision of CPUs without bf16, asked for by name here whatever
+# this CPU has.
+HERE_BUILDS = (("eager", "fp32"), ("torchscript", "fp32"), ("inductor", "fp32"), ("torchscript", "int8"),
+               ("onnxruntime", "fp32"), ("onnxruntime", "int8"))
 
 
 def archive_of(target: str, precision: str) -> str:
@@ -191,6 +193,41 @@ def test_int8_is_tried_where_bf16_is_missing_and_only_as_torchscript(monkeypatch
     with pytest.raises(targets.TargetUnavailable, match="built as torchscript"):
         targets.export("inductor", torch.nn.Linear(4, 2), "int8", (torch.randn(2, 4),),
                        (("batch", None),), {"batch": (1, 8)}, Path("/nonexistent"))
+
+
+def test_onnxruntime_is_tried_at_fp32_and_int8_on_every_cpu_and_nothing_else(monkeypatch):
+    from serving.build import pipeline, targets
+
+    spec = type("Spec", (), {"targets": ("onnxruntime",)})()
+    for bf16 in (True, False):
+        monkeypatch.setattr(targets, "has_bf16", lambda: bf16)
+        assert pipeline.candidates(spec, None, None, "cpu") == [("onnxruntime", "fp32"),
+                                                                 ("onnxruntime", "int8")]
+    with pytest.raises(targets.TargetUnavailable, match="onnxruntime builds fp32 and int8, not bf16"):
+        targets.export("onnxruntime", torch.nn.Linear(4, 2), "bf16", (torch.randn(2, 4),),
+                       (("batch", None),), {"batch": (1, 8)}, Path("/nonexistent"))
+    with pytest.raises(targets.TargetUnavailable, match="runs on the CPU only"):
+        targets.export("onnxruntime", torch.nn.Linear(4, 2), "fp32", (torch.randn(2, 4),),
+                       (("batch", None),), {"batch": (1, 8)}, Path("/nonexistent"), device="cuda")
+
+
+def test_an_onnxruntime_artifact_on_a_worker_without_onnxruntime_is_refused_naming_it(monkeypatch):
+    """ONNX Runtime is installed here, so its absence is made by hiding it from the import system
+    (a unit test: a worker image without it cannot be had otherwise in this process)."""
+    import importlib.util
+
+    from handlers import artifacts
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    info = {"target": "onnxruntime", "precision": "fp32", "torch": "0.1", "arch": "elsewhere"}
+    with pytest.raises(artifacts.IncompatibleArtifact, match="pip install -r requirements-serve.txt"):
+        artifacts.check_compatible(info, torch.device("cpu"))
+    # Not compiled code and not a torch file: another architecture or torch release is no reason.
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    artifacts.check_compatible(info, torch.device("cpu"))
+    assert artifacts.artifact_device(info, torch.device("cuda")) == torch.device("cpu")
 
 
 def test_the_benchmark_prints_a_table_and_writes_json_and_a_plot(tmp_path):

@@ -5,6 +5,8 @@
     torchscript  torch.jit.trace + freeze (+ optimize_for_inference when loaded)
     inductor     torch.export + AOTInductor: compiled ahead of time, nothing compiles in the worker
     neuron       torch_neuronx.trace for Inferentia2/Trainium: fixed shapes, compiled by neuronx-cc
+    onnxruntime  torch.onnx (torch.export underneath) into one ONNX file, run by ONNX Runtime on the
+                 CPU; int8: ONNX Runtime's dynamic quantization of the MatMuls
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Callable
 import torch
 
 from handlers import PRECISIONS
-from handlers.artifacts import LOADERS, NEURON_MISSING
+from handlers.artifacts import LOADERS, NEURON_MISSING, ONNXRUNTIME_MISSING
 from serving.run.cpu import has_bf16
 
 # The dtype a model's floating-point weights and inputs run in. int8 models take fp32 inputs and
@@ -144,6 +146,7 @@ class Export:
     ranges: dict
     path: Path
     neuron: NeuronOptions
+    precision: str = "fp32"
 
 
 def export_eager(job: Export) -> None:
@@ -167,22 +170,56 @@ def export_inductor(job: Export) -> None:
         raise TargetUnavailable(f"AOTInductor could not compile the exported program: {e}") from e
 
 
+def onnxruntime_available() -> None:
+    import importlib.util
+
+    missing = [m for m in ("onnxruntime", "onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise TargetUnavailable(f"{ONNXRUNTIME_MISSING} (missing here: {', '.join(missing)}; "
+                                "onnx and onnxscript export, from requirements.txt)")
+
+
+def export_onnxruntime(job: Export) -> None:
+    """The exported program (its dynamic dimensions declared) through torch.onnx into one file:
+    the archive holds one serialized file, so no external data. int8: ONNX Runtime's dynamic
+    quantization of the MatMuls' weights (per output channel; activations per batch as they run),
+    the fp32 graph's weights as int8."""
+    program = export_program(job.served, job.example, job.dims, job.ranges)
+    fp32 = job.path if job.precision == "fp32" else job.path.with_name("fp32.onnx")
+    try:
+        torch.onnx.export(program, job.example, str(fp32), dynamo=True, external_data=False,
+                          optimize=True)
+    except Exception as e:  # noqa: BLE001 - any failure means: not exportable, and why
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TargetUnavailable(f"torch.onnx cannot export this model: {reason}") from e
+    if job.precision == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(fp32), str(job.path), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"])
+
+
 @dataclass(frozen=True)
 class Exporter:
     export: Callable[[Export], None]
     compiler_casts: bool = False  # its compiler picks precisions (neuron --auto-cast): fp32 in
-    int8: bool = False  # captures dynamically quantized layers (torch.export does not)
+    # int8: "torch" captures torch's dynamically quantized Linear layers (torch.export does not);
+    # "own" quantizes its own fp32 artifact, and is tried on every CPU (it has no bf16)
+    int8: str = ""
     available: Callable[[], None] | None = None  # raises TargetUnavailable where it cannot build
+    precisions: tuple[str, ...] = PRECISIONS
 
 
 # One row per target; the worker's side of each (file, loading, compatibility) is
 # handlers.artifacts.LOADERS.
 EXPORTERS = {
     "eager": Exporter(export_eager),
-    "torchscript": Exporter(export_torchscript, int8=True),
+    "torchscript": Exporter(export_torchscript, int8="torch"),
     "inductor": Exporter(export_inductor),
     "neuron": Exporter(lambda job: export_neuron(job.served, job.example, job.path, job.neuron),
                        compiler_casts=True, available=neuron_available),
+    "onnxruntime": Exporter(export_onnxruntime, int8="own", available=onnxruntime_available,
+                            precisions=("fp32", "int8")),
 }
 
 
@@ -197,14 +234,22 @@ def export(target: str, model: torch.nn.Module, precision: str, example: tuple, 
         raise ValueError(f"unknown precision {precision!r}; precisions: {', '.join(PRECISIONS)}")
     if precision == "fp16" and device != "cuda":
         raise TargetUnavailable("fp16 is for GPUs; on CPUs use bf16")
-    if precision == "int8" and not EXPORTERS[target].int8:
-        raise TargetUnavailable(f"int8 is built as torchscript; {target} cannot capture "
-                                "dynamically quantized layers")
+    exporter = EXPORTERS[target]
+    if precision not in exporter.precisions:
+        raise TargetUnavailable(f"{target} builds {' and '.join(exporter.precisions)}, not "
+                                f"{precision}")
+    if precision == "int8" and not exporter.int8:
+        raise TargetUnavailable(f"int8 is built as torchscript or onnxruntime; {target} cannot "
+                                "capture dynamically quantized layers")
+    if device != "cpu" and LOADERS[target].cpu_only:
+        raise TargetUnavailable(f"{target} runs on the CPU only")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / LOADERS[target].file
-    served = Served(model, precision, channels_last, device, int8_skip).eval()
-    EXPORTERS[target].export(Export(served, tuple(x.to(device) for x in example), dims, ranges,
-                                    path, neuron or NeuronOptions()))
+    # An exporter that quantizes its own artifact is given the fp32 model.
+    served = Served(model, "fp32" if exporter.int8 == "own" else precision, channels_last, device,
+                    int8_skip).eval()
+    exporter.export(Export(served, tuple(x.to(device) for x in example), dims, ranges, path,
+                           neuron or NeuronOptions(), precision))
     return path
 
 
