@@ -58,19 +58,25 @@ ONNXRUNTIME_MISSING = ("the onnxruntime target needs ONNX Runtime, which is not 
 class OnnxRuntimeModel:
     """An ONNX Runtime session called as the other artifacts are: tensors in, a tensor out."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, threads: int | None = None) -> None:
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
+        self.path = path
         # The worker's share of the cores, set before loading (handlers/base.py); ORT fixes its
         # pool at creation. Its threads spin between calls by default, taking the cores that the
         # other worker, the frontend and decoding need on a small machine: off.
-        options.intra_op_num_threads = torch.get_num_threads()
+        self.threads = threads or torch.get_num_threads()
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(path, options,
                                                     providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def with_threads(self, threads: int) -> "OnnxRuntimeModel":
+        """The same graph on a pool of `threads` (its size is fixed when a session starts)."""
+        return self if threads == self.threads else OnnxRuntimeModel(self.path, threads)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         feed = {name: x.detach().cpu().numpy() for name, x in zip(self.inputs, inputs)}

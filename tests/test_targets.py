@@ -211,6 +211,22 @@ def test_onnxruntime_is_tried_at_fp32_and_int8_on_every_cpu_and_nothing_else(mon
                        (("batch", None),), {"batch": (1, 8)}, Path("/nonexistent"), device="cuda")
 
 
+def test_an_onnxruntime_artifact_answers_as_the_model_and_resizes_its_pool(tmp_path):
+    from handlers import artifacts
+    from serving.build import targets
+
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3)).eval()
+    path = targets.export("onnxruntime", model, "fp32", (torch.randn(2, 6),), (("batch", None),),
+                          {"batch": (1, 64)}, tmp_path)
+    info = {"target": "onnxruntime", "precision": "fp32"}
+    loaded = artifacts.load(path.parent, path.name, info, torch.device("cpu"))
+    x = torch.randn(17, 6)  # a batch size the example did not have: the batch is dynamic
+    assert torch.allclose(loaded(x), model(x), atol=1e-6)
+    two = loaded.with_threads(2)
+    assert (two.threads, two.session.get_session_options().intra_op_num_threads) == (2, 2)
+    assert torch.allclose(two(x), model(x), atol=1e-6) and loaded.with_threads(loaded.threads) is loaded
+
+
 def test_an_onnxruntime_artifact_on_a_worker_without_onnxruntime_is_refused_naming_it(monkeypatch):
     """ONNX Runtime is installed here, so its absence is made by hiding it from the import system
     (a unit test: a worker image without it cannot be had otherwise in this process)."""

@@ -52,6 +52,8 @@ def child_inprocess(name: str, model_store: Path) -> dict:
     # One caller with every core: the most a single process gets (the archive may give each of
     # its workers fewer threads).
     torch.set_num_threads(available_cores())
+    if hasattr(handler.model, "with_threads"):  # a runtime whose pool is sized at load (ORT)
+        handler.model = handler.model.with_threads(torch.get_num_threads())
     file, content_type = models.load(name).example_request
     body = (models.MODELS_DIR / name / file).read_bytes()
     batch = loaded.batch_size
