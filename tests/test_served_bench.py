@@ -127,6 +127,14 @@ def candidate(batch: int, points: list[tuple[int, float, float]]) -> dict:
                        for c, rps, p99 in points]}
 
 
+def test_bench_serve_config_pairs_become_model_config_settings():
+    assert bench_serve.config_settings(["batchSize=32", "maxBatchDelay=5", "deviceType=gpu",
+                                        "handler.torch_threads=2"]) == {
+        "batchSize": 32, "maxBatchDelay": 5, "deviceType": "gpu", "handler": {"torch_threads": 2}}
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        bench_serve.config_settings(["batchSize"])
+
+
 def test_a_recorded_search_is_decided_again_for_another_limit_and_within_the_noise():
     current = candidate(4, [(1, 50, 20), (8, 200, 60)])
     bigger = candidate(8, [(1, 40, 30), (8, 240, 90), (16, 300, 150)])
