@@ -175,6 +175,11 @@ def load(model_dir: Path, serialized_file: str, info: dict, device: torch.device
     """The artifact as a callable taking and returning tensors. A file that does not load (cut
     short, overwritten, from another tool) raises ArtifactLoadError naming it, for the model log."""
     check_compatible(info, device)
+    if device.type == "cuda" and info.get("precision") == "fp32":
+        # fp32 on a GPU means fp32: PyTorch lets cuDNN run fp32 convolutions in TF32 by default,
+        # which failed EfficientNet's fp32 gate on an H200 (relative error 0.002 against 1e-4).
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     try:
         return LOADERS[info["target"]].load(str(model_dir / serialized_file), device)
     except Exception as e:  # noqa: BLE001 - whatever the loader raises, say which file failed

@@ -67,8 +67,9 @@ pack)
   du -sh .dev/* ;;
 setup)
   rm -rf "$DEST"; mkdir -p "$DEST/site" "$DEST/jar"
-  tar -xJf .dev/jre.tar.xz -C "$DEST"
-  tar -xJf .dev/tsjar.tar.xz -C "$DEST/jar"
+  # Without the Java runtime and the jar (not carried), the build runs and TorchServe does not.
+  [ ! -f .dev/jre.tar.xz ] || tar -xJf .dev/jre.tar.xz -C "$DEST"
+  [ ! -f .dev/tsjar.tar.xz ] || tar -xJf .dev/tsjar.tar.xz -C "$DEST/jar"
   tar -xzf .dev/tspy.tar.gz -C "$DEST/site"
   "$PY" - "$DEST" <<'EOF'
 import os, sys, zipfile
@@ -100,7 +101,7 @@ EOF
   # (a dry run's Python other than 3.12 refuses these wheels, and has the packages itself)
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$DEST/site" \
     .dev/wheels/*.whl || [ "$DEVICE" = cpu ]
-  "$DEST/jre/bin/java" -version 2>&1 | head -1 ;;
+  [ ! -x "$DEST/jre/bin/java" ] || "$DEST/jre/bin/java" -version 2>&1 | head -1 ;;
 bench)
   model=$2
   for pack in .dev/models-a .dev/models-b; do  # whichever this call carried, widened to fp32
@@ -128,9 +129,11 @@ EOF
   # $OUT takes 8 files back: a log per step and each bench's JSON and plot.
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 \
     | tee "$OUT/build-$model.log" || true
-  "$PY" -m serving build "$model" --device "$DEVICE" --target torchscript 2>&1 | tee -a "$OUT/build-$model.log"
+  # shellcheck disable=SC2086 - GPU_BUILD_ARGS are words on purpose
+  "$PY" -m serving build "$model" --device "$DEVICE" --target torchscript ${GPU_BUILD_ARGS:-} 2>&1 \
+    | tee -a "$OUT/build-$model.log"
   cp "build/$model/build-info.json" "$OUT/build-info-$model.json"
-  for run in shipped gpu; do
+  for run in ${GPU_BENCH_RUNS-shipped gpu}; do  # GPU_BENCH_RUNS= : build only
     if [ "$run" = shipped ]; then config=(); clients=64; else read -ra config <<< "--config $SETTINGS"; clients=128; fi
     timeout "${GPU_BENCH_TIMEOUT:-200}" "$PY" -m serving bench-serve "$model" --no-peer \
       --clients "$clients" --seconds 5 --sweep 0.5 1.0 "${config[@]}" --out "run/gpu-bench/$run-$model" \
