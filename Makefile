@@ -57,6 +57,17 @@ $(TRITON_STAMP): requirements-triton.txt
 	$(TRITON)/bin/python -m pip install --quiet --progress-bar off -r requirements-triton.txt
 	rm -f $(TRITON)/.installed-* && touch $@
 
+PYTRITON := .venv-pytriton
+PYTRITON_STAMP := $(PYTRITON)/.installed-$(shell sha256sum requirements-pytriton.txt | cut -c1-12)
+$(PYTRITON_STAMP): requirements-pytriton.txt $(STAMP)
+	@[ -x /usr/bin/python3.11 ] || { echo "Triton's peer needs Debian's Python 3.11: apt-get install python3.11-venv"; exit 1; }
+	/usr/bin/python3.11 -m venv $(PYTRITON)
+	$(PYTRITON)/bin/python -m pip install --quiet --progress-bar off -r requirements-pytriton.txt
+	@# The project's packages (torch, the handlers' needs) from .venv, after PyTriton's own.
+	$(PYTRITON)/bin/python -c 'import site, sys; open(site.getsitepackages()[0] + "/zz-project-venv.pth", "w").write(sys.argv[1] + "\n")' \
+		"$(abspath $(VENV))/lib/python3.11/site-packages"
+	rm -f $(PYTRITON)/.installed-* && touch $@
+
 help:                    ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## /\1\t/' | expand -t 18
 
@@ -103,7 +114,7 @@ loadtest: setup          ## Locust against the running service, then a report fr
 bench: setup             ## every model x target x precision x batch size, in-process (minutes)
 	$(PY) -m serving bench $(ARGS)
 
-bench-serve: setup      ## per model: in-process vs TorchServe vs LitServe on the same archive (ARGS="minilm ...")
+bench-serve: setup $(PYTRITON_STAMP)  ## per model: in-process vs TorchServe vs LitServe and Triton on the same archive (ARGS="minilm ...")
 	$(PY) -m serving bench-serve $(ARGS)
 
 bench-protocols: setup $(TRITON_STAMP)  ## per model: native, KServe v1, v2 JSON and binary through the front door, and perf_analyzer over REST and gRPC (ARGS="digits")
@@ -154,7 +165,7 @@ arm64-up: build          ## arm64 (Graviton) images, models built on arm64, serv
 arm64-down: setup        ## stop and remove what arm64-up started, volumes too
 	ARCH=arm64 docker/compose.sh down -v
 
-test: setup $(TOOLS)/.checkov-$(CHECKOV_VERSION) $(SBOM_TOOLS)/.installed-$(CYCLONEDX_VERSION) $(CLIENTS_STAMP) $(TRITON_STAMP)  ## unit and integration tests (starts its own TorchServe on free ports)
+test: setup $(TOOLS)/.checkov-$(CHECKOV_VERSION) $(SBOM_TOOLS)/.installed-$(CYCLONEDX_VERSION) $(CLIENTS_STAMP) $(TRITON_STAMP) $(PYTRITON_STAMP)  ## unit and integration tests (starts its own TorchServe on free ports)
 	$(PY) -m pytest -ra
 
 test-fast: $(STAMP) $(TOOLS)/.checkov-$(CHECKOV_VERSION) $(SBOM_TOOLS)/.installed-$(CYCLONEDX_VERSION)  ## the unit tier: no model built, no server (about a minute)

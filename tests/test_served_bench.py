@@ -230,6 +230,51 @@ def test_the_peer_serves_the_same_archive_with_the_same_answers(server, peer):
     assert bad.status_code == 422 and bad.json()["detail"]["error"] == "out_of_range"
 
 
+@pytest.fixture(scope="module")
+def triton_peer(build_info):
+    from serving.perf.bench_serve import PYTRITON
+    from serving.run.process import stop_tree
+    from serving.run.torchserve import free_port
+
+    import psutil
+
+    if not PYTRITON.exists():
+        pytest.skip(f"no {PYTRITON}: make test builds it (requirements-pytriton.txt)")
+    http = free_port()
+    proc = subprocess.Popen([str(PYTRITON), "-m", "serving.perf.triton_peer", "digits",
+                             "--http-port", str(http), "--grpc-port", str(free_port()),
+                             "--metrics-port", str(free_port()),
+                             "--content-type", "application/json"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        process.wait_http(f"http://127.0.0.1:{http}/v2/models/digits/ready", timeout=180)
+        yield f"http://127.0.0.1:{http}/v2/models/digits/infer"
+    finally:
+        stop_tree(psutil.Process(proc.pid), 20)
+
+
+def test_triton_serves_the_same_archive_with_the_same_answers(server, triton_peer):
+    from serving.perf.triton_peer import OUTPUT, request_body
+
+    body, content_type = example("digits")
+    mine = requests.post(f"{server.inference_url}/predictions/digits", data=body.read_bytes(),
+                         headers={"Content-Type": content_type, **server.auth("inference")},
+                         timeout=30)
+    request, headers = request_body(body.read_bytes())
+    theirs = requests.post(triton_peer, data=request, timeout=30,
+                           headers={"Content-Type": "application/octet-stream", **headers})
+    assert mine.status_code == theirs.status_code == 200, theirs.text[:500]
+    [output] = theirs.json()["outputs"]
+    assert output["name"] == OUTPUT and output["datatype"] == "BYTES"
+    assert_same_top_k(mine.json()["predictions"], json.loads(output["data"][0])["predictions"])
+    # A request the handler refuses fails in Triton with the handler's reason in its error.
+    request, headers = request_body(json.dumps({"pixels": [[99] * 8] * 8}).encode())
+    bad = requests.post(triton_peer, data=request, timeout=30,
+                        headers={"Content-Type": "application/octet-stream", **headers})
+    assert bad.status_code >= 400 and "out_of_range" in bad.text
+
+
 def test_the_served_benchmark_measures_every_part_and_draws_its_curves(build_info, tmp_path, capsys):
     pytest.importorskip("litserve", reason="pip install -r requirements-bench.txt")
     code = bench_serve.main(["digits", "--seconds", "1", "--clients", "4", "--sweep", "0.5", "1.0",
@@ -238,12 +283,14 @@ def test_the_served_benchmark_measures_every_part_and_draws_its_curves(build_inf
     result = json.loads((tmp_path / "served.json").read_text())
     [digits] = result["results"]
     assert digits["inprocess"]["handler_req_per_s"] > 0 and digits["inprocess"]["forward_c1_ms"] > 0
-    for server_name in ("torchserve", "litserve"):
+    for server_name in ("torchserve", "litserve", "triton"):
         measured = digits[server_name]
         assert measured["c1"]["ok"] > 0 and measured["closed"]["ok"] > 0
         assert [p["fraction"] for p in measured["open"]] == [0.5, 1.0]
         assert all(p["statuses"].get("200") == p["ok"] for p in measured["open"])
     assert digits["summary"]["served_vs_handler"] > 0
+    assert digits["summary"]["best_peer"] in ("litserve", "triton")
+    assert digits["triton"]["settings"]["max_batch_size"] == digits["inprocess"]["batch"]
     assert (tmp_path / "served.png").stat().st_size > 10_000
     out = capsys.readouterr().out
     assert "CPU: " in out and "| digits |" in out

@@ -8,7 +8,10 @@ For each model, in one run, with the archive as built (model_store/NAME.mar):
   torchserve   a TorchServe serving only this model: one request at a time (c1: idle latency),
                a closed loop at `--clients` connections (saturation), and an open-loop sweep of
                request rates up to and past saturation (the latency-throughput curve)
-  litserve     the same archive and handler decode/encode under LitServe (the peer), same loads
+  litserve     the same archive and handler decode/encode under LitServe (a peer), same loads
+  triton       the same under Triton Inference Server (PyTriton's tritonserver: its HTTP front end,
+               dynamic batcher and model instances; serving/perf/triton_peer.py), same loads, the
+               Open Inference Protocol's binary-data extension carrying the same request body
 
 Every server and measurement runs in its own process; the load generator (serving.perf.loadgen) is
 the same for both servers and reports its own CPU, and each server's processes' CPU is sampled,
@@ -202,24 +205,90 @@ def configured_store(model_store: Path, names: list[str], settings: dict, out: P
     return out
 
 
+PYTRITON = ROOT / ".venv-pytriton" / "bin" / "python"  # make bench-serve builds it
+
+
+def bench_triton(name: str, model_store: Path, body_file: Path, content_type: str, clients: int,
+                 seconds: float, sweep, log, out: Path, profile_dir: Path | None = None) -> dict:
+    """Triton with the archive's batch size (max_batch_size), batch delay (the dynamic batcher's
+    queue delay), workers (model instances) and threads."""
+    from serving.perf.triton_peer import request_body
+    from serving.run.process import stop_tree
+    from serving.run.torchserve import free_port
+
+    config = archive_config(model_store, name)
+    batch, workers = int(config.get("batchSize") or 1), int(config.get("minWorkers") or 1)
+    threads = int((config.get("handler") or {}).get("torch_threads") or 1) * workers
+    delay_us = max(1, int(config.get("maxBatchDelay") or 0)) * 1000
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    body, headers = request_body(body_file.read_bytes())
+    request_file = out / f"triton-{name}.bin"
+    request_file.write_bytes(body)
+    log_file = RUN_DIR / "bench-serve" / f"triton-{name}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "wb") as log_out:
+        proc = subprocess.Popen([str(PYTRITON), "-m", "serving.perf.triton_peer", name,
+                                 "--http-port", str(http), "--grpc-port", str(grpc),
+                                 "--metrics-port", str(metrics), "--content-type", content_type,
+                                 "--model-store", str(model_store), "--batch", str(batch),
+                                 "--delay-us", str(delay_us), "--instances", str(workers),
+                                 "--threads", str(threads)],
+                                cwd=ROOT, stdout=log_out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    server = psutil.Process(proc.pid)
+
+    def processes() -> list[psutil.Process]:
+        # tritonserver first (the "frontend" column: HTTP, queue, batcher), then the Python
+        # process holding the handlers, which does the decoding and the model.
+        procs = tree(server)
+        return sorted(procs, key=lambda p: "tritonserver" not in " ".join(safe_cmdline(p)))
+
+    try:
+        process.wait_http(f"http://127.0.0.1:{http}/v2/models/{name}/ready", timeout=300)
+        target = Target("triton", f"http://127.0.0.1:{http}/v2/models/{name}/infer", headers,
+                        processes)
+        result = measure_server(target, request_file, "application/octet-stream", False, clients,
+                                seconds, sweep, log, profile_dir)
+        result["settings"] = {"max_batch_size": batch, "queue_delay_us": delay_us,
+                              "instances": workers, "threads": threads}
+        return result
+    finally:
+        stop_tree(server, 20)
+
+
+def safe_cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
 # -- report ---------------------------------------------------------------------------------------
+
+PEERS = ("litserve", "triton")
+
 
 def summarise(result: dict) -> dict:
     inproc, ts = result["inprocess"], result["torchserve"]
-    peer = result.get("litserve")
     summary = {
         "served_vs_handler": ts["closed"]["ok_per_s"] / inproc["handler_req_per_s"],
         "c1_minus_forward_ms": ts["c1"]["p50_ms"] - inproc["forward_c1_ms"],
     }
-    if peer:
-        summary["torchserve_vs_litserve"] = ts["closed"]["ok_per_s"] / peer["closed"]["ok_per_s"]
+    ran = [p for p in PEERS if result.get(p)]
+    for name in ran:
+        peer = result[name]
+        summary[f"torchserve_vs_{name}"] = ts["closed"]["ok_per_s"] / peer["closed"]["ok_per_s"]
         # At the peer's closed-loop p99: the best each server does within that latency.
         limit = peer["closed"]["p99_ms"]
         mine, theirs = best_within(ts["open"], limit), best_within(peer["open"], limit)
-        summary["at_litserve_p99"] = {
+        summary[f"at_{name}_p99"] = {
             "p99_ms": limit,
             "torchserve_ok_per_s": mine["ok_per_s"] if mine else 0.0,
-            "litserve_ok_per_s": theirs["ok_per_s"] if theirs else 0.0}
+            f"{name}_ok_per_s": theirs["ok_per_s"] if theirs else 0.0}
+    if ran:
+        best = max(ran, key=lambda p: result[p]["closed"]["ok_per_s"])
+        summary["best_peer"] = best
+        summary["torchserve_vs_best_peer"] = summary[f"torchserve_vs_{best}"]
     return summary
 
 
@@ -229,18 +298,23 @@ def on_device(inproc: dict) -> str:
 
 def table(results: list[dict]) -> str:
     lines = ["| model | target | model alone items/s | handler in-process req/s | TorchServe req/s "
-             "(p50 / p99 ms) | LitServe req/s (p50 / p99 ms) | served / in-process | TorchServe / "
-             "LitServe | c1: forward ms / served p50 ms |", "|" + "---|" * 9]
+             "(p50 / p99 ms) | LitServe req/s (p50 / p99 ms) | Triton req/s (p50 / p99 ms) | "
+             "served / in-process | TorchServe / best peer | c1: forward ms / served p50 ms |",
+             "|" + "---|" * 10]
     for r in results:
-        i, ts, peer, s = r["inprocess"], r["torchserve"], r.get("litserve"), r["summary"]
-        peer_cell = (f"{peer['closed']['ok_per_s']:.1f} ({peer['closed']['p50_ms']:.0f} / "
-                     f"{peer['closed']['p99_ms']:.0f})" if peer else "not run")
-        ratio = f"{s['torchserve_vs_litserve']:.2f}x" if peer else "–"
+        i, ts, s = r["inprocess"], r["torchserve"], r["summary"]
+        cells = []
+        for name in PEERS:
+            peer = r.get(name)
+            cells.append(f"{peer['closed']['ok_per_s']:.1f} ({peer['closed']['p50_ms']:.0f} / "
+                         f"{peer['closed']['p99_ms']:.0f})" if peer else "not run")
+        ratio = (f"{s['torchserve_vs_best_peer']:.2f}x ({s['best_peer']})"
+                 if "best_peer" in s else "–")
         lines.append(
             f"| {r['model']} | {i['target']}/{i['precision']}{on_device(i)} | "
             f"{i['model_items_per_s']:.1f} | "
             f"{i['handler_req_per_s']:.1f} | {ts['closed']['ok_per_s']:.1f} "
-            f"({ts['closed']['p50_ms']:.0f} / {ts['closed']['p99_ms']:.0f}) | {peer_cell} | "
+            f"({ts['closed']['p50_ms']:.0f} / {ts['closed']['p99_ms']:.0f}) | {' | '.join(cells)} | "
             f"{s['served_vs_handler']:.2f}x | {ratio} | {i['forward_c1_ms']:.2f} / "
             f"{ts['c1']['p50_ms']:.2f} |")
     return "\n".join(lines)
@@ -254,7 +328,8 @@ def plot(results: list[dict], path: Path, machine: str) -> Path:
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
     for ax, r in zip(axes[0], results):
-        for server, colour in (("torchserve", "tab:blue"), ("litserve", "tab:orange")):
+        for server, colour in (("torchserve", "tab:blue"), ("litserve", "tab:orange"),
+                               ("triton", "tab:green")):
             if not r.get(server):
                 continue
             curve = sorted(r[server]["open"], key=lambda p: p["ok_per_s"])
@@ -288,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="per load point")
     parser.add_argument("--sweep", type=float, nargs="+", default=list(SWEEP),
                         help="open-loop rates as fractions of the closed loop's throughput")
-    parser.add_argument("--no-peer", action="store_true", help="skip LitServe")
+    parser.add_argument("--peers", nargs="*", choices=PEERS, default=list(PEERS),
+                        help="the other servers to run on the same archive (default: both)")
+    parser.add_argument("--no-peer", action="store_true", help="no peer (--peers with none)")
     parser.add_argument("--alongside", nargs="*", default=[], metavar="MODEL",
                         help="TorchServe serves these models too, idle (e.g. the default "
                         "server's other models); the load goes to the measured one alone")
@@ -313,12 +390,16 @@ def main(argv: list[str] | None = None) -> int:
     missing = [m for m in names if not (model_store / f"{m}.mar").exists()]
     if missing:
         parser.error(f"no archive for {missing} in {model_store}: python -m serving build")
-    if not args.no_peer:
+    peers = [] if args.no_peer else args.peers
+    if "litserve" in peers:
         import importlib.util
 
         if importlib.util.find_spec("litserve") is None:
             parser.error("LitServe is not installed: pip install -r requirements-bench.txt "
-                         "(make bench-serve does), or pass --no-peer")
+                         "(make bench-serve does), or leave it out of --peers")
+    if "triton" in peers and not PYTRITON.exists():
+        parser.error(f"no {PYTRITON}: make bench-serve builds it (Debian's Python 3.11 and "
+                     "requirements-pytriton.txt), or leave triton out of --peers")
     machine = cpu_name()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -350,11 +431,16 @@ def main(argv: list[str] | None = None) -> int:
         result["torchserve"] = bench_torchserve(name, model_store, body_file, content_type, binary,
                                                 args.clients, args.seconds, tuple(args.sweep), log,
                                                 tuple(args.alongside), profile_dir)
-        if not args.no_peer:
+        if "litserve" in peers:
             log(f"[{name}] LitServe...")
             result["litserve"] = bench_litserve(name, model_store, body_file, content_type, binary,
                                                 args.clients, args.seconds, tuple(args.sweep), log,
                                                 args.peer_batch_timeout, profile_dir)
+        if "triton" in peers:
+            log(f"[{name}] Triton...")
+            result["triton"] = bench_triton(name, model_store, body_file, content_type,
+                                            args.clients, args.seconds, tuple(args.sweep), log,
+                                            out, profile_dir)
         result["summary"] = summarise(result)
         results.append(result)
     (out / "served.json").write_text(json.dumps({
