@@ -6,7 +6,9 @@ Benchmark-only (requirements-pytriton.txt, in .venv-pytriton: PyTriton's Python 
 CPython 3.11, and the venv reads the project's packages from .venv; `make bench-serve` builds it).
 One input, `body` (BYTES: the request body as a client would POST it to TorchServe), and one
 output, `answer` (BYTES: the handler's JSON answer), so that the work per request is the same as
-TorchServe's and LitServe's. A request the handler refuses is answered with Triton's error (400).
+TorchServe's and LitServe's. A request the handler refuses fails its whole batch with Triton's
+error, the handler's reason in it (PyTriton turns an exception into a 500 for every request of the
+batch, as LitServe's batched loop does); the benchmark sends only good requests.
 
     python -m serving.perf.triton_peer MODEL --http-port P --content-type TYPE \
         [--batch 8] [--delay-us 1000] [--instances 1] [--threads 1]
@@ -65,7 +67,7 @@ def infer_function(model: str, model_store: str, content_type: str):
         for i, items in enumerate(requests):
             output = outputs.get(i, items)
             if isinstance(output, RequestError):
-                raise ValueError(output.body())  # Triton answers the whole call with 400
+                raise ValueError(output.body())  # the whole batch fails, with this reason
             answers.append([json.dumps(handler.encode(output)).encode()])  # as TorchServe's reply
         return {OUTPUT: np.array(answers, dtype=object)}
 
