@@ -126,7 +126,8 @@ def test_the_frontend_logs_each_line_once_and_no_request_at_debug(server):
     lines = (server.log_dir / "ts_log.log").read_text().splitlines()
     assert any("[INFO ]" in line for line in lines), lines[:20]
     assert not [line for line in lines if "[DEBUG]" in line][:5]
-    doubled = [a for a, b in zip(lines, lines[1:]) if a == b and a.strip()]
+    # The frontend's own lines (a worker can print the same line twice in one millisecond).
+    doubled = [a for a, b in zip(lines, lines[1:]) if a == b and " org.pytorch.serve." in a]
     assert not doubled[:5], doubled[:5]
     assert not [line for line in lines if "WorkerLifeCycle" in line and "[INFO ]" in line][:5]
 
