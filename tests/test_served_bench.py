@@ -196,31 +196,41 @@ def test_multipart_bodies_are_read_by_torchserve_as_the_raw_body_is(server):
     assert_same_top_k(raw.json()["predictions"], form.json()["predictions"])
 
 
-@pytest.fixture(scope="module")
-def peer(build_info):
-    pytest.importorskip("litserve", reason="the benchmark's peer: pip install -r "
-                        "requirements-bench.txt")
-    from serving.run.process import stop_tree
-    from serving.run.torchserve import free_port
-
+def running(command: list[str], ready: str, timeout: float):
+    """A peer server started for a module's tests, stopped after them."""
     import psutil
 
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "serving.perf.litserve_peer", "digits", "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    from serving.run.process import stop_tree
+
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        process.wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
-        yield f"http://127.0.0.1:{port}/predict"
+        process.wait_http(ready, timeout=timeout)
+        yield
     finally:
         stop_tree(psutil.Process(proc.pid), 20)
 
 
+@pytest.fixture(scope="module")
+def peer(build_info):
+    pytest.importorskip("litserve", reason="the benchmark's peer: pip install -r "
+                        "requirements-bench.txt")
+    from serving.run.torchserve import free_port
+
+    port = free_port()
+    for _ in running([sys.executable, "-m", "serving.perf.litserve_peer", "digits",
+                      "--port", str(port)], f"http://127.0.0.1:{port}/health", 120):
+        yield f"http://127.0.0.1:{port}/predict"
+
+
+def torchserve_answer(server, body: bytes, content_type: str) -> requests.Response:
+    return requests.post(f"{server.inference_url}/predictions/digits", data=body, timeout=30,
+                         headers={"Content-Type": content_type, **server.auth("inference")})
+
+
 def test_the_peer_serves_the_same_archive_with_the_same_answers(server, peer):
     body, content_type = example("digits")
-    mine = requests.post(f"{server.inference_url}/predictions/digits", data=body.read_bytes(),
-                         headers={"Content-Type": content_type, **server.auth("inference")},
-                         timeout=30)
+    mine = torchserve_answer(server, body.read_bytes(), content_type)
     theirs = requests.post(peer, data=body.read_bytes(), headers={"Content-Type": content_type},
                            timeout=30)
     assert mine.status_code == theirs.status_code == 200
@@ -233,34 +243,23 @@ def test_the_peer_serves_the_same_archive_with_the_same_answers(server, peer):
 @pytest.fixture(scope="module")
 def triton_peer(build_info):
     from serving.perf.bench_serve import PYTRITON
-    from serving.run.process import stop_tree
     from serving.run.torchserve import free_port
-
-    import psutil
 
     if not PYTRITON.exists():
         pytest.skip(f"no {PYTRITON}: make test builds it (requirements-pytriton.txt)")
     http = free_port()
-    proc = subprocess.Popen([str(PYTRITON), "-m", "serving.perf.triton_peer", "digits",
-                             "--http-port", str(http), "--grpc-port", str(free_port()),
-                             "--metrics-port", str(free_port()),
-                             "--content-type", "application/json"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        process.wait_http(f"http://127.0.0.1:{http}/v2/models/digits/ready", timeout=180)
+    for _ in running([str(PYTRITON), "-m", "serving.perf.triton_peer", "digits",
+                      "--http-port", str(http), "--grpc-port", str(free_port()),
+                      "--metrics-port", str(free_port()), "--content-type", "application/json"],
+                     f"http://127.0.0.1:{http}/v2/models/digits/ready", 180):
         yield f"http://127.0.0.1:{http}/v2/models/digits/infer"
-    finally:
-        stop_tree(psutil.Process(proc.pid), 20)
 
 
 def test_triton_serves_the_same_archive_with_the_same_answers(server, triton_peer):
     from serving.perf.triton_peer import OUTPUT, request_body
 
     body, content_type = example("digits")
-    mine = requests.post(f"{server.inference_url}/predictions/digits", data=body.read_bytes(),
-                         headers={"Content-Type": content_type, **server.auth("inference")},
-                         timeout=30)
+    mine = torchserve_answer(server, body.read_bytes(), content_type)
     request, headers = request_body(body.read_bytes())
     theirs = requests.post(triton_peer, data=request, timeout=30,
                            headers={"Content-Type": "application/octet-stream", **headers})
