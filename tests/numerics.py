@@ -1,9 +1,10 @@
 """What the tests may expect of numbers computed along different paths: a batch of 4 and a batch
 of 1, or one CPU's kernels and another's, do not give bit-identical floats. An AMD EPYC with
 AVX-512 moved a probability's 6th decimal between batch sizes (0.372759 vs 0.37276), and int8
-dynamic quantization scales activations per batch, so a borderline digit's answer can flip with
-the batch it travels in (353 vs 354 held-out digits right). The tests compare answers within these
-bounds, never byte for byte."""
+dynamic quantization scales activations per batch, so a borderline digit's answer can flip between
+the build's batches and one served alone (353 vs 354 held-out digits right; int8 ships only
+unbatched, serving/build/parity.py). The tests compare answers within these bounds, never byte for
+byte."""
 
 from __future__ import annotations
 

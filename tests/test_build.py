@@ -63,6 +63,34 @@ def test_embedder_gate_is_direction_and_nearest_neighbours():
         check_parity("m", "embedder", "bf16", model, linear(1, out=32), INPUTS)
 
 
+def test_an_answer_that_moves_with_its_batch_fails_the_gate_where_the_model_is_batched():
+    # torch's own dynamic int8 Linear, for real: it scales activations by the whole batch's range.
+    from serving.build.targets import quantize_int8
+
+    model = torch.nn.Sequential(linear(0)).eval()
+    int8 = quantize_int8(torch.nn.Sequential(linear(0)).eval())
+    unbatched = check_parity("m", "classifier", "int8", model, int8, INPUTS)
+    assert unbatched["top1_agreement"] >= 0.99 and "batch_relative_error" not in unbatched
+    with pytest.raises(ParityError, match="depends on the other inputs in its batch"):
+        check_parity("m", "classifier", "int8", model, int8, INPUTS, served_batch=8)
+    bf16 = lambda x: model.to(torch.bfloat16)(x.to(torch.bfloat16)).float()  # noqa: E731
+    batched = check_parity("m", "classifier", "bf16", linear(0), bf16, INPUTS, served_batch=8)
+    assert batched["batch_relative_error"] <= 1e-4 and "alone within" in batched["gate"]
+
+
+def test_timing_runs_on_a_busy_workers_share_of_the_cores_and_restores_torchs_threads():
+    from handlers.cores import available_cores
+    from serving.build import timing
+
+    spec = models.load("digits")
+    workers = int(spec.config["minWorkers"])
+    assert serving.build.pipeline.timing_threads(spec) == max(1, available_cores() // workers)
+    before = torch.get_num_threads()
+    with timing.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
 def test_the_fastest_passing_candidate_is_chosen_fp32_unless_lower_is_clearly_faster():
     fp32 = {"target": "inductor", "precision": "fp32", "speedup": 2.0}
     slightly = {"target": "inductor", "precision": "bf16", "speedup": 2.1}

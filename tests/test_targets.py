@@ -3,6 +3,7 @@ HTTP by TorchServe; Neuron's arguments, shapes and refusal; the CPU environment 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import requests
 import torch
 
+import models
 from handlers import CPU_ENV
 from handlers.artifacts import NEURON_MISSING
 from models.digits.model import split
@@ -118,8 +120,9 @@ def test_neuron_options_defaults_follow_the_notes():
 # -- every target that runs here, for real -------------------------------------------------------
 
 # Every target that runs here at fp32, and int8 (dynamic quantization, built as TorchScript, and
-# ONNX Runtime's own): the lower precision of CPUs without bf16, asked for by name here whatever
-# this CPU has.
+# ONNX Runtime's own), asked for by name here whatever this CPU has. Dynamic int8 scales
+# activations by the whole batch, so it passes the gate only unbatched: those archives are digits
+# with batchSize 1.
 HERE_BUILDS = (("eager", "fp32"), ("torchscript", "fp32"), ("inductor", "fp32"), ("torchscript", "int8"),
                ("onnxruntime", "fp32"), ("onnxruntime", "int8"))
 
@@ -128,14 +131,20 @@ def archive_of(target: str, precision: str) -> str:
     return f"digits_{target}" + ("" if precision == "fp32" else f"_{precision}")
 
 
+def unbatched(spec):
+    return dataclasses.replace(spec, config={**spec.config, "batchSize": 1})
+
+
 @pytest.fixture(scope="module")
 def per_target(builds_or_serves, tmp_path_factory):
     """digits built once per target (and int8), each its own archive, served by one TorchServe."""
     from tests.conftest import start_on_free_ports
 
     store = tmp_path_factory.mktemp("store")
+    digits = models.load("digits")
     infos = {(t, p): build("digits", target=t, precision=p, model_store=store,
-                           work_root=tmp_path_factory.mktemp("work"), archive_name=archive_of(t, p))
+                           work_root=tmp_path_factory.mktemp("work"), archive_name=archive_of(t, p),
+                           spec=digits if p == "fp32" else unbatched(digits))
              for t, p in HERE_BUILDS}
     server = start_on_free_ports(tmp_path_factory, [archive_of(t, p) for t, p in HERE_BUILDS],
                                  model_store=store)
@@ -165,6 +174,16 @@ def test_each_target_is_built_checked_and_served(per_target, target, precision):
             assert response.status_code == 200, response.text
             right += int(response.json()["predictions"][0]["label"]) == label
     assert_held_out_count_matches(right, info["evaluation"], precision)
+
+
+@pytest.mark.parametrize("target", ["torchscript", "onnxruntime"])
+def test_dynamic_int8_is_refused_where_the_model_is_served_in_batches(tmp_path, target):
+    digits = models.load("digits")
+    assert int(digits.config["batchSize"]) > 1
+    with pytest.raises(BuildError, match="depends on the other inputs in its batch"):
+        build("digits", target=target, precision="int8", model_store=tmp_path / "store",
+              work_root=tmp_path / "work", spec=digits, timed=False)
+    assert not (tmp_path / "store" / "digits.mar").exists()
 
 
 def test_int8_quantizes_the_linear_layers_except_those_skipped():

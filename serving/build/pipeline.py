@@ -23,6 +23,7 @@ import torch
 import models
 from handlers import artifacts
 from handlers.base import BUILD_INFO
+from handlers.cores import available_cores
 from models import ModelSpec
 from serving.build import archive
 from serving.build import parity
@@ -159,20 +160,32 @@ class Reference:
     batch: int
     timing_inputs: tuple
     parity_batches: list
+    threads: int = 1
     eager_seconds: float = 0.0
     results: list[dict] = field(default_factory=list)
+
+
+def timing_threads(spec: ModelSpec) -> int:
+    """The threads the build times candidates with: what each worker runs with when all the
+    model's workers are busy (handlers/base.py shares the cores among busy workers). Timed on every
+    core instead, a busy machine ranks wrongly: torch's OpenMP threads wait on each other when
+    another process takes a core, ONNX Runtime's pool far less, so under CI's load ONNX Runtime
+    read 43-65x over eager, against 4x on a quiet machine and at one thread busy or quiet."""
+    return max(1, available_cores() // int(spec.config.get("minWorkers") or 1))
 
 
 def reference(spec: ModelSpec, work_dir: Path, label: str, timed: bool = True) -> Reference:
     eager = spec.load_eager(work_dir).eval()
     batch = int(spec.config.get("batchSize", 1))
     ref = Reference(eager, spec.prepare_export(eager) if spec.prepare_export else eager, batch,
-                    spec.example_inputs(batch), spec.parity_inputs())
+                    spec.example_inputs(batch), spec.parity_inputs(), timing_threads(spec))
     with torch.inference_mode():
         check_output(spec, eager(*ref.parity_batches[0]))
     if timed:
-        ref.eager_seconds = timing.median_seconds(eager, ref.timing_inputs)
-        say(label, f"eager: {ref.eager_seconds * 1000:.1f} ms per batch of {batch}")
+        with timing.torch_threads(ref.threads):
+            ref.eager_seconds = timing.median_seconds(eager, ref.timing_inputs)
+        say(label, f"eager: {ref.eager_seconds * 1000:.1f} ms per batch of {batch} on "
+                   f"{ref.threads} thread{'s' if ref.threads > 1 else ''} (a busy worker's share)")
     else:
         ref.eager_seconds = None
     return ref
@@ -230,14 +243,18 @@ def try_candidate(spec: ModelSpec, ref: Reference, t: str, p: str, work_dir: Pat
     exported = load_artifact(entry, device)
     if fixed and not options.dynamic_batch:
         exported = targets.FixedShape(exported, spec.dims, fixed_batch, fixed_length)
-    entry["parity"] = check_parity(label, spec.gate, p, ref.eager, exported, ref.parity_batches)
+    entry["parity"] = check_parity(label, spec.gate, p, ref.eager, exported, ref.parity_batches,
+                                   served_batch=ref.batch)
     entry["status"] = "passed"
     if not timed:
         entry["batch_ms"] = entry["speedup"] = None
         say(label, f"{t}/{p}: passed its gate ({entry['parity']['gate']}); not timed "
                    f"(export {entry['export_seconds']:.1f}s)")
         return entry
-    paired = timing.paired_timing(ref.eager, exported, ref.timing_inputs)
+    with timing.torch_threads(ref.threads):
+        if hasattr(exported, "with_threads"):  # a runtime whose pool is sized at load (ORT)
+            exported = exported.with_threads(ref.threads)
+        paired = timing.paired_timing(ref.eager, exported, ref.timing_inputs)
     entry["batch_ms"] = round(paired.candidate_s * 1000, 2)
     entry["speedup"] = round(paired.speedup, 2)
     entry["eager_ms_beside"] = round(paired.reference_s * 1000, 2)  # what the speedup divides
@@ -310,11 +327,12 @@ def ship(spec: ModelSpec, ref: Reference, results: list[dict], request: dict, di
         "torch": torch.__version__, "arch": platform.machine(),
         "inputs_sha256": digest,
         "chosen_because": "named on the command line" if named else
-                          f"fastest passing candidate at batch {ref.batch}" if ranked else
+                          f"fastest passing candidate at batch {ref.batch} on {ref.threads} "
+                          "thread(s)" if ranked else
                           "the preferred passing candidate (not timed)" if not timed else
                           "the preferred passing candidate (timings too noisy to rank)",
         "eager_batch_ms": round(ref.eager_seconds * 1000, 2) if timed else None,
-        "timing_batch": ref.batch,
+        "timing_batch": ref.batch, "timing_threads": ref.threads if timed else None,
         "parity": chosen["parity"], "evaluation": evaluation,
         "candidates": [{k: v for k, v in r.items() if k != "artifact"} for r in results],
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,17 @@ import torch
 # after NOISY_RETRIES, the pairing is reported as noisy and the build does not rank by it.
 NOISY_SPREAD = 1.3
 NOISY_RETRIES = 2
+
+
+@contextmanager
+def torch_threads(threads: int):
+    """torch's intra-op threads set to `threads` for the block, then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
