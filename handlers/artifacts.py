@@ -73,14 +73,25 @@ class OnnxRuntimeModel:
         self.session = onnxruntime.InferenceSession(path, options,
                                                     providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
+        self.sessions = {self.threads: self.session}
 
     def with_threads(self, threads: int) -> "OnnxRuntimeModel":
         """The same graph on a pool of `threads` (its size is fixed when a session starts)."""
         return self if threads == self.threads else OnnxRuntimeModel(self.path, threads)
 
+    def add_pools(self, thread_counts) -> None:
+        """A session per thread count, each call taking the one for torch's thread count then: the
+        cores shared among busy workers (handlers/cores.py) change that count per batch, and a
+        session's pool cannot. Made at load, not on first use (a session takes 0.1-1 s to start);
+        each holds its own copy of the weights."""
+        for threads in thread_counts:
+            if threads not in self.sessions:
+                self.sessions[threads] = self.with_threads(threads).session
+
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         feed = {name: x.detach().cpu().numpy() for name, x in zip(self.inputs, inputs)}
-        return torch.from_numpy(self.session.run(None, feed)[0])
+        session = self.sessions.get(torch.get_num_threads(), self.session)
+        return torch.from_numpy(session.run(None, feed)[0])
 
 
 def load_onnxruntime(path: str, device: torch.device):

@@ -290,6 +290,7 @@ class ModelHandler:
         self.batch_buckets: list[int] = [1]
         self._metrics = HandlerMetrics(None, "")
         self._core_share = CoreShare(None, 1)
+        self._pools: list[int] = []  # the thread counts warmed up: torch's own until loaded
         self.output_row_shape: list[int] | None = None  # one item's output: known after warm-up
 
     # -- the kind's hooks (KIND_HOOKS): what a kind writes -------------------------------------
@@ -434,8 +435,8 @@ class ModelHandler:
         placed_on = place_worker(context.model_name)  # before threads: they count its CPUs
         max_threads = int(self.settings["torch_threads"] or available_cores())
         self._core_share = CoreShare.from_env(max_threads)
+        workers = int(os.environ.get(WORKERS_ENV) or yaml_config.get("minWorkers") or 1)
         if not self._core_share.shared:  # no launcher to share cores through: a fixed split
-            workers = int(os.environ.get(WORKERS_ENV) or yaml_config.get("minWorkers") or 1)
             torch.set_num_threads(max(1, min(max_threads, available_cores() // workers)))
 
         gpu_id = properties.get("gpu_id")
@@ -446,6 +447,12 @@ class ModelHandler:
         serialized = context.manifest["model"]["serializedFile"]
         self.model = artifacts.load(model_dir, serialized, self.build_info, self.device)
         self.device = artifacts.artifact_device(self.build_info, self.device)
+        # A runtime whose pool is sized at load (ORT) gets one per thread count the core share
+        # may give this worker, each warmed up below.
+        self._pools = self._core_share.thread_counts(workers) \
+            if hasattr(self.model, "add_pools") else [torch.get_num_threads()]
+        if hasattr(self.model, "add_pools"):
+            self.model.add_pools(self._pools)
         self.load_resources(model_dir)
         self._warm_up()
         self._metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name)
@@ -640,11 +647,17 @@ class ModelHandler:
         """Runs every batch size and input shape twice, so live traffic never pays for the first
         call of a shape (TorchScript profiles and specialises per shape; compiled code and oneDNN
         set up per shape too)."""
-        for item in self.warmup_items():
-            for size in self.batch_buckets:
-                for _ in range(2):
-                    rows = self.infer([item] * size)
-                    self.output_row_shape = list(rows.shape[1:])
+        threads = torch.get_num_threads()
+        try:
+            for pool in self._pools or [threads]:
+                torch.set_num_threads(pool)
+                for item in self.warmup_items():
+                    for size in self.batch_buckets:
+                        for _ in range(2):
+                            rows = self.infer([item] * size)
+                            self.output_row_shape = list(rows.shape[1:])
+        finally:
+            torch.set_num_threads(threads)
 
     def _read_request(self, row: dict, headers: dict | None, protocol: str = NATIVE
                      ) -> tuple[list[Any], Any]:

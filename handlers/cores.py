@@ -161,11 +161,19 @@ class CoreShare:
         return sum(1 for pid, busy in SLOT.iter_unpack(self.map)
                    if busy and pid and (pid == self.pid or alive(pid)))
 
+    def threads_when(self, busy: int) -> int:
+        return max(1, min(self.max_threads, self.cores // max(1, busy)))
+
     def threads_now(self) -> int:
         if self.max_threads == 1:  # nothing to decide (the others still see this one busy)
             return 1
-        busy = max(1, self.busy_workers())
-        return max(1, min(self.max_threads, self.cores // busy))
+        return self.threads_when(self.busy_workers())
+
+    def thread_counts(self, workers: int) -> list[int]:
+        """Every thread count this worker may be given while up to `workers` are busy."""
+        if not self.shared:
+            return [torch.get_num_threads()]
+        return sorted({self.threads_when(busy) for busy in range(1, max(1, workers) + 1)})
 
     @contextmanager
     def running(self):

@@ -49,6 +49,13 @@ def test_a_busy_worker_takes_all_cores_alone_and_a_share_beside_another(tmp_path
         torch.set_num_threads(before)
 
 
+def test_a_worker_knows_every_thread_count_the_share_may_give_it(tmp_path):
+    assert CoreShare(tmp_path / "a", max_threads=2, cores=2).thread_counts(2) == [1, 2]
+    assert CoreShare(tmp_path / "b", max_threads=16, cores=16).thread_counts(4) == [4, 5, 8, 16]
+    assert CoreShare(tmp_path / "c", max_threads=1, cores=4).thread_counts(2) == [1]
+    assert CoreShare(None, max_threads=2, cores=2).thread_counts(2) == [torch.get_num_threads()]
+
+
 def test_a_worker_that_died_busy_stops_counting_and_its_slot_is_reused(tmp_path):
     share = tmp_path / "cores"
     gone = dead_pid()

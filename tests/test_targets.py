@@ -246,6 +246,40 @@ def test_an_onnxruntime_artifact_answers_as_the_model_and_resizes_its_pool(tmp_p
     assert torch.allclose(two(x), model(x), atol=1e-6) and loaded.with_threads(loaded.threads) is loaded
 
 
+def test_an_onnxruntime_artifact_runs_each_call_on_the_pool_for_torchs_thread_count(tmp_path):
+    from handlers import artifacts
+    from serving.build import targets
+    from serving.build.timing import torch_threads
+
+    model = torch.nn.Sequential(torch.nn.Linear(6, 3)).eval()
+    path = targets.export("onnxruntime", model, "fp32", (torch.randn(2, 6),), (("batch", None),),
+                          {"batch": (1, 64)}, tmp_path)
+    with torch_threads(1):
+        loaded = artifacts.load(path.parent, path.name, {"target": "onnxruntime",
+                                                         "precision": "fp32"}, torch.device("cpu"))
+    loaded.add_pools([1, 2])
+    assert {n: s.get_session_options().intra_op_num_threads for n, s in loaded.sessions.items()} \
+        == {1: 1, 2: 2}
+
+    class Recording:
+        """The real session, noting that it ran (which pool answered is not visible otherwise)."""
+
+        def __init__(self, session, ran: list, threads: int) -> None:
+            self.session, self.ran, self.threads = session, ran, threads
+
+        def run(self, *args):
+            self.ran.append(self.threads)
+            return self.session.run(*args)
+
+    ran: list[int] = []
+    loaded.sessions = {n: Recording(s, ran, n) for n, s in loaded.sessions.items()}
+    x = torch.randn(5, 6)
+    for threads in (2, 1, 3):  # 3: no pool of its own, the one made at load answers
+        with torch_threads(threads):
+            assert torch.allclose(loaded(x), model(x), atol=1e-6)
+    assert ran == [2, 1]
+
+
 def test_an_onnxruntime_artifact_on_a_worker_without_onnxruntime_is_refused_naming_it(monkeypatch):
     """ONNX Runtime is installed here, so its absence is made by hiding it from the import system
     (a unit test: a worker image without it cannot be had otherwise in this process)."""
