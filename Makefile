@@ -120,7 +120,7 @@ bench-serve: setup $(PYTRITON_STAMP)  ## per model: in-process vs TorchServe vs 
 bench-protocols: setup $(TRITON_STAMP)  ## per model: native, KServe v1, v2 JSON and binary through the front door, and perf_analyzer over REST and gRPC (ARGS="digits")
 	$(PY) -m serving bench-protocols $(ARGS)
 
-tune: setup             ## most throughput within a p99 limit: make tune MODEL=minilm P99_MS=250 [ARGS=--write]
+tune: setup $(PYTRITON_STAMP)  ## most throughput within a p99 limit: make tune MODEL=minilm P99_MS=250 [ARGS="--write" or "--server triton"]
 	$(PY) -m serving tune $(MODEL) --p99-ms $(P99_MS) $(ARGS)
 
 worst-case: setup       ## each model's costliest request next to a normal full batch, in-process

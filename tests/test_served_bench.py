@@ -296,10 +296,10 @@ def test_the_served_benchmark_measures_every_part_and_draws_its_curves(build_inf
         assert all(p["statuses"].get("200") == p["ok"] for p in measured["open"])
     assert digits["summary"]["served_vs_handler"] > 0
     assert digits["summary"]["best_peer"] in ("litserve", "triton")
-    assert digits["triton"]["settings"]["max_batch_size"] == digits["inprocess"]["batch"]
+    assert digits["triton"]["settings"]["batchSize"] == digits["inprocess"]["batch"]
     assert (tmp_path / "served.png").stat().st_size > 10_000
     out = capsys.readouterr().out
-    assert "CPU: " in out and "| digits |" in out
+    assert "CPU: " in out and "| digits |" in out and "| digits | triton |" in out
 
 
 def test_the_tuner_measures_a_configuration_against_the_real_server(build_info, tmp_path,
@@ -312,3 +312,34 @@ def test_the_tuner_measures_a_configuration_against_the_real_server(build_info, 
     assert len(only["points"]) == 2 and only["score"] > 0
     assert only["score"] == max(p["ok_per_s"] for p in only["points"])
     assert (tune.plot(result, tmp_path / "pareto.png")).stat().st_size > 10_000
+
+
+def test_each_peer_is_tuned_on_its_own_and_benchmarked_at_its_best(build_info, tmp_path,
+                                                                   monkeypatch, capsys):
+    pytest.importorskip("litserve", reason="pip install -r requirements-bench.txt")
+    if not bench_serve.PYTRITON.exists():
+        pytest.skip(f"no {bench_serve.PYTRITON}: make test builds it (requirements-pytriton.txt)")
+    monkeypatch.setattr(tune, "RUN_DIR", tmp_path)
+    monkeypatch.setattr(tune, "LADDER", (1, 2))
+    for peer in ("litserve", "triton"):
+        assert tune.main(["digits", "--p99-ms", "1000", "--budget-s", "0", "--seconds", "1",
+                          "--server", peer]) == 0
+        recorded = json.loads((tmp_path / "tune" / f"digits-{peer}" / "tune.json").read_text())
+        [only] = recorded["candidates"]  # no time for more than the archive's settings
+        assert recorded["server"] == peer and only["score"] > 0 and len(only["points"]) == 2
+    with pytest.raises(SystemExit):  # a peer's settings are not TorchServe's model-config
+        tune.main(["digits", "--p99-ms", "1000", "--server", "triton", "--write"])
+    capsys.readouterr()
+    assert bench_serve.main(["digits", "--tuned", "--seconds", "1", "--clients", "2", "--sweep",
+                             "1.0", "--out", str(tmp_path / "bench")]) == 0
+    [digits] = json.loads((tmp_path / "bench" / "served.json").read_text())["results"]
+    assert [digits[s]["tuned"] for s in ("torchserve", "litserve", "triton")] == [False, True, True]
+    for peer in ("litserve", "triton"):
+        assert digits[peer]["closed"]["ok"] > 0
+        assert digits[peer]["settings"] == {k: recorded_best(tmp_path, peer)[k] for k in tune.KNOBS}
+    out = capsys.readouterr().out
+    assert "| digits | triton |" in out and "its tuning" in out and "not tuned" in out
+
+
+def recorded_best(root, peer: str) -> dict:
+    return json.loads((root / "tune" / f"digits-{peer}" / "tune.json").read_text())["best"]

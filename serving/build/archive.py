@@ -86,7 +86,11 @@ def with_config(source: Path, target: Path, settings: dict) -> Path:
 
 def shipped_settings(name: str) -> dict:
     """The archive's serving settings as a tuner candidate (model-config.yaml)."""
-    config = models.load(name).config
+    return serving_settings(models.load(name).config)
+
+
+def serving_settings(config: dict) -> dict:
+    """A model-config's serving settings in the tuner's terms (serving/perf/tune.py KNOBS)."""
     workers = int(config.get("minWorkers") or 1)
     return {"batchSize": int(config.get("batchSize") or 1),
             "maxBatchDelay": int(config.get("maxBatchDelay") or 0),

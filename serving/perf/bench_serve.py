@@ -28,11 +28,14 @@ import platform
 import statistics
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 
 import models
+from serving.build.archive import serving_settings
 from serving.perf.bench import run_child
 from serving.perf.measure import Target, best_within, loaded_alone, run_point, time_calls, tree
 from serving.run.cpu import cpu_name
@@ -133,10 +136,33 @@ def bench_torchserve(name: str, model_store: Path, body_file: Path, content_type
     try:
         target = Target("torchserve", f"{instance.inference_url}/predictions/{name}",
                         instance.auth("inference"), lambda: tree(instance.process()))
-        return measure_server(target, body_file, content_type, binary, clients, seconds, sweep, log,
-                       profile_dir)
+        result = measure_server(target, body_file, content_type, binary, clients, seconds, sweep,
+                                log, profile_dir)
     finally:
         instance.stop()
+    result["settings"] = serving_settings(archive_config(model_store, name))
+    return result
+
+
+def tuned_stores(name: str, servers: list[str], model_store: Path, out: Path, log) -> dict:
+    """server -> (its archive copy, its settings): the best settings `python -m serving tune
+    NAME --server SERVER` found for it, where it was run; the others keep the archive's."""
+    from serving.perf import tune
+
+    stores = {}
+    for server in servers:
+        recorded = tune.tune_dir(name, server) / "tune.json"
+        if not recorded.exists():
+            log(f"  {server}: not tuned ({recorded} missing): the archive's settings")
+            continue
+        result = json.loads(recorded.read_text())
+        settings = {k: result["best"][k] for k in tune.KNOBS}
+        store = configured_store(model_store, [name], tune.settings_of(settings),
+                                 out.resolve() / f"tuned-{server}")
+        stores[server] = (store, settings)
+        log(f"  {server}: its tuned settings ({tune.label(settings)}; {recorded}, "
+            f"{result['cpu']}, p99 limit {result['p99_ms']:g} ms)")
+    return stores
 
 
 def archive_config(model_store: Path, name: str) -> dict:
@@ -148,35 +174,47 @@ def archive_config(model_store: Path, name: str) -> dict:
         return yaml.safe_load(mar.read("model-config.yaml")) or {}
 
 
-def bench_litserve(name: str, model_store: Path, body_file: Path, content_type: str,
-                   binary: bool, clients: int, seconds: float, sweep, log,
-                   batch_timeout: float | None, profile_dir: Path | None = None) -> dict:
-    """LitServe with the archive's own batch size, workers and threads; its batch timeout is
-    the archive's maxBatchDelay unless one is given."""
+@contextmanager
+def litserve_serving(name: str, model_store: Path, settings: dict) -> Iterator[Target]:
+    """LitServe serving the archive: batch size, batch timeout (the delay, at least 1 ms) and
+    workers from `settings`; each worker's threads are the archive's (its torch_threads, within
+    the cores split among the workers), as a TorchServe worker's are."""
     from serving.run.process import stop_tree
     from serving.run.torchserve import free_port
 
-    config = archive_config(model_store, name)
-    batch, workers = int(config.get("batchSize") or 1), int(config.get("minWorkers") or 1)
-    if batch_timeout is None:
-        batch_timeout = max(1, int(config.get("maxBatchDelay") or 0)) / 1000
     port = free_port()
     log_file = RUN_DIR / "bench-serve" / f"litserve-{name}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "serving.perf.litserve_peer", name, "--port", str(port),
-                                 "--model-store", str(model_store), "--batch", str(batch),
-                                 "--batch-timeout", str(batch_timeout), "--workers", str(workers)],
+                                 "--model-store", str(model_store),
+                                 "--batch", str(settings["batchSize"]),
+                                 "--batch-timeout", str(max(1, settings["maxBatchDelay"]) / 1000),
+                                 "--workers", str(settings["workers"])],
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     server = psutil.Process(proc.pid)
     try:
         process.wait_http(f"http://127.0.0.1:{port}/health")
-        target = Target("litserve", f"http://127.0.0.1:{port}/predict", {}, lambda: tree(server))
-        return measure_server(target, body_file, content_type, binary, clients, seconds, sweep, log,
-                       profile_dir)
+        yield Target("litserve", f"http://127.0.0.1:{port}/predict", {}, lambda: tree(server))
     finally:
         stop_tree(server, 20)
+
+
+def bench_litserve(name: str, model_store: Path, body_file: Path, content_type: str,
+                   binary: bool, clients: int, seconds: float, sweep, log,
+                   batch_timeout: float | None, profile_dir: Path | None = None,
+                   settings: dict | None = None) -> dict:
+    """LitServe with the archive's own settings unless others are given (the tuner's best for
+    it); its batch timeout is the delay unless one is given."""
+    settings = settings or serving_settings(archive_config(model_store, name))
+    if batch_timeout is not None:
+        settings = {**settings, "maxBatchDelay": batch_timeout * 1000}
+    with litserve_serving(name, model_store, settings) as target:
+        result = measure_server(target, body_file, content_type, binary, clients, seconds, sweep,
+                                log, profile_dir)
+    result["settings"] = settings
+    return result
 
 
 def config_settings(pairs: list[str]) -> dict:
@@ -208,31 +246,33 @@ def configured_store(model_store: Path, names: list[str], settings: dict, out: P
 PYTRITON = ROOT / ".venv-pytriton" / "bin" / "python"  # make bench-serve builds it
 
 
-def bench_triton(name: str, model_store: Path, body_file: Path, content_type: str, clients: int,
-                 seconds: float, sweep, log, out: Path, profile_dir: Path | None = None) -> dict:
-    """Triton with the archive's batch size (max_batch_size), batch delay (the dynamic batcher's
-    queue delay), workers (model instances) and threads."""
+@contextmanager
+def triton_serving(name: str, model_store: Path, settings: dict, content_type: str,
+                   body_file: Path, out: Path) -> Iterator[tuple[Target, Path]]:
+    """Triton serving the archive: max_batch_size, the dynamic batcher's queue delay (at least
+    1 ms), model instances (workers) and torch threads (threads per worker, for all instances)
+    from `settings`. Yields the target and the request file to send it: body_file in a v2
+    request with the binary-data extension."""
     from serving.perf.triton_peer import request_body
     from serving.run.process import stop_tree
     from serving.run.torchserve import free_port
 
-    config = archive_config(model_store, name)
-    batch, workers = int(config.get("batchSize") or 1), int(config.get("minWorkers") or 1)
-    threads = int((config.get("handler") or {}).get("torch_threads") or 1) * workers
-    delay_us = max(1, int(config.get("maxBatchDelay") or 0)) * 1000
     http, grpc, metrics = free_port(), free_port(), free_port()
     body, headers = request_body(body_file.read_bytes())
     request_file = out / f"triton-{name}.bin"
     request_file.write_bytes(body)
     log_file = RUN_DIR / "bench-serve" / f"triton-{name}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    workers = settings["workers"]
     with open(log_file, "wb") as log_out:
         proc = subprocess.Popen([str(PYTRITON), "-m", "serving.perf.triton_peer", name,
                                  "--http-port", str(http), "--grpc-port", str(grpc),
                                  "--metrics-port", str(metrics), "--content-type", content_type,
-                                 "--model-store", str(model_store), "--batch", str(batch),
-                                 "--delay-us", str(delay_us), "--instances", str(workers),
-                                 "--threads", str(threads)],
+                                 "--model-store", str(model_store),
+                                 "--batch", str(settings["batchSize"]),
+                                 "--delay-us", str(max(1, settings["maxBatchDelay"]) * 1000),
+                                 "--instances", str(workers),
+                                 "--threads", str(settings["threads"] * workers)],
                                 cwd=ROOT, stdout=log_out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     server = psutil.Process(proc.pid)
@@ -245,15 +285,23 @@ def bench_triton(name: str, model_store: Path, body_file: Path, content_type: st
 
     try:
         process.wait_http(f"http://127.0.0.1:{http}/v2/models/{name}/ready", timeout=300)
-        target = Target("triton", f"http://127.0.0.1:{http}/v2/models/{name}/infer", headers,
-                        processes)
-        result = measure_server(target, request_file, "application/octet-stream", False, clients,
-                                seconds, sweep, log, profile_dir)
-        result["settings"] = {"max_batch_size": batch, "queue_delay_us": delay_us,
-                              "instances": workers, "threads": threads}
-        return result
+        yield (Target("triton", f"http://127.0.0.1:{http}/v2/models/{name}/infer", headers,
+                      processes), request_file)
     finally:
         stop_tree(server, 20)
+
+
+def bench_triton(name: str, model_store: Path, body_file: Path, content_type: str, clients: int,
+                 seconds: float, sweep, log, out: Path, profile_dir: Path | None = None,
+                 settings: dict | None = None) -> dict:
+    """Triton with the archive's own settings unless others are given (the tuner's best for it)."""
+    settings = settings or serving_settings(archive_config(model_store, name))
+    with triton_serving(name, model_store, settings, content_type, body_file, out) as (target,
+                                                                                      request):
+        result = measure_server(target, request, "application/octet-stream", False, clients,
+                                seconds, sweep, log, profile_dir)
+    result["settings"] = settings
+    return result
 
 
 def safe_cmdline(proc: psutil.Process) -> list[str]:
@@ -320,6 +368,19 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def settings_table(results: list[dict], servers: list[str]) -> str:
+    """What each server ran with: the batch, the delay, workers x threads."""
+    lines = ["| model | server | batch | delay ms | workers x threads | settings from |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        for server in servers:
+            s = r[server]["settings"]
+            lines.append(f"| {r['model']} | {server} | {s['batchSize']} | {s['maxBatchDelay']} | "
+                         f"{s['workers']} x {s['threads']} | "
+                         f"{'its tuning' if r[server].get('tuned') else 'the archive'} |")
+    return "\n".join(lines)
+
+
 def plot(results: list[dict], path: Path, machine: str) -> Path:
     import matplotlib
 
@@ -378,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="serve (and load in-process) a copy of each archive with these "
                         "model-config.yaml settings, e.g. batchSize=32 minWorkers=4 "
                         "maxWorkers=4 handler.torch_threads=2 (values read as YAML)")
+    parser.add_argument("--tuned", action="store_true", help="each server at the settings "
+                        "`python -m serving tune MODEL --server SERVER` found best for it (where "
+                        "it was run; the archive's otherwise): best against best")
     parser.add_argument("--model-store", default=str(MODEL_STORE))
     parser.add_argument("--out", default=str(RUN_DIR / "bench-serve"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -427,20 +491,27 @@ def main(argv: list[str] | None = None) -> int:
             f"{inproc['forward_c1_ms']:.2f} ms at batch 1; handler {inproc['handler_req_per_s']:.1f} "
             f"req/s, {inproc['handler_c1_ms']:.2f} ms alone ({inproc['threads']} threads)")
         result = {"model": name, "inprocess": inproc}
+        tuned = tuned_stores(name, ["torchserve", *peers], model_store, out, log) \
+            if args.tuned else {}
+        store_of = lambda server: tuned.get(server, (model_store, None))  # noqa: E731
         log(f"[{name}] TorchServe...")
-        result["torchserve"] = bench_torchserve(name, model_store, body_file, content_type, binary,
-                                                args.clients, args.seconds, tuple(args.sweep), log,
-                                                tuple(args.alongside), profile_dir)
+        result["torchserve"] = bench_torchserve(name, store_of("torchserve")[0], body_file,
+                                                content_type, binary, args.clients, args.seconds,
+                                                tuple(args.sweep), log, tuple(args.alongside),
+                                                profile_dir)
         if "litserve" in peers:
             log(f"[{name}] LitServe...")
-            result["litserve"] = bench_litserve(name, model_store, body_file, content_type, binary,
-                                                args.clients, args.seconds, tuple(args.sweep), log,
-                                                args.peer_batch_timeout, profile_dir)
+            result["litserve"] = bench_litserve(name, store_of("litserve")[0], body_file,
+                                                content_type, binary, args.clients, args.seconds,
+                                                tuple(args.sweep), log, args.peer_batch_timeout,
+                                                profile_dir, settings=store_of("litserve")[1])
         if "triton" in peers:
             log(f"[{name}] Triton...")
-            result["triton"] = bench_triton(name, model_store, body_file, content_type,
+            result["triton"] = bench_triton(name, store_of("triton")[0], body_file, content_type,
                                             args.clients, args.seconds, tuple(args.sweep), log,
-                                            out, profile_dir)
+                                            out, profile_dir, settings=store_of("triton")[1])
+        for server in ("torchserve", *peers):
+            result[server]["tuned"] = server in tuned
         result["summary"] = summarise(result)
         results.append(result)
     (out / "served.json").write_text(json.dumps({
@@ -449,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_per_point": args.seconds, "results": results}, indent=2))
     print("\n" + f"CPU: {machine}; {args.clients} closed-loop clients; generator on the same machine")
     print(table(results))
+    print("\n" + settings_table(results, ["torchserve", *peers]))
     print(f"\nJSON: {out / 'served.json'}\nPlot: {plot(results, out / 'served.png', machine)}")
     return 0
 

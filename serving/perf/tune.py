@@ -25,7 +25,9 @@ import os
 import re
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import models
 from serving.perf.measure import LADDER, Target, best_within, climb, run_point, tree
@@ -60,31 +62,43 @@ def score(points: list[dict], p99_ms: float, clients: int) -> tuple[float, dict 
     return (best["ok_per_s"] if best else 0.0), best
 
 
-def measure_candidate(name: str, candidate: dict, p99_ms: float, seconds: float, work: Path, log,
-                      clients: int = 16, front_door: dict | None = None) -> dict:
-    """Serves the candidate and climbs the client ladder, at least to `clients` (unless it refuses
-    a request first), then on while the p99 is within the limit and throughput grows.
+SERVERS = ("torchserve", "litserve", "triton")  # litserve, triton: the served benchmark's peers
 
-    `front_door` (render.sh's settings, e.g. FRONTDOOR_MAX_REQUESTS): as a Kubernetes pod runs
-    it, TorchServe with the cluster's config (no token check) behind the pod's nginx front door
-    with a key, every request through nginx and its CPU counted with the server's."""
-    from serving.build.archive import with_config
-    from serving.run.torchserve import free_port, start_on_free_ports
 
-    store = work / "store"
-    with_config(MODEL_STORE / f"{name}.mar", store / f"{name}.mar", settings_of(candidate))
+def tune_dir(name: str, server: str = "torchserve") -> Path:
+    """Where a search's tune.json and plot go: run/tune/MODEL, or run/tune/MODEL-PEER."""
+    return RUN_DIR / "tune" / (name if server == "torchserve" else f"{name}-{server}")
+
+
+@contextmanager
+def serving(server: str, name: str, store: Path, candidate: dict, work: Path,
+            front_door: dict | None) -> Iterator[tuple[Target, Path, str, bool]]:
+    """The candidate served by `server` from `store` (the archive with the candidate's
+    model-config): its target, and the request body file, content type and binary flag to send."""
+    from serving.perf import bench_serve
+
     spec = models.load(name)
     file, content_type = spec.example_request
     body_file = models.MODELS_DIR / name / file
     binary = not content_type.startswith("application/json")
-    started = time.monotonic()
-    door, options = None, {}
+    if server == "litserve":
+        with bench_serve.litserve_serving(name, store, candidate) as target:
+            yield target, body_file, content_type, binary
+        return
+    if server == "triton":
+        with bench_serve.triton_serving(name, store, candidate, content_type, body_file,
+                                        work) as (target, request):
+            yield target, request, "application/octet-stream", False
+        return
+    from serving.run.torchserve import free_port, start_on_free_ports
+
+    options = {}
     if front_door is not None:
         from serving.run.torchserve import write_cluster_config
 
         options["base_config"] = write_cluster_config(work / "config") / "config.properties"
     instance = start_on_free_ports(work / "torchserve", [name], model_store=store, **options)
-    ready_s = time.monotonic() - started
+    door = None
     try:
         target = Target("torchserve", f"{instance.inference_url}/predictions/{name}",
                         instance.auth("inference"), lambda: tree(instance.process()))
@@ -98,16 +112,39 @@ def measure_candidate(name: str, candidate: dict, p99_ms: float, seconds: float,
                             f"http://127.0.0.1:{door.port}/predictions/{name}",
                             {"Authorization": f"Bearer {door.key}"},
                             lambda: tree(instance.process()) + tree(door.process_handle()))
-        def point_at(connections: int) -> dict:
-            point = run_point(target, body_file, content_type, binary, seconds, clients=connections)
-            return {k: point[k] for k in ("clients", "ok_per_s", "p50_ms", "p99_ms", "errors")}
-
-        points = climb(point_at, p99_ms, at_least=clients, ladder=LADDER)
-        rss_mb = sum(p.memory_info().rss for p in tree(instance.process())) / 2 ** 20
+        yield target, body_file, content_type, binary
     finally:
         if door:
             door.stop()
         instance.stop()
+
+
+def measure_candidate(name: str, candidate: dict, p99_ms: float, seconds: float, work: Path, log,
+                      clients: int = 16, front_door: dict | None = None,
+                      server: str = "torchserve") -> dict:
+    """Serves the candidate and climbs the client ladder, at least to `clients` (unless it refuses
+    a request first), then on while the p99 is within the limit and throughput grows. `server`:
+    TorchServe, or a peer of the served benchmark (LitServe, Triton) given the same settings.
+
+    `front_door` (render.sh's settings, e.g. FRONTDOOR_MAX_REQUESTS): as a Kubernetes pod runs
+    it, TorchServe with the cluster's config (no token check) behind the pod's nginx front door
+    with a key, every request through nginx and its CPU counted with the server's."""
+    from serving.build.archive import with_config
+
+    store = work / "store"
+    with_config(MODEL_STORE / f"{name}.mar", store / f"{name}.mar", settings_of(candidate))
+    started = time.monotonic()
+    with serving(server, name, store, candidate, work, front_door) as (target, body_file,
+                                                                       content_type, binary):
+        ready_s = time.monotonic() - started
+
+        def point_at(connections: int) -> dict:
+            point = run_point(target, body_file, content_type, binary, seconds,
+                              clients=connections)
+            return {k: point[k] for k in ("clients", "ok_per_s", "p50_ms", "p99_ms", "errors")}
+
+        points = climb(point_at, p99_ms, at_least=clients, ladder=LADDER)
+        rss_mb = sum(p.memory_info().rss for p in target.processes()) / 2 ** 20
     value, best = score(points, p99_ms, clients)
     result = {**candidate, "ready_s": ready_s, "points": points, "score": value, "best": best,
               "rss_mb": rss_mb}
@@ -121,8 +158,9 @@ def measure_candidate(name: str, candidate: dict, p99_ms: float, seconds: float,
     return result
 
 
-def stages(current: dict, cores: int) -> list[tuple[str, list[dict]]]:
-    """Candidates per stage, each a change of one knob from the best so far (filled in later)."""
+def stages(current: dict, cores: int, shared: bool = True) -> list[tuple[str, list[dict]]]:
+    """Candidates per stage, each a change of one knob from the best so far (filled in later).
+    shared=False (a peer: nothing shares its cores by who is busy): no more threads than fit."""
     batch = current["batchSize"]
     batches = sorted({1, max(1, batch // 2), batch, batch * 2})
     delays = sorted({1, 5, 20, current["maxBatchDelay"]})
@@ -130,7 +168,7 @@ def stages(current: dict, cores: int) -> list[tuple[str, list[dict]]]:
     # take every core: they share them by who is busy (handlers/cores.py), so one busy worker
     # gets all of them and two busy workers half each.
     shapes = [(w, max(1, cores // w)) for w in range(1, cores + 1)] + [(1, 1)] + \
-        [(w, cores) for w in range(2, cores + 1)]
+        ([(w, cores) for w in range(2, cores + 1)] if shared else [])
     return [("workers", [{"workers": w, "threads": t} for w, t in dict.fromkeys(shapes)]),
             ("batchSize", [{"batchSize": b} for b in batches]),
             ("maxBatchDelay", [{"maxBatchDelay": d} for d in delays])]
@@ -161,28 +199,31 @@ def better(result: dict, best: dict) -> bool:
 
 
 def search(name: str, p99_ms: float, budget_s: float, seconds: float, log,
-           clients: int = 16) -> dict:
+           clients: int = 16, server: str = "torchserve") -> dict:
+    """The staged search for `server`, starting from the archive's settings (a peer starts from
+    them too, so that each server's best is found the same way)."""
     from serving.build.archive import shipped_settings
 
     cores = os.cpu_count() or 1
     current = shipped_settings(name)
-    work = RUN_DIR / "tune" / name
+    work = tune_dir(name, server)
     measured: dict[tuple, dict] = {}
     started = time.monotonic()
 
     def run(candidate: dict) -> dict:
         key = tuple(candidate[k] for k in KNOBS)
         if key not in measured:
-            measured[key] = measure_candidate(name, candidate, p99_ms, seconds, work, log, clients)
+            measured[key] = measure_candidate(name, candidate, p99_ms, seconds, work, log, clients,
+                                              server=server)
         return measured[key]
 
-    log(f"[{name}] the current config: {label(current)}")
+    log(f"[{name}] {server}, from the archive's config: {label(current)}")
     baseline = run(current)
     # A beam of the best two: one load point moves by ~10% between runs here, so a stage keeps
     # the runner-up within that of the best, and the next stage varies both.
     beam = [baseline]
     out_of_time = False
-    for stage, changes in stages(current, cores):
+    for stage, changes in stages(current, cores, shared=server == "torchserve"):
         log(f"[{name}] stage {stage}")
         for start in list(beam):
             for change in changes:
@@ -195,7 +236,7 @@ def search(name: str, p99_ms: float, budget_s: float, seconds: float, log,
         if out_of_time:
             log(f"[{name}] the time budget ({budget_s:.0f} s) ran out; the best so far is kept")
             break
-    return {"model": name, "cpu": cpu_name(), "p99_ms": p99_ms, "clients": clients,
+    return {"model": name, "server": server, "cpu": cpu_name(), "p99_ms": p99_ms, "clients": clients,
             "seconds_per_point": seconds, "elapsed_s": time.monotonic() - started,
             "baseline": baseline,
             "best": choose(baseline, list(measured.values())),
@@ -250,7 +291,8 @@ def plot(result: dict, path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("p99 ms (closed loop, rising clients)")
     ax.set_ylabel("answered requests/s")
-    ax.set_title(f"{result['model']}: tuning ({result['cpu']})", fontsize=9)
+    ax.set_title(f"{result['model']} on {result.get('server', 'torchserve')}: tuning "
+                 f"({result['cpu']})", fontsize=9)
     ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -327,19 +369,26 @@ def main(argv: list[str] | None = None) -> int:
                         "(its tune.json) instead of measuring again: another --p99-ms, say")
     parser.add_argument("--write", action="store_true",
                         help="put the chosen settings into models/MODEL/model-config.yaml")
+    parser.add_argument("--server", choices=SERVERS, default="torchserve",
+                        help="search a peer's settings instead (the same knobs, its own best: "
+                        "`make bench-serve ARGS=--tuned` then runs each server at its best)")
     args = parser.parse_args(argv)
     if args.model not in models.names():
         parser.error(f"unknown model {args.model}; known: {' '.join(models.names())}")
     if not (MODEL_STORE / f"{args.model}.mar").exists():
         parser.error(f"no archive for {args.model}: python -m serving build {args.model}")
+    if args.write and args.server != "torchserve":
+        parser.error("--write puts TorchServe's settings into model-config.yaml; a peer's are "
+                     "kept in its tune.json")
     log = lambda line: print(line, flush=True)  # noqa: E731
     if args.recorded:
         result = rescore(json.loads(Path(args.recorded).read_text()), args.p99_ms, args.clients)
         log(f"decided again from {args.recorded} (measured on {result['cpu']})")
     else:
         log(f"CPU: {cpu_name()}")
-        result = search(args.model, args.p99_ms, args.budget_s, args.seconds, log, args.clients)
-    out = RUN_DIR / "tune" / args.model
+        result = search(args.model, args.p99_ms, args.budget_s, args.seconds, log, args.clients,
+                        args.server)
+    out = tune_dir(args.model, args.server)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tune.json").write_text(json.dumps(result, indent=2))
     print("\n" + table(result))
