@@ -218,15 +218,17 @@ def running(command: list[str], ready: str, timeout: float):
         stop_tree(psutil.Process(proc.pid), 20)
 
 
-@pytest.fixture(scope="module")
-def peer(build_info):
+@pytest.fixture(scope="module", params=[8, 1], ids=["batched", "unbatched"])
+def peer(build_info, request):
+    """LitServe batching, and not (batch 1: LitServe then hands predict one request, no list)."""
     pytest.importorskip("litserve", reason="the benchmark's peer: pip install -r "
                         "requirements-bench.txt")
     from serving.run.torchserve import free_port
 
     port = free_port()
     for _ in running([sys.executable, "-m", "serving.perf.litserve_peer", "digits",
-                      "--port", str(port)], f"http://127.0.0.1:{port}/health", 120):
+                      "--port", str(port), "--batch", str(request.param)],
+                     f"http://127.0.0.1:{port}/health", 120):
         yield f"http://127.0.0.1:{port}/predict"
 
 

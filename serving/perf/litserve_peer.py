@@ -54,9 +54,12 @@ class ArchiveAPI(ls.LitAPI):
     def predict(self, requests):
         from handlers.base import RequestError
 
+        single = self.max_batch_size <= 1  # LitServe does not batch then: one request, not a list
+        requests = [requests] if single else requests
         accepted = [(i, items) for i, items in enumerate(requests) if not isinstance(items, RequestError)]
         outputs = self.handler.infer_requests(accepted)
-        return [outputs.get(i, items) for i, items in enumerate(requests)]
+        answers = [outputs.get(i, items) for i, items in enumerate(requests)]
+        return answers[0] if single else answers
 
     def unbatch(self, outputs):
         return outputs
