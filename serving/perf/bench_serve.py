@@ -26,21 +26,16 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
-
-import psutil
 
 import models
 from serving.build.archive import serving_settings
 from serving.perf.bench import run_child
+from serving.perf.peers import PYTRITON, litserve_serving, triton_serving
 from serving.perf.measure import Target, best_within, loaded_alone, run_point, time_calls, tree
 from serving.run.cpu import cpu_name
-from serving.run import process
-from serving.run.paths import MODEL_STORE, ROOT, RUN_DIR
+from serving.run.paths import MODEL_STORE, RUN_DIR
 
 SWEEP = (0.25, 0.5, 0.7, 0.85, 1.0, 1.15)  # open-loop rates, as fractions of the closed loop's
 
@@ -174,33 +169,6 @@ def archive_config(model_store: Path, name: str) -> dict:
         return yaml.safe_load(mar.read("model-config.yaml")) or {}
 
 
-@contextmanager
-def litserve_serving(name: str, model_store: Path, settings: dict) -> Iterator[Target]:
-    """LitServe serving the archive: batch size, batch timeout (the delay, at least 1 ms) and
-    workers from `settings`; each worker's threads are the archive's (its torch_threads, within
-    the cores split among the workers), as a TorchServe worker's are."""
-    from serving.run.process import stop_tree
-    from serving.run.torchserve import free_port
-
-    port = free_port()
-    log_file = RUN_DIR / "bench-serve" / f"litserve-{name}.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "serving.perf.litserve_peer", name, "--port", str(port),
-                                 "--model-store", str(model_store),
-                                 "--batch", str(settings["batchSize"]),
-                                 "--batch-timeout", str(max(1, settings["maxBatchDelay"]) / 1000),
-                                 "--workers", str(settings["workers"])],
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    server = psutil.Process(proc.pid)
-    try:
-        process.wait_http(f"http://127.0.0.1:{port}/health")
-        yield Target("litserve", f"http://127.0.0.1:{port}/predict", {}, lambda: tree(server))
-    finally:
-        stop_tree(server, 20)
-
-
 def bench_litserve(name: str, model_store: Path, body_file: Path, content_type: str,
                    binary: bool, clients: int, seconds: float, sweep, log,
                    batch_timeout: float | None, profile_dir: Path | None = None,
@@ -243,54 +211,6 @@ def configured_store(model_store: Path, names: list[str], settings: dict, out: P
     return out
 
 
-PYTRITON = ROOT / ".venv-pytriton" / "bin" / "python"  # make bench-serve builds it
-
-
-@contextmanager
-def triton_serving(name: str, model_store: Path, settings: dict, content_type: str,
-                   body_file: Path, out: Path) -> Iterator[tuple[Target, Path]]:
-    """Triton serving the archive: max_batch_size, the dynamic batcher's queue delay (at least
-    1 ms), model instances (workers) and torch threads (threads per worker, for all instances)
-    from `settings`. Yields the target and the request file to send it: body_file in a v2
-    request with the binary-data extension."""
-    from serving.perf.triton_peer import request_body
-    from serving.run.process import stop_tree
-    from serving.run.torchserve import free_port
-
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    body, headers = request_body(body_file.read_bytes())
-    request_file = out / f"triton-{name}.bin"
-    request_file.write_bytes(body)
-    log_file = RUN_DIR / "bench-serve" / f"triton-{name}.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    workers = settings["workers"]
-    with open(log_file, "wb") as log_out:
-        proc = subprocess.Popen([str(PYTRITON), "-m", "serving.perf.triton_peer", name,
-                                 "--http-port", str(http), "--grpc-port", str(grpc),
-                                 "--metrics-port", str(metrics), "--content-type", content_type,
-                                 "--model-store", str(model_store),
-                                 "--batch", str(settings["batchSize"]),
-                                 "--delay-us", str(max(1, settings["maxBatchDelay"]) * 1000),
-                                 "--instances", str(workers),
-                                 "--threads", str(settings["threads"] * workers)],
-                                cwd=ROOT, stdout=log_out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    server = psutil.Process(proc.pid)
-
-    def processes() -> list[psutil.Process]:
-        # tritonserver first (the "frontend" column: HTTP, queue, batcher), then the Python
-        # process holding the handlers, which does the decoding and the model.
-        procs = tree(server)
-        return sorted(procs, key=lambda p: "tritonserver" not in " ".join(safe_cmdline(p)))
-
-    try:
-        process.wait_http(f"http://127.0.0.1:{http}/v2/models/{name}/ready", timeout=300)
-        yield (Target("triton", f"http://127.0.0.1:{http}/v2/models/{name}/infer", headers,
-                      processes), request_file)
-    finally:
-        stop_tree(server, 20)
-
-
 def bench_triton(name: str, model_store: Path, body_file: Path, content_type: str, clients: int,
                  seconds: float, sweep, log, out: Path, profile_dir: Path | None = None,
                  settings: dict | None = None) -> dict:
@@ -302,13 +222,6 @@ def bench_triton(name: str, model_store: Path, body_file: Path, content_type: st
                                 seconds, sweep, log, profile_dir)
     result["settings"] = settings
     return result
-
-
-def safe_cmdline(proc: psutil.Process) -> list[str]:
-    try:
-        return proc.cmdline()
-    except psutil.Error:
-        return []
 
 
 # -- report ---------------------------------------------------------------------------------------

@@ -75,18 +75,18 @@ def serving(server: str, name: str, store: Path, candidate: dict, work: Path,
             front_door: dict | None) -> Iterator[tuple[Target, Path, str, bool]]:
     """The candidate served by `server` from `store` (the archive with the candidate's
     model-config): its target, and the request body file, content type and binary flag to send."""
-    from serving.perf import bench_serve
+    from serving.perf import peers
 
     spec = models.load(name)
     file, content_type = spec.example_request
     body_file = models.MODELS_DIR / name / file
     binary = not content_type.startswith("application/json")
     if server == "litserve":
-        with bench_serve.litserve_serving(name, store, candidate) as target:
+        with peers.litserve_serving(name, store, candidate) as target:
             yield target, body_file, content_type, binary
         return
     if server == "triton":
-        with bench_serve.triton_serving(name, store, candidate, content_type, body_file,
+        with peers.triton_serving(name, store, candidate, content_type, body_file,
                                         work) as (target, request):
             yield target, request, "application/octet-stream", False
         return
