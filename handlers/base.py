@@ -449,9 +449,9 @@ class ModelHandler:
         self.device = artifacts.artifact_device(self.build_info, self.device)
         # A runtime whose pool is sized at load (ORT) gets one per thread count the core share
         # may give this worker, each warmed up below.
-        self._pools = self._core_share.thread_counts(workers) \
-            if hasattr(self.model, "add_pools") else [torch.get_num_threads()]
+        self._pools = [torch.get_num_threads()]
         if hasattr(self.model, "add_pools"):
+            self._pools = self._core_share.thread_counts(workers)
             self.model.add_pools(self._pools)
         self.load_resources(model_dir)
         self._warm_up()

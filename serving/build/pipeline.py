@@ -23,7 +23,7 @@ import torch
 import models
 from handlers import artifacts
 from handlers.base import BUILD_INFO
-from handlers.cores import available_cores
+from handlers.cores import CoreShare, available_cores
 from models import ModelSpec
 from serving.build import archive
 from serving.build import parity
@@ -171,7 +171,7 @@ def timing_threads(spec: ModelSpec) -> int:
     core instead, a busy machine ranks wrongly: torch's OpenMP threads wait on each other when
     another process takes a core, ONNX Runtime's pool far less, so under CI's load ONNX Runtime
     read 43-65x over eager, against 4x on a quiet machine and at one thread busy or quiet."""
-    return max(1, available_cores() // int(spec.config.get("minWorkers") or 1))
+    return CoreShare(None, available_cores()).threads_when(int(spec.config.get("minWorkers") or 1))
 
 
 def reference(spec: ModelSpec, work_dir: Path, label: str, timed: bool = True) -> Reference:
