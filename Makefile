@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-serve.txt requirements-bench.txt | sha256sum | cut -c1-12)
 
-.PHONY: help setup prometheus nginx sbom deploy capacity new build up down ready latency loadtest bench bench-serve bench-protocols tune worst-case fuzz overload isolation soak compose-up compose-down arm64-up arm64-down test test-fast clean
+.PHONY: help setup prometheus nginx sbom deploy capacity new build up down ready latency loadtest bench bench-serve bench-protocols tune runtimes worst-case fuzz overload isolation soak compose-up compose-down arm64-up arm64-down test test-fast clean
 
 # A virtual environment with the pinned dependencies; redone when requirements.txt changes.
 $(STAMP): requirements.txt requirements-serve.txt requirements-bench.txt
@@ -122,6 +122,9 @@ bench-protocols: setup $(TRITON_STAMP)  ## per model: native, KServe v1, v2 JSON
 
 tune: setup $(PYTRITON_STAMP)  ## most throughput within a p99 limit: make tune MODEL=minilm P99_MS=250 [ARGS="--write" or "--server triton"]
 	$(PY) -m serving tune $(MODEL) --p99-ms $(P99_MS) $(ARGS)
+
+runtimes: setup         ## OpenVINO and static int8 gated and timed as build candidates are (ARGS="minilm")
+	$(PY) -m serving runtimes $(ARGS)
 
 worst-case: setup       ## each model's costliest request next to a normal full batch, in-process
 	$(PY) -m serving worst-case $(ARGS)

@@ -365,6 +365,8 @@ DELEGATED = {
                  "service's front door: accepted p99, rejection p99, goodput"),
     "isolation": ("serving.perf.isolation", "one model's p99 alone and while the others are "
                   "saturated, through the running service's front door"),
+    "runtimes": ("serving.perf.runtimes", "CPU runtimes and quantizations the build does not "
+                 "ship (OpenVINO, static int8), gated and timed as the build does its candidates"),
     "worst-case": ("serving.perf.worst_case", "each model's costliest request next to a normal "
                    "full batch"),
     "new": ("serving.build.scaffold", "a model folder from your model file: NAME --from PATH"),

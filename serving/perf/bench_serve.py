@@ -250,7 +250,36 @@ def summarise(result: dict) -> dict:
         best = max(ran, key=lambda p: result[p]["closed"]["ok_per_s"])
         summary["best_peer"] = best
         summary["torchserve_vs_best_peer"] = summary[f"torchserve_vs_{best}"]
+    if ran and len(result.get("rounds", [])) > 1:
+        ratios = [rnd["torchserve"]["ok_per_s"] / max(rnd[p]["ok_per_s"] for p in ran)
+                  for rnd in result["rounds"]]
+        summary["torchserve_vs_best_peer_per_round"] = ratios
+        summary["torchserve_vs_best_peer_median"] = statistics.median(ratios)
+        summary["torchserve_p99_lowest_in_rounds"] = sum(
+            rnd["torchserve"]["p99_ms"] <= min(rnd[p]["p99_ms"] for p in ran)
+            for rnd in result["rounds"])
     return summary
+
+
+def rounds_table(results: list[dict], peers: list[str]) -> str:
+    """Each round's closed loop, the servers measured back to back, and TorchServe's ratio to the
+    best peer of that round."""
+    names = {"torchserve": "TorchServe", "litserve": "LitServe", "triton": "Triton"}
+    servers = ["torchserve", *peers]
+    lines = ["| model | round | " + " | ".join(f"{names[s]} req/s (p99 ms)" for s in servers) +
+             " | TorchServe / best peer |", "|" + "---|" * (len(servers) + 3)]
+    for r in results:
+        ratios = r["summary"].get("torchserve_vs_best_peer_per_round", [])
+        for number, (rnd, ratio) in enumerate(zip(r["rounds"], ratios), 1):
+            lines.append(f"| {r['model']} | {number} | " + " | ".join(
+                f"{rnd[s]['ok_per_s']:.1f} ({rnd[s]['p99_ms']:.0f})" for s in servers) +
+                f" | {ratio:.2f}x |")
+        if ratios:
+            lines.append(f"| {r['model']} | median | | " + "| " * (len(servers) - 1) +
+                         f"{statistics.median(ratios):.2f}x (range {min(ratios):.2f}-"
+                         f"{max(ratios):.2f}; TorchServe's p99 the lowest in "
+                         f"{r['summary']['torchserve_p99_lowest_in_rounds']} of {len(ratios)}) |")
+    return "\n".join(lines)
 
 
 def on_device(inproc: dict) -> str:
@@ -355,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuned", action="store_true", help="each server at the settings "
                         "`python -m serving tune MODEL --server SERVER` found best for it (where "
                         "it was run; the archive's otherwise): best against best")
+    parser.add_argument("--rounds", type=int, default=1, help="measure every server's closed "
+                        "loop this many times, one server after another (the first round in "
+                        "full): the ratios per round, and their median")
     parser.add_argument("--model-store", default=str(MODEL_STORE))
     parser.add_argument("--out", default=str(RUN_DIR / "bench-serve"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -407,22 +439,36 @@ def main(argv: list[str] | None = None) -> int:
         tuned = tuned_stores(name, ["torchserve", *peers], model_store, out, log) \
             if args.tuned else {}
         store_of = lambda server: tuned.get(server, (model_store, None))  # noqa: E731
-        log(f"[{name}] TorchServe...")
-        result["torchserve"] = bench_torchserve(name, store_of("torchserve")[0], body_file,
-                                                content_type, binary, args.clients, args.seconds,
-                                                tuple(args.sweep), log, tuple(args.alongside),
-                                                profile_dir)
-        if "litserve" in peers:
-            log(f"[{name}] LitServe...")
-            result["litserve"] = bench_litserve(name, store_of("litserve")[0], body_file,
-                                                content_type, binary, args.clients, args.seconds,
-                                                tuple(args.sweep), log, args.peer_batch_timeout,
-                                                profile_dir, settings=store_of("litserve")[1])
-        if "triton" in peers:
-            log(f"[{name}] Triton...")
-            result["triton"] = bench_triton(name, store_of("triton")[0], body_file, content_type,
-                                            args.clients, args.seconds, tuple(args.sweep), log,
-                                            out, profile_dir, settings=store_of("triton")[1])
+        # Round 1 measures each server in full (c1, closed loop, open-loop sweep); later rounds
+        # the closed loop again, each server right after the others: the machine's speed drifts
+        # by ±15% within minutes here, so only ratios measured back to back, over several
+        # rounds, say which server is ahead.
+        result["rounds"] = []
+        for round_number in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                log(f"[{name}] round {round_number} of {args.rounds}")
+            sweep = tuple(args.sweep) if round_number == 1 else ()
+            log(f"[{name}] TorchServe...")
+            measured = {"torchserve": bench_torchserve(
+                name, store_of("torchserve")[0], body_file, content_type, binary, args.clients,
+                args.seconds, sweep, log, tuple(args.alongside), profile_dir)}
+            if "litserve" in peers:
+                log(f"[{name}] LitServe...")
+                measured["litserve"] = bench_litserve(
+                    name, store_of("litserve")[0], body_file, content_type, binary, args.clients,
+                    args.seconds, sweep, log, args.peer_batch_timeout, profile_dir,
+                    settings=store_of("litserve")[1])
+            if "triton" in peers:
+                log(f"[{name}] Triton...")
+                measured["triton"] = bench_triton(
+                    name, store_of("triton")[0], body_file, content_type, args.clients,
+                    args.seconds, sweep, log, out, profile_dir, settings=store_of("triton")[1])
+            if round_number == 1:
+                result.update(measured)
+            result["rounds"].append({server: {**{k: m["closed"][k] for k in
+                                                 ("ok_per_s", "p50_ms", "p99_ms")},
+                                              "c1_p50_ms": m["c1"]["p50_ms"]}
+                                     for server, m in measured.items()})
         for server in ("torchserve", *peers):
             result[server]["tuned"] = server in tuned
         result["summary"] = summarise(result)
@@ -433,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_per_point": args.seconds, "results": results}, indent=2))
     print("\n" + f"CPU: {machine}; {args.clients} closed-loop clients; generator on the same machine")
     print(table(results))
+    if args.rounds > 1 and peers:
+        print("\n" + rounds_table(results, peers))
     print("\n" + settings_table(results, ["torchserve", *peers]))
     print(f"\nJSON: {out / 'served.json'}\nPlot: {plot(results, out / 'served.png', machine)}")
     return 0

@@ -39,7 +39,7 @@ def litserve_serving(name: str, model_store: Path, settings: dict) -> Iterator[T
                                 start_new_session=True)
     server = psutil.Process(proc.pid)
     try:
-        process.wait_http(f"http://127.0.0.1:{port}/health")
+        process.wait_http(f"http://127.0.0.1:{port}/health", server=server, log=log_file)
         yield Target("litserve", f"http://127.0.0.1:{port}/predict", {}, lambda: tree(server))
     finally:
         stop_tree(server, 20)
@@ -86,7 +86,8 @@ def triton_serving(name: str, model_store: Path, settings: dict, content_type: s
         return sorted(procs, key=lambda p: "tritonserver" not in " ".join(safe_cmdline(p)))
 
     try:
-        process.wait_http(f"http://127.0.0.1:{http}/v2/models/{name}/ready", timeout=300)
+        process.wait_http(f"http://127.0.0.1:{http}/v2/models/{name}/ready", timeout=300,
+                          server=server, log=log_file)
         yield (Target("triton", f"http://127.0.0.1:{http}/v2/models/{name}/infer", headers,
                       processes), request_file)
     finally:

@@ -36,16 +36,32 @@ def stop_tree(proc: psutil.Process, timeout: float = 30) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
-def wait_http(url: str, timeout: float = 180) -> None:
-    """Until `url` answers 200 (a server started by us coming up), or RuntimeError."""
+class StartFailed(RuntimeError):
+    """A server we started did not come up: it exited, or did not answer in time."""
+
+
+def exited(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE  # ours, not yet waited for
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_http(url: str, timeout: float = 180, server: psutil.Process | None = None,
+              log: Path | None = None) -> None:
+    """Until `url` answers 200 (a server started by us coming up), or StartFailed: at once when
+    `server` (the process started) has exited, not after the whole timeout."""
     import requests
 
+    where = f"; its log: {log}" if log else ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if server is not None and exited(server):
+            raise StartFailed(f"the server for {url} exited before it answered{where}")
         try:
             if requests.get(url, timeout=2).status_code == 200:
                 return
         except requests.RequestException:
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s")
+    raise StartFailed(f"{url} did not answer 200 within {timeout:.0f}s{where}")
