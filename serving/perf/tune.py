@@ -135,7 +135,6 @@ def measure_candidate(name: str, candidate: dict, p99_ms: float, seconds: float,
     it, TorchServe with the cluster's config (no token check) behind the pod's nginx front door
     with a key, every request through nginx and its CPU counted with the server's."""
     from serving.build.archive import with_config
-
     from serving.run.process import StartFailed
 
     store = work / "store"
