@@ -354,7 +354,7 @@ def test_triton_serves_the_same_archive_with_the_same_answers(server, triton_pee
 def test_the_served_benchmark_measures_every_part_and_draws_its_curves(build_info, tmp_path, capsys):
     pytest.importorskip("litserve", reason="pip install -r requirements-bench.txt")
     code = bench_serve.main(["digits", "--seconds", "1", "--clients", "4", "--sweep", "0.5", "1.0",
-                             "--out", str(tmp_path)])
+                             "--rounds", "2", "--out", str(tmp_path)])
     assert code == 0
     result = json.loads((tmp_path / "served.json").read_text())
     [digits] = result["results"]
@@ -366,10 +366,15 @@ def test_the_served_benchmark_measures_every_part_and_draws_its_curves(build_inf
         assert all(p["statuses"].get("200") == p["ok"] for p in measured["open"])
     assert digits["summary"]["served_vs_handler"] > 0
     assert digits["summary"]["best_peer"] in ("litserve", "triton")
+    # The second round measured every server's closed loop again, after the first in full.
+    assert [sorted(r) for r in digits["rounds"]] == [["litserve", "torchserve", "triton"]] * 2
+    assert all(r[s]["ok_per_s"] > 0 for r in digits["rounds"] for s in r)
+    assert len(digits["summary"]["torchserve_vs_best_peer_per_round"]) == 2
     assert digits["triton"]["settings"]["batchSize"] == digits["inprocess"]["batch"]
     assert (tmp_path / "served.png").stat().st_size > 10_000
     out = capsys.readouterr().out
     assert "CPU: " in out and "| digits |" in out and "| digits | triton |" in out
+    assert "| digits | median |" in out
 
 
 def test_the_tuner_measures_a_configuration_against_the_real_server(build_info, tmp_path,
