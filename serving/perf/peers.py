@@ -23,7 +23,6 @@ def litserve_serving(name: str, model_store: Path, settings: dict) -> Iterator[T
     """LitServe serving the archive: batch size, batch timeout (the delay; 1 ms for none) and
     workers from `settings`; each worker's threads are the archive's (its torch_threads, within
     the cores split among the workers), as a TorchServe worker's are."""
-    from serving.run.process import stop_tree
     from serving.run.torchserve import free_port
 
     port = free_port()
@@ -42,7 +41,7 @@ def litserve_serving(name: str, model_store: Path, settings: dict) -> Iterator[T
         process.wait_http(f"http://127.0.0.1:{port}/health", server=server, log=log_file)
         yield Target("litserve", f"http://127.0.0.1:{port}/predict", {}, lambda: tree(server))
     finally:
-        stop_tree(server, 20)
+        process.stop_tree(server, 20)
 
 
 PYTRITON = ROOT / ".venv-pytriton" / "bin" / "python"  # make bench-serve builds it
@@ -56,7 +55,6 @@ def triton_serving(name: str, model_store: Path, settings: dict, content_type: s
     from `settings`. Yields the target and the request file to send it: body_file in a v2
     request with the binary-data extension."""
     from serving.perf.triton_peer import request_body
-    from serving.run.process import stop_tree
     from serving.run.torchserve import free_port
 
     http, grpc, metrics = free_port(), free_port(), free_port()
@@ -91,7 +89,7 @@ def triton_serving(name: str, model_store: Path, settings: dict, content_type: s
         yield (Target("triton", f"http://127.0.0.1:{http}/v2/models/{name}/infer", headers,
                       processes), request_file)
     finally:
-        stop_tree(server, 20)
+        process.stop_tree(server, 20)
 
 
 def safe_cmdline(proc: psutil.Process) -> list[str]:
