@@ -26,7 +26,9 @@ import struct
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
+# torch is imported where threads are read or set, not here: the launcher and the health check
+# (`python -m serving ready`, every 10 s in each container) read the placement from this module,
+# and torch's import costs them 2.4 s of a core natively and over 10 s under arm64 emulation.
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,7 @@ class CoreShare:
     def thread_counts(self, workers: int) -> list[int]:
         """Every thread count this worker may be given while up to `workers` are busy."""
         if not self.shared:
+            import torch
             return [torch.get_num_threads()]
         return sorted({self.threads_when(busy) for busy in range(1, max(1, workers) + 1)})
 
@@ -185,6 +188,7 @@ class CoreShare:
         offset = self.slot * SLOT.size
         SLOT.pack_into(self.map, offset, self.pid, 1)
         try:
+            import torch
             threads = self.threads_now()
             if threads != torch.get_num_threads():
                 torch.set_num_threads(threads)

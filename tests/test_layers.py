@@ -149,3 +149,16 @@ def test_the_machinery_check_sees_a_reach(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f(handler):\n    return handler._read_request({}, None)\n")
     assert private_reaches([bad], {"_read_request"}) == ["bad.py:2 ._read_request"]
+
+
+def test_the_health_checks_do_not_load_torch():
+    """`python -m serving ready` and `grpc --probe` run every 10 s in each container: loading torch
+    there cost 2.4 s of a core per check natively and outlasted the check's 10 s timeout under
+    arm64 emulation, so the emulated TorchServe never turned healthy (CI, 2026-11-30)."""
+    import subprocess
+    import sys
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, serving.cli; print(sorted({m.split('.')[0] for m in "
+         "sys.modules} & {'torch', 'numpy', 'onnxruntime', 'transformers', 'PIL'}))"],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]", f"the CLI's import loads {loaded}"
