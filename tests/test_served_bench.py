@@ -354,7 +354,7 @@ def test_triton_serves_the_same_archive_with_the_same_answers(server, triton_pee
 def test_the_served_benchmark_measures_every_part_and_draws_its_curves(build_info, tmp_path, capsys):
     pytest.importorskip("litserve", reason="pip install -r requirements-bench.txt")
     code = bench_serve.main(["digits", "--seconds", "1", "--clients", "4", "--sweep", "0.5", "1.0",
-                             "--rounds", "2", "--out", str(tmp_path)])
+                             "--rounds", "2", "--warmup", "1", "--out", str(tmp_path)])
     assert code == 0
     result = json.loads((tmp_path / "served.json").read_text())
     [digits] = result["results"]
@@ -362,6 +362,7 @@ def test_the_served_benchmark_measures_every_part_and_draws_its_curves(build_inf
     for server_name in ("torchserve", "litserve", "triton"):
         measured = digits[server_name]
         assert measured["c1"]["ok"] > 0 and measured["closed"]["ok"] > 0
+        assert measured["warmup"]["ok_per_s"] > 0  # each server warmed before it is measured
         assert [p["fraction"] for p in measured["open"]] == [0.5, 1.0]
         assert all(p["statuses"].get("200") == p["ok"] for p in measured["open"])
     assert digits["summary"]["served_vs_handler"] > 0
@@ -406,7 +407,7 @@ def test_each_peer_is_tuned_on_its_own_and_benchmarked_at_its_best(build_info, t
         tune.main(["digits", "--p99-ms", "1000", "--server", "triton", "--write"])
     capsys.readouterr()
     assert bench_serve.main(["digits", "--tuned", "--seconds", "1", "--clients", "2", "--sweep",
-                             "1.0", "--out", str(tmp_path / "bench")]) == 0
+                             "1.0", "--warmup", "0", "--out", str(tmp_path / "bench")]) == 0
     [digits] = json.loads((tmp_path / "bench" / "served.json").read_text())["results"]
     assert [digits[s]["tuned"] for s in ("torchserve", "litserve", "triton")] == [False, True, True]
     for peer in ("litserve", "triton"):

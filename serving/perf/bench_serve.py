@@ -96,7 +96,13 @@ def child_inprocess(name: str, model_store: Path) -> dict:
 # -- load -----------------------------------------------------------------------------------------
 
 def measure_server(target: Target, body_file: Path, content_type: str, binary: bool, clients: int,
-            seconds: float, sweep: tuple[float, ...], log, profile_dir: Path | None = None) -> dict:
+            seconds: float, sweep: tuple[float, ...], log, profile_dir: Path | None = None,
+            warmup: float = 0.0) -> dict:
+    warm = None
+    if warmup > 0:  # unmeasured, the same for every server: see --warmup
+        warm = run_point(target, body_file, content_type, binary, warmup, clients=clients)
+        log(f"  {target.label}: warm-up, {clients} clients for {warmup:.0f} s: "
+            f"{warm['ok_per_s']:.1f} req/s, frontend CPU {warm['cpu_cores']['frontend']:.2f} cores")
     c1 = run_point(target, body_file, content_type, binary, min(seconds, 6.0), clients=1)
     if not c1["ok"]:
         raise RuntimeError(f"{target.label} answered no request with 200: {c1['statuses']}")
@@ -118,12 +124,15 @@ def measure_server(target: Target, body_file: Path, content_type: str, binary: b
         curve.append(point)
         log(f"  {target.label}: open loop {point['rate']:.1f}/s -> {point['ok_per_s']:.1f} ok/s, "
             f"p50 {point['p50_ms']:.0f} ms, p99 {point['p99_ms']:.0f} ms")
-    return {"c1": c1, "closed": closed, "open": curve}
+    return {"c1": c1, "closed": closed, "open": curve,
+            **({"warmup": {k: warm[k] for k in ("seconds", "ok_per_s", "p99_ms", "cpu_cores")}}
+               if warm else {})}
 
 
 def bench_torchserve(name: str, model_store: Path, body_file: Path, content_type: str,
                      binary: bool, clients: int, seconds: float, sweep, log,
-                     idle: tuple[str, ...] = (), profile_dir: Path | None = None) -> dict:
+                     idle: tuple[str, ...] = (), profile_dir: Path | None = None,
+                     warmup: float = 0.0) -> dict:
     from serving.run.torchserve import start_on_free_ports
 
     served = [name, *[m for m in idle if m != name]]
@@ -132,7 +141,7 @@ def bench_torchserve(name: str, model_store: Path, body_file: Path, content_type
         target = Target("torchserve", f"{instance.inference_url}/predictions/{name}",
                         instance.auth("inference"), lambda: tree(instance.process()))
         result = measure_server(target, body_file, content_type, binary, clients, seconds, sweep,
-                                log, profile_dir)
+                                log, profile_dir, warmup)
     finally:
         instance.stop()
     result["settings"] = serving_settings(archive_config(model_store, name))
@@ -172,7 +181,7 @@ def archive_config(model_store: Path, name: str) -> dict:
 def bench_litserve(name: str, model_store: Path, body_file: Path, content_type: str,
                    binary: bool, clients: int, seconds: float, sweep, log,
                    batch_timeout: float | None, profile_dir: Path | None = None,
-                   settings: dict | None = None) -> dict:
+                   settings: dict | None = None, warmup: float = 0.0) -> dict:
     """LitServe with the archive's own settings unless others are given (the tuner's best for
     it); its batch timeout is the delay unless one is given."""
     settings = settings or serving_settings(archive_config(model_store, name))
@@ -180,7 +189,7 @@ def bench_litserve(name: str, model_store: Path, body_file: Path, content_type: 
         settings = {**settings, "maxBatchDelay": batch_timeout * 1000}
     with litserve_serving(name, model_store, settings) as target:
         result = measure_server(target, body_file, content_type, binary, clients, seconds, sweep,
-                                log, profile_dir)
+                                log, profile_dir, warmup)
     result["settings"] = settings
     return result
 
@@ -213,13 +222,13 @@ def configured_store(model_store: Path, names: list[str], settings: dict, out: P
 
 def bench_triton(name: str, model_store: Path, body_file: Path, content_type: str, clients: int,
                  seconds: float, sweep, log, out: Path, profile_dir: Path | None = None,
-                 settings: dict | None = None) -> dict:
+                 settings: dict | None = None, warmup: float = 0.0) -> dict:
     """Triton with the archive's own settings unless others are given (the tuner's best for it)."""
     settings = settings or serving_settings(archive_config(model_store, name))
     with triton_serving(name, model_store, settings, content_type, body_file, out) as (target,
                                                                                       request):
         result = measure_server(target, request, "application/octet-stream", False, clients,
-                                seconds, sweep, log, profile_dir)
+                                seconds, sweep, log, profile_dir, warmup)
     result["settings"] = settings
     return result
 
@@ -384,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuned", action="store_true", help="each server at the settings "
                         "`python -m serving tune MODEL --server SERVER` found best for it (where "
                         "it was run; the archive's otherwise): best against best")
+    parser.add_argument("--warmup", type=float, default=20.0, metavar="SECONDS",
+                        help="an unmeasured closed loop before each server's measurements: "
+                             "TorchServe's Java frontend compiles its hot paths in the first "
+                             "minute of load (its compiler thread took 0.07-0.1 of a core for "
+                             "40 s), which a server just started would otherwise be charged "
+                             "for; every server gets the same (0: none)")
     parser.add_argument("--rounds", type=int, default=1, help="measure every server's closed "
                         "loop this many times, one server after another (the first round in "
                         "full): the ratios per round, and their median")
@@ -451,18 +466,19 @@ def main(argv: list[str] | None = None) -> int:
             log(f"[{name}] TorchServe...")
             measured = {"torchserve": bench_torchserve(
                 name, store_of("torchserve")[0], body_file, content_type, binary, args.clients,
-                args.seconds, sweep, log, tuple(args.alongside), profile_dir)}
+                args.seconds, sweep, log, tuple(args.alongside), profile_dir, args.warmup)}
             if "litserve" in peers:
                 log(f"[{name}] LitServe...")
                 measured["litserve"] = bench_litserve(
                     name, store_of("litserve")[0], body_file, content_type, binary, args.clients,
                     args.seconds, sweep, log, args.peer_batch_timeout, profile_dir,
-                    settings=store_of("litserve")[1])
+                    settings=store_of("litserve")[1], warmup=args.warmup)
             if "triton" in peers:
                 log(f"[{name}] Triton...")
                 measured["triton"] = bench_triton(
                     name, store_of("triton")[0], body_file, content_type, args.clients,
-                    args.seconds, sweep, log, out, profile_dir, settings=store_of("triton")[1])
+                    args.seconds, sweep, log, out, profile_dir, settings=store_of("triton")[1],
+                    warmup=args.warmup)
             if round_number == 1:
                 result.update(measured)
             result["rounds"].append({server: {**{k: m["closed"][k] for k in
