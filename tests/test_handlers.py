@@ -429,7 +429,6 @@ def test_json_limits_refuse_only_what_exceeds_them(body):
     assert Payload(body, "application/json").json() == json.loads(body)
 
 
-
 def test_an_exception_in_decode_is_answered_for_that_request_alone(digits_batch, caplog):
     handler, context = digits_batch
     decode = handler.decode
@@ -954,6 +953,7 @@ def test_metrics_are_written_after_the_answer_by_a_thread_of_their_own():
     while the lines are still unwritten (they cost 0.2 ms per batch on the answer's path)."""
     import logging
     import threading
+    import time
     from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
     from handlers.metrics import HandlerMetrics
 
@@ -979,7 +979,7 @@ def test_metrics_are_written_after_the_answer_by_a_thread_of_their_own():
         for _ in range(100):
             if len(lines) == 6:
                 break
-            threading.Event().wait(0.05)
+            time.sleep(0.05)
     finally:
         logger.removeHandler(capture)
         logger.setLevel(level)
