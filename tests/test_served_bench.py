@@ -20,7 +20,7 @@ from handlers.cores import SLOT, CoreShare
 from serving.build.archive import with_config
 from serving.perf import bench_serve, loadgen, tune
 from serving.run import process
-from serving.run.paths import MODEL_STORE, ROOT
+from serving.run.paths import MODEL_STORE
 from tests.numerics import assert_same_top_k
 
 
@@ -193,24 +193,29 @@ def test_rounds_give_torchserves_ratio_to_the_best_peer_of_each_round_and_their_
     assert "0.95x (range 0.90-1.10; TorchServe's p99 the lowest in 1 of 3)" in lines[-1]
 
 
-def test_waiting_for_a_server_that_exited_fails_at_once_and_names_its_log(tmp_path):
+def test_waiting_for_a_server_that_exited_fails_at_once_and_quotes_its_log(tmp_path):
     import psutil
 
     from serving.run.torchserve import free_port
 
-    child = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    log = tmp_path / "peer.log"
+    with open(log, "wb") as out:
+        child = subprocess.Popen([sys.executable, "-c", "print('\\n'.join(map(str, range(40))));"
+                                  "raise SystemExit('the reason it gave')"],
+                                 stdout=out, stderr=out)
     started = time.monotonic()
-    with pytest.raises(process.StartFailed, match="exited before it answered.*peer.log"):
+    # The log's last lines are in the failure, so that CI's output says why.
+    with pytest.raises(process.StartFailed, match=r"(?s)exited before it answered.*peer.log\n"
+                       r"    29\n.*    39\n    the reason it gave$"):  # 12 lines
         process.wait_http(f"http://127.0.0.1:{free_port()}/health", timeout=60,
-                          server=psutil.Process(child.pid), log=tmp_path / "peer.log")
+                          server=psutil.Process(child.pid), log=log)
     assert time.monotonic() - started < 10  # not the whole timeout
     child.wait()
 
 
-def test_a_peer_that_does_not_start_is_tried_again_then_counted_failed_and_the_search_goes_on(
-        tmp_path, monkeypatch):
-    # `serving` stands in for a peer whose start fails (PyTriton lost its stub's handshake once, in
-    # a real search): failing a real server's start on demand is not possible.
+def test_a_server_that_does_not_start_counts_failed_and_the_search_goes_on(tmp_path, monkeypatch):
+    # `serving` stands in for a server that never starts, after its own tries on new ports (the
+    # next test starts real ones): making a real server fail every start is not possible.
     from contextlib import contextmanager
 
     starts = []
@@ -231,7 +236,7 @@ def test_a_peer_that_does_not_start_is_tried_again_then_counted_failed_and_the_s
     lines = []
     result = tune.measure_candidate("digits", candidate, 250, 1, tmp_path / "work", lines.append,
                                     server="triton")
-    assert starts == ["triton"] * tune.START_ATTEMPTS
+    assert starts == ["triton"]
     assert result["score"] == 0.0 and result["best"] is None and "exited" in result["failed"]
     assert "did not start" in tune.table({"p99_ms": 250, "candidates": [result], "best": None})
 
@@ -271,33 +276,16 @@ def test_multipart_bodies_are_read_by_torchserve_as_the_raw_body_is(server):
     assert_same_top_k(raw.json()["predictions"], form.json()["predictions"])
 
 
-def running(command: list[str], ready: str, timeout: float):
-    """A peer server started for a module's tests, stopped after them."""
-    import psutil
-
-    from serving.run.process import stop_tree
-
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        process.wait_http(ready, timeout=timeout)
-        yield
-    finally:
-        stop_tree(psutil.Process(proc.pid), 20)
-
-
 @pytest.fixture(scope="module", params=[8, 1], ids=["batched", "unbatched"])
 def peer(build_info, request):
     """LitServe batching, and not (batch 1: LitServe then hands predict one request, no list)."""
     pytest.importorskip("litserve", reason="the benchmark's peer: pip install -r "
                         "requirements-bench.txt")
-    from serving.run.torchserve import free_port
+    from serving.perf.peers import litserve_serving
 
-    port = free_port()
-    for _ in running([sys.executable, "-m", "serving.perf.litserve_peer", "digits",
-                      "--port", str(port), "--batch", str(request.param)],
-                     f"http://127.0.0.1:{port}/health", 120):
-        yield f"http://127.0.0.1:{port}/predict"
+    settings = {"batchSize": request.param, "maxBatchDelay": 20, "workers": 1}
+    with litserve_serving("digits", MODEL_STORE, settings) as target:
+        yield target.url
 
 
 def torchserve_answer(server, body: bytes, content_type: str) -> requests.Response:
@@ -318,18 +306,16 @@ def test_the_peer_serves_the_same_archive_with_the_same_answers(server, peer):
 
 
 @pytest.fixture(scope="module")
-def triton_peer(build_info):
-    from serving.perf.bench_serve import PYTRITON
-    from serving.run.torchserve import free_port
+def triton_peer(build_info, tmp_path_factory):
+    from serving.perf.peers import PYTRITON, triton_serving
 
     if not PYTRITON.exists():
         pytest.skip(f"no {PYTRITON}: make test builds it (requirements-pytriton.txt)")
-    http = free_port()
-    for _ in running([str(PYTRITON), "-m", "serving.perf.triton_peer", "digits",
-                      "--http-port", str(http), "--grpc-port", str(free_port()),
-                      "--metrics-port", str(free_port()), "--content-type", "application/json"],
-                     f"http://127.0.0.1:{http}/v2/models/digits/ready", 180):
-        yield f"http://127.0.0.1:{http}/v2/models/digits/infer"
+    body, content_type = example("digits")
+    settings = {"batchSize": 8, "maxBatchDelay": 1, "workers": 1, "threads": 1}
+    with triton_serving("digits", MODEL_STORE, settings, content_type, body,
+                        tmp_path_factory.mktemp("triton")) as (target, _):
+        yield target.url
 
 
 def test_triton_serves_the_same_archive_with_the_same_answers(server, triton_peer):
@@ -349,6 +335,52 @@ def test_triton_serves_the_same_archive_with_the_same_answers(server, triton_pee
     bad = requests.post(triton_peer, data=request, timeout=30,
                         headers={"Content-Type": "application/octet-stream", **headers})
     assert bad.status_code >= 400 and "out_of_range" in bad.text
+
+
+@pytest.mark.parametrize("peer_name", ["litserve", "triton"])
+def test_a_peer_whose_port_was_taken_before_it_bound_it_starts_again_on_new_ports(
+        build_info, tmp_path, monkeypatch, capsys, peer_name):
+    import socket
+
+    from serving.perf import peers
+    from serving.run.paths import RUN_DIR
+    from serving.run.torchserve import free_port
+
+    if peer_name == "litserve":
+        pytest.importorskip("litserve", reason="pip install -r requirements-bench.txt")
+    elif not peers.PYTRITON.exists():
+        pytest.skip(f"no {peers.PYTRITON}: make test builds it (requirements-pytriton.txt)")
+    # The race for real: the first port picked is bound by another socket before the server
+    # binds it, as a client socket of another process may take a port once it has been picked.
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    picks = iter([taken.getsockname()[1]])
+    monkeypatch.setattr(peers, "free_port", lambda: next(picks, None) or free_port())
+    body, content_type = example("digits")
+    settings = {"batchSize": 4, "maxBatchDelay": 1, "workers": 1, "threads": 1}
+    started = time.monotonic()
+    try:
+        if peer_name == "litserve":
+            serving = peers.litserve_serving("digits", MODEL_STORE, settings)
+        else:
+            serving = peers.triton_serving("digits", MODEL_STORE, settings, content_type, body,
+                                           tmp_path)
+        with serving as target:
+            target, request, sent_as = (target + ("application/octet-stream",)
+                                        if peer_name == "triton" else (target, body, content_type))
+            ready_s = time.monotonic() - started
+            answer = requests.post(target.url, data=request.read_bytes(), timeout=30,
+                                   headers={"Content-Type": sent_as, **target.headers})
+            assert answer.status_code == 200, answer.text[:300]
+            assert str(taken.getsockname()[1]) not in target.url
+    finally:
+        taken.close()
+    first_try = (RUN_DIR / "bench-serve" / f"{peer_name}-digits.try1.log").read_text()
+    assert "in use" in first_try.lower(), first_try[-2000:]
+    assert "did not start (try 1 of 3); again on new ports" in capsys.readouterr().out
+    # Not PyTriton's two minutes' wait for a tritonserver that had exited.
+    assert ready_s < 100, ready_s
 
 
 def test_the_served_benchmark_measures_every_part_and_draws_its_curves(build_info, tmp_path, capsys):

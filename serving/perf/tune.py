@@ -62,11 +62,6 @@ def score(points: list[dict], p99_ms: float, clients: int) -> tuple[float, dict 
     return (best["ok_per_s"] if best else 0.0), best
 
 
-# A peer that does not come up is started once more before its candidate counts as failed: PyTriton's
-# Python stub once lost its handshake with tritonserver at start (ConnectionRefusedError), and that
-# ended a whole search.
-START_ATTEMPTS = 2
-
 SERVERS = ("torchserve", "litserve", "triton")  # litserve, triton: the served benchmark's peers
 
 
@@ -139,28 +134,27 @@ def measure_candidate(name: str, candidate: dict, p99_ms: float, seconds: float,
 
     store = work / "store"
     with_config(MODEL_STORE / f"{name}.mar", store / f"{name}.mar", settings_of(candidate))
-    for attempt in range(1, START_ATTEMPTS + 1):
-        started = time.monotonic()
-        try:
-            with serving(server, name, store, candidate, work, front_door) as (
-                    target, body_file, content_type, binary):
-                ready_s = time.monotonic() - started
+    # Each server is started on new ports a few times before it fails (serving.perf.peers,
+    # serving.run.torchserve); one that still does not start leaves its candidate out and the
+    # search goes on.
+    started = time.monotonic()
+    try:
+        with serving(server, name, store, candidate, work, front_door) as (
+                target, body_file, content_type, binary):
+            ready_s = time.monotonic() - started
 
-                def point_at(connections: int) -> dict:
-                    point = run_point(target, body_file, content_type, binary, seconds,
-                                      clients=connections)
-                    return {k: point[k] for k in ("clients", "ok_per_s", "p50_ms", "p99_ms",
-                                                  "errors")}
+            def point_at(connections: int) -> dict:
+                point = run_point(target, body_file, content_type, binary, seconds,
+                                  clients=connections)
+                return {k: point[k] for k in ("clients", "ok_per_s", "p50_ms", "p99_ms",
+                                              "errors")}
 
-                points = climb(point_at, p99_ms, at_least=clients, ladder=LADDER)
-                rss_mb = sum(p.memory_info().rss for p in target.processes()) / 2 ** 20
-            break
-        except StartFailed as e:
-            log(f"  {label(candidate)}: {server} did not start (try {attempt} of "
-                f"{START_ATTEMPTS}): {e}")
-            if attempt == START_ATTEMPTS:  # the search goes on without it
-                return {**candidate, "ready_s": None, "points": [], "score": 0.0, "best": None,
-                        "rss_mb": None, "failed": str(e)}
+            points = climb(point_at, p99_ms, at_least=clients, ladder=LADDER)
+            rss_mb = sum(p.memory_info().rss for p in target.processes()) / 2 ** 20
+    except StartFailed as e:
+        log(f"  {label(candidate)}: {server} did not start: {e}")
+        return {**candidate, "ready_s": None, "points": [], "score": 0.0, "best": None,
+                "rss_mb": None, "failed": str(e)}
     value, best = score(points, p99_ms, clients)
     result = {**candidate, "ready_s": ready_s, "points": points, "score": value, "best": best,
               "rss_mb": rss_mb}
@@ -324,7 +318,8 @@ def table(result: dict) -> str:
         refused = next((p["clients"] for p in c["points"] if p["errors"]), None)
         if "failed" in c:
             lines.append(f"| {c['batchSize']} | {c['maxBatchDelay']} | {c['workers']} x "
-                         f"{c['threads']} | out: did not start ({c['failed'][:80]}) | | | |")
+                         f"{c['threads']} | out: did not start "
+                         f"({c['failed'].splitlines()[0][:80]}) | | | |")
             continue
         if not b and refused is not None:
             lines.append(f"| {c['batchSize']} | {c['maxBatchDelay']} | {c['workers']} x "

@@ -48,20 +48,33 @@ def exited(proc: psutil.Process) -> bool:
 
 
 def wait_http(url: str, timeout: float = 180, server: psutil.Process | None = None,
-              log: Path | None = None) -> None:
+              log: Path | None = None, gave_up: str | None = None) -> None:
     """Until `url` answers 200 (a server started by us coming up), or StartFailed: at once when
-    `server` (the process started) has exited, not after the whole timeout."""
+    `server` (the process started) has exited, or `log` holds the line `gave_up`, not after the
+    whole timeout. The failure quotes the end of `log`, so that CI's output says why."""
     import requests
 
-    where = f"; its log: {log}" if log else ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server is not None and exited(server):
-            raise StartFailed(f"the server for {url} exited before it answered{where}")
+            raise StartFailed(f"the server for {url} exited before it answered{log_end(log)}")
+        if gave_up and log and gave_up in log.read_text(errors="replace"):
+            raise StartFailed(f"the server for {url} gave up: {gave_up!r}{log_end(log)}")
         try:
             if requests.get(url, timeout=2).status_code == 200:
                 return
         except requests.RequestException:
             pass
         time.sleep(0.5)
-    raise StartFailed(f"{url} did not answer 200 within {timeout:.0f}s{where}")
+    raise StartFailed(f"{url} did not answer 200 within {timeout:.0f}s{log_end(log)}")
+
+
+def log_end(log: Path | None, lines: int = 12) -> str:
+    """"; its log: PATH", then the log's last lines (those that are not blank), indented."""
+    if log is None:
+        return ""
+    try:
+        tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        tail = []
+    return f"; its log: {log}" + "".join(f"\n    {line[:300]}" for line in tail[-lines:])
