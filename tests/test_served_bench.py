@@ -366,9 +366,11 @@ def test_a_peer_whose_port_was_taken_before_it_bound_it_starts_again_on_new_port
         else:
             serving = peers.triton_serving("digits", MODEL_STORE, settings, content_type, body,
                                            tmp_path)
-        with serving as target:
-            target, request, sent_as = (target + ("application/octet-stream",)
-                                        if peer_name == "triton" else (target, body, content_type))
+        with serving as started_peer:
+            if peer_name == "triton":  # the target, and the body in a v2 request
+                (target, request), sent_as = started_peer, "application/octet-stream"
+            else:
+                target, request, sent_as = started_peer, body, content_type
             ready_s = time.monotonic() - started
             answer = requests.post(target.url, data=request.read_bytes(), timeout=30,
                                    headers={"Content-Type": sent_as, **target.headers})
