@@ -19,6 +19,7 @@ from models import MODELS_DIR
 from models.digits.model import split
 from models.minilm.model import source_dir
 from models.efficientnet_lite0.photos import encoded
+from serving.run.paths import ROOT
 from serving.run.torchserve import Instance, port_in_use
 from tests.clients import kserve_sdk
 from tests.numerics import assert_held_out_count_matches, assert_same_top_k
@@ -145,6 +146,49 @@ def test_the_frontend_logs_each_line_once_and_requests_only_in_the_access_log(se
             break
         time.sleep(0.1)
     assert len(requests_logged) == 20, requests_logged
+
+
+def test_torchserve_starts_no_host_metrics_collector_beside_the_workers(tmp_path_factory):
+    """config.properties turns TorchServe's system-metrics collector off: once a minute it started a
+    Python process that preempted the workers' OpenMP threads and stalled every batch in flight
+    for 2-3 s (docs/performance.md). It runs first at the server's start; here the metrics file
+    declares one of its gauges again, so the gauge would appear if the collector had run."""
+    from tests.conftest import start_on_free_ports
+
+    config_dir = tmp_path_factory.mktemp("config")
+    (config_dir / "config.properties").write_text((ROOT / "config.properties").read_text())
+    declared = (ROOT / "metrics.yaml").read_text().replace("  gauge:\n", (
+        "  gauge:\n    - name: CPUUtilization\n      unit: Percent\n"
+        "      dimensions: [*level, *hostname]\n"), 1)
+    assert "CPUUtilization" in declared
+    (config_dir / "metrics.yaml").write_text(declared)
+    instance = start_on_free_ports(tmp_path_factory, ["digits"],
+                                   base_config=config_dir / "config.properties")
+    try:
+        assert predict(instance, "digits", {"pixels": GRID}).status_code == 200
+        deadline, text = time.monotonic() + 10, ""
+        while time.monotonic() < deadline and "ts_inference_requests_total{" not in text:
+            text = requests.get(f"{instance.metrics_url}/metrics", timeout=5).text
+            time.sleep(0.5)
+        assert "ts_inference_requests_total{" in text, text[:500]  # the endpoint serves metrics
+        time.sleep(2)
+        text = requests.get(f"{instance.metrics_url}/metrics", timeout=5).text
+        assert not [line for line in text.splitlines() if line.startswith("CPUUtilization")]
+    finally:
+        instance.stop()
+
+
+def test_the_frontends_jit_compilers_run_only_on_idle_cpu_time(server):
+    """serving/run/cpu.py, idle_jit_threads: the frontend's C2 compiling, minutes long under load,
+    preempted a worker's OpenMP threads mid-batch. Every compiler thread starts with the JVM
+    (config.properties' vmargs) and the launcher puts each on SCHED_IDLE once the models are READY."""
+    from serving.run.cpu import jit_threads
+
+    assert predict(server, "digits", {"pixels": GRID}).status_code == 200
+    compilers = jit_threads(server.process().pid)
+    assert len(compilers) >= 2, compilers  # C1 and C2, named as HotSpot names them
+    assert {tid: os.sched_getscheduler(tid) for tid in compilers} == \
+        {tid: os.SCHED_IDLE for tid in compilers}
 
 
 GRID = [[0] * 8] * 8

@@ -28,7 +28,7 @@ import yaml
 from handlers import WORKERS_ENV
 from handlers.cores import PLACEMENT_ENV, SHARE_ENV, placement
 
-from serving.run.cpu import worker_environment
+from serving.run.cpu import idle_jit_threads, worker_environment
 from serving.run.frontdoor import PORT as FRONTDOOR_PORT
 from serving.run.frontdoor import READY_PORT, V2_GRPC_PORT
 from serving.run.paths import CONFIG_PROPERTIES, MODEL_STORE, ROOT, RUN_DIR
@@ -422,7 +422,17 @@ class Instance:
                                  f"{self.log_dir / 'model_log.log'}")
             if pending:
                 time.sleep(0.5)
+        self.idle_jit_compilers()
         return time.monotonic() - started
+
+    def idle_jit_compilers(self) -> None:
+        """The frontend's JIT compiler threads on idle CPU time only (serving/run/cpu.py says why)."""
+        proc = self.process()
+        if proc is None:
+            return
+        if not idle_jit_threads(proc.pid):
+            print(f"TorchServe (pid {proc.pid}): no JIT compiler thread found to run on idle CPU "
+                  "time; its compiling will compete with the workers", file=sys.stderr)
 
 
 def start_on_free_ports(run_dir: Path, models: list[str], attempts: int = 3,
