@@ -409,7 +409,8 @@ class Instance:
         return time.monotonic() - started
 
     def wait_ready(self, models: list[str], timeout: float = 300) -> float:
-        """Waits until every model has a READY worker; returns the seconds it took."""
+        """Waits until every model has a READY worker, then puts the frontend's JIT compilers on
+        idle CPU time (every start goes through here); returns the seconds it took."""
         started = time.monotonic()
         pending = list(models)
         while pending:
