@@ -78,6 +78,39 @@ def test_an_answer_that_moves_with_its_batch_fails_the_gate_where_the_model_is_b
     assert batched["batch_relative_error"] <= 1e-4 and "alone within" in batched["gate"]
 
 
+def split_k_fp16(model: torch.nn.Linear):
+    """model in fp16 the way a GPU library runs a small batch: a batch of one splits the inner
+    dimension in four partial sums, each rounded to fp16, then adds them (split-K), while a larger
+    batch sums in one pass. No GPU here, and this is the one property of its kernels the gate
+    meets: the same inputs, summed in an order picked by batch size (EfficientNet-Lite0's fp16
+    TorchScript on an H200: 3.8e-4 alone against in a batch)."""
+    weight, bias = model.weight.detach().half(), model.bias.detach().half()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.half()
+        if len(x) > 1:
+            return (x.float() @ weight.float().T + bias.float()).half().float()
+        parts = [(x[:, k:k + 4].float() @ weight[:, k:k + 4].float().T).half()
+                 for k in range(0, x.shape[1], 4)]
+        return (sum(p.float() for p in parts) + bias.float()).half().float()
+    return run
+
+
+def test_fp16_may_move_with_its_batch_as_far_as_it_moves_from_fp32_and_no_further():
+    model = linear(0)
+    fp16 = split_k_fp16(model)
+    result = check_parity("m", "classifier", "fp16", model, fp16, INPUTS, served_batch=8)
+    # over fp32's tolerance (so this is the case a GPU meets), within fp16's own error
+    tolerance = max(torch.finfo(torch.float16).eps, result["relative_error"])
+    assert 1e-4 < result["batch_relative_error"] <= tolerance
+    assert f"alone within {tolerance:.2g}" in result["gate"]
+    # an answer alone 1% off its answer in a batch: past fp16's own error, so refused
+    moved = lambda x: fp16(x) * (1.01 if len(x) == 1 else 1.0)  # noqa: E731
+    with pytest.raises(ParityError, match=r"at most 0.0\d+\): .* Serve it unbatched") as refused:
+        check_parity("m", "classifier", "fp16", model, moved, INPUTS, served_batch=8)
+    assert "int8" not in str(refused.value)  # the reason named is int8's only for int8
+
+
 def test_timing_runs_on_a_busy_workers_share_of_the_cores_and_restores_torchs_threads():
     from handlers.cores import available_cores
     from serving.build import timing

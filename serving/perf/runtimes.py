@@ -19,6 +19,11 @@ with the build's paired timing, on the threads a busy worker has (serving/build/
     onnxruntime/static-int8   QDQ, weights int8 per channel, activations uint8 with fixed scales
                               from min-max calibration on the parity inputs: the inputs it is then
                               gated on, so its gate figures are a best case
+    onnxruntime/static-int8-u8u8
+                              the same with uint8 weights: on a CPU without VNNI (AVX2 only) the
+                              u8×s8 kernels add pairs of products in 16 bits, which saturates
+                              (ONNX Runtime's quantization docs); u8×u8 runs other kernels that
+                              do not, so this row says how much of int8's loss there is saturation
 
 Needs requirements-bench.txt (openvino, nncf). Writes run/runtimes/MODEL.json.
 """
@@ -87,12 +92,13 @@ def openvino_variants(graph: Path, threads: int) -> dict:
     return variants
 
 
-def static_int8(graph: Path, batches: list, threads: int, work_dir: Path) -> OnnxRuntimeModel:
+def static_int8(graph: Path, batches: list, threads: int, work_dir: Path,
+                weights: str = "QInt8") -> OnnxRuntimeModel:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    prepared, quantized = work_dir / "prepared.onnx", work_dir / "static-int8.onnx"
+    prepared, quantized = work_dir / "prepared.onnx", work_dir / f"static-int8-{weights}.onnx"
     quant_pre_process(str(graph), str(prepared), skip_symbolic_shape=True)
     names = OnnxRuntimeModel(str(graph), threads).inputs
 
@@ -105,7 +111,7 @@ def static_int8(graph: Path, batches: list, threads: int, work_dir: Path) -> Onn
 
     quantize_static(str(prepared), str(quantized), ParityInputs(), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                    weight_type=getattr(QuantType, weights), calibrate_method=CalibrationMethod.MinMax,
                     op_types_to_quantize=["MatMul", "Conv", "Gemm"])
     return OnnxRuntimeModel(str(quantized), threads)
 
@@ -118,6 +124,8 @@ def measure(name: str, work_dir: Path) -> list[dict]:
     variants.update(openvino_variants(graph, ref.threads))
     variants["onnxruntime/static-int8"] = lambda: static_int8(graph, ref.parity_batches,
                                                               ref.threads, work_dir)
+    variants["onnxruntime/static-int8-u8u8"] = lambda: static_int8(
+        graph, ref.parity_batches, ref.threads, work_dir, weights="QUInt8")
     rows, answers = [], {}
     for label, make in variants.items():
         started = time.perf_counter()
