@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from serving.build.targets import DTYPES
+
 FP32_MAX_RELATIVE_ERROR = 1e-4
 LOW_PRECISION_MIN_AGREEMENT = 0.99
 LOW_PRECISION_MIN_COSINE = 0.99
@@ -32,15 +34,14 @@ class ParityError(RuntimeError):
 
 
 BATCH_CHECK_INPUTS = 8  # inputs answered alone against their batch: each is one more model call
-ROUNDING_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def batch_tolerance(precision: str, relative_error: float) -> float:
     """How far an answer alone may be from its answer in a batch: fp32's tolerance (int8 too: its
     batch dependence is what this check is for), or, for fp16 and bf16, the precision's own
     distance from the fp32 reference, at least one step of its rounding."""
-    dtype = ROUNDING_DTYPES.get(precision)
-    if dtype is None:
+    dtype = DTYPES.get(precision, torch.float32)
+    if dtype == torch.float32:  # fp32, and int8 (its layers hand on fp32)
         return FP32_MAX_RELATIVE_ERROR
     return max(FP32_MAX_RELATIVE_ERROR, torch.finfo(dtype).eps, relative_error)
 
@@ -122,7 +123,8 @@ def check_parity(name: str, gate: str, precision: str, eager: torch.nn.Module, e
         result["batch_relative_error"] = batch_dependence(exported, batches, outputs)
         tolerance = batch_tolerance(precision, result["relative_error"])
         invariant = result["batch_relative_error"] <= tolerance
-        result["gate"] += f"; an input's answer alone within {tolerance:.2g} of its answer in a batch"
+        result["gate"] += (f"; an input's answer alone within {tolerance:.2g} of its answer in "
+                           "a batch")
         if passed and not invariant:
             why = (" Dynamic int8 scales activations by the whole batch." if precision == "int8"
                    else "")

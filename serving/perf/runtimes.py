@@ -111,7 +111,8 @@ def static_int8(graph: Path, batches: list, threads: int, work_dir: Path,
 
     quantize_static(str(prepared), str(quantized), ParityInputs(), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=getattr(QuantType, weights), calibrate_method=CalibrationMethod.MinMax,
+                    weight_type=getattr(QuantType, weights),
+                    calibrate_method=CalibrationMethod.MinMax,
                     op_types_to_quantize=["MatMul", "Conv", "Gemm"])
     return OnnxRuntimeModel(str(quantized), threads)
 
